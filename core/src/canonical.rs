@@ -1,0 +1,240 @@
+//! The canonical text of a jsonb value: what the fingerprint is taken over.
+//!
+//! RFC 8785 (JCS) structure: no whitespace, object members sorted by key as UTF-16 code
+//! units, arrays in order, JCS string escaping, and numbers as their exact decimal value in
+//! ECMAScript layout ([`crate::numeric`]). The writer walks the jsonb with an explicit
+//! stack, so nesting depth costs heap, never call stack, and it streams into a [`Sink`] so
+//! the fingerprint never holds the whole text. This form is frozen once released: a record
+//! written by one version must compare equal under every later one.
+
+use std::cmp::Ordering;
+
+use crate::jsonb::{self, Children, FormatError, FormatErrorKind, Member, Value};
+
+/// Where canonical text goes: a `Vec<u8>`, or a hasher.
+pub trait Sink {
+    fn write(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn write(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// The canonical text of a jsonb datum (given without its varlena header).
+pub fn canonical(jsonb: &[u8]) -> Result<Vec<u8>, FormatError> {
+    // The text is rarely much longer than the binary form, which also carries JEntries.
+    let mut out = Vec::with_capacity(jsonb.len() + 16);
+    write_canonical(jsonb, &mut out)?;
+    Ok(out)
+}
+
+enum Frame<'a> {
+    Array {
+        children: Children<'a>,
+        written: usize,
+    },
+    /// The members sit in the scratch vector at `base..base + len`, already sorted.
+    Object {
+        base: usize,
+        len: usize,
+        next: usize,
+    },
+}
+
+/// Writes the canonical text of a jsonb datum into `sink`. On error the sink holds a
+/// prefix of the text, which the caller must discard.
+pub fn write_canonical<S: Sink + ?Sized>(jsonb: &[u8], sink: &mut S) -> Result<(), FormatError> {
+    let mut stack: Vec<Frame<'_>> = Vec::new();
+    // Members of every object on the stack, innermost last: one allocation reused by all.
+    let mut members: Vec<Member<'_>> = Vec::new();
+    open(jsonb::root(jsonb)?, sink, &mut stack, &mut members)?;
+    while let Some(frame) = stack.last_mut() {
+        let value = match frame {
+            Frame::Array { children, written } => match children.next() {
+                None => {
+                    sink.write(b"]");
+                    stack.pop();
+                    continue;
+                }
+                Some(child) => {
+                    if *written > 0 {
+                        sink.write(b",");
+                    }
+                    *written += 1;
+                    child?
+                }
+            },
+            Frame::Object { base, len, next } => {
+                if *next == *len {
+                    sink.write(b"}");
+                    members.truncate(*base);
+                    stack.pop();
+                    continue;
+                }
+                if *next > 0 {
+                    sink.write(b",");
+                }
+                let member = members.get(*base + *next).copied();
+                *next += 1;
+                let Some(member) = member else {
+                    // The frame's range is always inside `members`; never reached.
+                    return Err(FormatError::new(0, FormatErrorKind::Truncated));
+                };
+                write_string(member.key, sink);
+                sink.write(b":");
+                member.value
+            }
+        };
+        open(value, sink, &mut stack, &mut members)?;
+    }
+    Ok(())
+}
+
+/// Writes a scalar, or the opening bracket of a container and pushes its frame.
+fn open<'a, S: Sink + ?Sized>(
+    value: Value<'a>,
+    sink: &mut S,
+    stack: &mut Vec<Frame<'a>>,
+    members: &mut Vec<Member<'a>>,
+) -> Result<(), FormatError> {
+    match value {
+        Value::Null => sink.write(b"null"),
+        Value::Bool(true) => sink.write(b"true"),
+        Value::Bool(false) => sink.write(b"false"),
+        Value::String(s) => write_string(s, sink),
+        Value::Number(n) => n.write(sink),
+        Value::Array(container) => {
+            sink.write(b"[");
+            stack.push(Frame::Array {
+                children: container.children(),
+                written: 0,
+            });
+        }
+        Value::Object(container) => {
+            sink.write(b"{");
+            let base = members.len();
+            container.members_into(members)?;
+            let own = members.get_mut(base..).unwrap_or_default();
+            // jsonb keeps keys sorted by length, then bytes; JCS wants UTF-16 order.
+            own.sort_unstable_by(|a, b| compare_keys(a.key, b.key));
+            if own.windows(2).any(|w| w[0].key == w[1].key) {
+                return Err(FormatError::new(
+                    container.offset(),
+                    FormatErrorKind::DuplicateKey,
+                ));
+            }
+            stack.push(Frame::Object {
+                base,
+                len: own.len(),
+                next: 0,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Compares two keys as sequences of UTF-16 code units, as RFC 8785 sorts them.
+///
+/// UTF-8 byte order is code point order, and UTF-16 order differs from it only where a
+/// character at or above U+10000 (a surrogate pair, 0xD800..) meets one in U+E000..U+FFFF.
+/// The first differing byte of two valid UTF-8 strings is either inside one character
+/// (both bytes are continuation bytes of the same lead byte, so the order is right) or at
+/// the start of two different characters, whose lead bytes tell those two ranges apart:
+/// 0xEE–0xEF begin U+E000..U+FFFF, 0xF0–0xF4 begin U+10000 and above.
+pub fn compare_keys(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) else {
+        return a.len().cmp(&b.len());
+    };
+    let (x, y) = (a[i], b[i]);
+    let high_bmp = |c: u8| (0xEE..=0xEF).contains(&c);
+    let supplementary = |c: u8| c >= 0xF0;
+    if high_bmp(x) && supplementary(y) {
+        Ordering::Greater
+    } else if supplementary(x) && high_bmp(y) {
+        Ordering::Less
+    } else {
+        x.cmp(&y)
+    }
+}
+
+/// 0: written as is; otherwise the byte after the backslash, or b'u' for `\u00xx`.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        table[c] = b'u';
+        c += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0A] = b'n';
+    table[0x0C] = b'f';
+    table[0x0D] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// Writes a JSON string with RFC 8785's escaping: only `"`, `\` and U+0000..U+001F are
+/// escaped, the six with short forms use them, the rest `\u00xx` in lower case.
+fn write_string<S: Sink + ?Sized>(s: &str, sink: &mut S) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    sink.write(b"\"");
+    let mut run_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = ESCAPE[b as usize];
+        if escape == 0 {
+            continue;
+        }
+        sink.write(&bytes[run_start..i]);
+        if escape == b'u' {
+            sink.write(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xF) as usize],
+            ]);
+        } else {
+            sink.write(&[b'\\', escape]);
+        }
+        run_start = i + 1;
+    }
+    sink.write(&bytes[run_start..]);
+    sink.write(b"\"");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_keys_orders_surrogate_pairs_before_high_bmp() {
+        assert_eq!(compare_keys("\u{1F600}", "\u{FB33}"), Ordering::Less);
+        assert_eq!(compare_keys("\u{FB33}", "\u{1F600}"), Ordering::Greater);
+        assert_eq!(compare_keys("\u{E000}", "\u{10000}"), Ordering::Greater);
+        assert_eq!(compare_keys("a\u{1F600}", "a\u{FFFF}"), Ordering::Less);
+    }
+
+    #[test]
+    fn compare_keys_orders_prefix_first() {
+        assert_eq!(compare_keys("ab", "abc"), Ordering::Less);
+        assert_eq!(compare_keys("", "a"), Ordering::Less);
+        assert_eq!(compare_keys("abc", "abc"), Ordering::Equal);
+    }
+
+    #[test]
+    fn write_string_escapes_per_rfc_8785() {
+        let mut out = Vec::new();
+        write_string("\"\\\u{8}\t\n\u{c}\r\u{0}\u{1f}\u{7f}\u{2028}é", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"\\\"\\\\\\b\\t\\n\\f\\r\\u0000\\u001f\u{7f}\u{2028}é\""
+        );
+    }
+}

@@ -1,0 +1,495 @@
+//! The state machine of an idempotency key, with no PostgreSQL in it.
+//!
+//! Given what is stored for a key (if anything), what the caller asks and the clock, these
+//! functions say what happens: the decision table of `CONTRACT.md` for `idem_begin`, and the
+//! guards that `idem_complete`, `idem_fail` and `idem_checkpoint` apply. The PostgreSQL shell
+//! reads the record, asks here, and writes what it is told; it decides nothing itself.
+//!
+//! Times are PostgreSQL `timestamptz` values: microseconds since 2000-01-01 UTC.
+
+use sha2::{Digest, Sha256};
+
+/// Microseconds since 2000-01-01 UTC, PostgreSQL's `TimestampTz`.
+pub type Micros = i64;
+
+/// The stored state of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    InProgress,
+    Completed,
+    Failed { retryable: bool },
+}
+
+impl State {
+    /// The word the SQL API uses for this state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::InProgress => "in_progress",
+            State::Completed => "completed",
+            State::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// What the decision needs to know about a stored record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub state: State,
+    pub fingerprint: [u8; 32],
+    pub attempt: i32,
+    pub expires_at: Micros,
+    /// When the current holder's lease runs out; meaningful only while `InProgress`.
+    pub lease_expires_at: Option<Micros>,
+    /// Whether the caller's role is a member of the role that created the record (the shell
+    /// evaluates membership; superusers are members of every role).
+    pub caller_is_owner: bool,
+}
+
+impl Stored {
+    /// An expired record counts as none.
+    pub fn is_live(&self, now: Micros) -> bool {
+        now < self.expires_at
+    }
+
+    fn lease_ran_out(&self, now: Micros) -> bool {
+        // A record without a lease cannot be held: treat it as run out so it is never stuck.
+        self.lease_expires_at.is_none_or(|at| now >= at)
+    }
+}
+
+/// An `idem_begin` request as the decision sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BeginRequest {
+    pub fingerprint: [u8; 32],
+    pub now: Micros,
+    /// How long the key is remembered from its first use (positive).
+    pub ttl: Micros,
+    /// How long a committed in-progress claim holds (positive).
+    pub lease: Micros,
+    /// Whether this request holds the key's lock, i.e. no other transaction is working on the
+    /// key right now. Without it, nothing that needs a write can be decided.
+    pub holds_lock: bool,
+}
+
+/// Why the caller now holds the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Execute {
+    /// No live record: a new claim, attempt 1.
+    Claim {
+        expires_at: Micros,
+        lease_expires_at: Micros,
+    },
+    /// A committed claim whose lease ran out, or a retryable failure: the next attempt, with
+    /// a new lease; the recovery point of the earlier attempt is kept.
+    Resume {
+        attempt: i32,
+        lease_expires_at: Micros,
+    },
+}
+
+/// The outcome of `idem_begin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Begin {
+    Execute(Execute),
+    /// A final outcome is stored: return it.
+    Replay,
+    /// Another request holds the key.
+    InProgress,
+}
+
+/// Why a request is refused outright.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The key is live and belongs to a role the caller is not a member of (42501).
+    NotOwner,
+    /// The key is live and was first used with a different command (IK001).
+    CommandMismatch,
+    /// complete, fail or checkpoint on a key that is not in progress (IK002).
+    NotInProgress,
+    /// The attempt given is not the record's attempt: the lease was taken over (IK003).
+    LeaseLost,
+}
+
+/// The decision table of `idem_begin`.
+///
+/// Order matters and is part of the contract: an expired record counts as none; ownership is
+/// checked before anything about the record is revealed; on a live record a different
+/// fingerprint is refused whatever the state.
+pub fn begin(stored: Option<&Stored>, req: &BeginRequest) -> Result<Begin, Refusal> {
+    let live = stored.filter(|s| s.is_live(req.now));
+    let Some(s) = live else {
+        return Ok(if req.holds_lock {
+            Begin::Execute(Execute::Claim {
+                expires_at: req.now.saturating_add(req.ttl),
+                lease_expires_at: req.now.saturating_add(req.lease),
+            })
+        } else {
+            // Nothing committed is visible, but another transaction holds the key: its claim
+            // is not committed yet.
+            Begin::InProgress
+        });
+    };
+    if !s.caller_is_owner {
+        return Err(Refusal::NotOwner);
+    }
+    if s.fingerprint != req.fingerprint {
+        return Err(Refusal::CommandMismatch);
+    }
+    let resume = || {
+        Begin::Execute(Execute::Resume {
+            attempt: s.attempt.saturating_add(1),
+            lease_expires_at: req.now.saturating_add(req.lease),
+        })
+    };
+    Ok(match s.state {
+        State::Completed | State::Failed { retryable: false } => Begin::Replay,
+        // Someone else is taking the key over or retrying it right now.
+        _ if !req.holds_lock => Begin::InProgress,
+        State::InProgress if s.lease_ran_out(req.now) => resume(),
+        State::InProgress => Begin::InProgress,
+        State::Failed { retryable: true } => resume(),
+    })
+}
+
+/// The guard of `idem_complete`, `idem_fail` and `idem_checkpoint`: they act only on a live,
+/// in-progress record of the caller's, and, given an attempt, only while it is the record's.
+///
+/// A stale holder whose attempt was superseded gets [`Refusal::LeaseLost`] even when the new
+/// holder has already finished: what it needs to learn is that it was fenced off.
+pub fn settle(stored: Option<&Stored>, now: Micros, attempt: Option<i32>) -> Result<(), Refusal> {
+    let s = stored
+        .filter(|s| s.is_live(now))
+        .ok_or(Refusal::NotInProgress)?;
+    if !s.caller_is_owner {
+        return Err(Refusal::NotOwner);
+    }
+    if attempt.is_some_and(|a| a != s.attempt) {
+        return Err(Refusal::LeaseLost);
+    }
+    if s.state != State::InProgress {
+        return Err(Refusal::NotInProgress);
+    }
+    Ok(())
+}
+
+/// The 64-bit lock identity of a key within its scope: SHA-256 over the scope's length, the
+/// scope and the key, truncated. It is fixed by this definition (not by a library's hasher)
+/// so that every version of the extension locks a key under the same identity, and the length
+/// prefix keeps ("ab", "c") apart from ("a", "bc").
+pub fn lock_id(scope: &[u8], key: &[u8]) -> u64 {
+    let mut h = Sha256::new();
+    h.update((scope.len() as u64).to_be_bytes());
+    h.update(scope);
+    h.update(key);
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FP: [u8; 32] = [7; 32];
+    const OTHER: [u8; 32] = [8; 32];
+    const NOW: Micros = 1_000_000_000;
+    const TTL: Micros = 86_400_000_000;
+    const LEASE: Micros = 60_000_000;
+
+    fn req(holds_lock: bool) -> BeginRequest {
+        BeginRequest {
+            fingerprint: FP,
+            now: NOW,
+            ttl: TTL,
+            lease: LEASE,
+            holds_lock,
+        }
+    }
+
+    fn stored(state: State) -> Stored {
+        Stored {
+            state,
+            fingerprint: FP,
+            attempt: 3,
+            expires_at: NOW + 1,
+            lease_expires_at: Some(NOW + 1),
+            caller_is_owner: true,
+        }
+    }
+
+    #[test]
+    fn claims_absent_key_with_attempt_one() {
+        assert_eq!(
+            begin(None, &req(true)),
+            Ok(Begin::Execute(Execute::Claim {
+                expires_at: NOW + TTL,
+                lease_expires_at: NOW + LEASE
+            }))
+        );
+    }
+
+    #[test]
+    fn treats_expired_record_as_none_whatever_its_command_owner_or_state() {
+        for state in [
+            State::InProgress,
+            State::Completed,
+            State::Failed { retryable: false },
+        ] {
+            let s = Stored {
+                fingerprint: OTHER,
+                caller_is_owner: false,
+                expires_at: NOW,
+                ..stored(state)
+            };
+            assert!(matches!(
+                begin(Some(&s), &req(true)),
+                Ok(Begin::Execute(Execute::Claim { .. }))
+            ));
+        }
+    }
+
+    #[test]
+    fn answers_in_progress_for_uncommitted_claim_of_another_transaction() {
+        assert_eq!(begin(None, &req(false)), Ok(Begin::InProgress));
+    }
+
+    #[test]
+    fn answers_in_progress_while_committed_lease_holds() {
+        let s = stored(State::InProgress);
+        assert_eq!(begin(Some(&s), &req(true)), Ok(Begin::InProgress));
+    }
+
+    #[test]
+    fn takes_over_when_lease_ran_out() {
+        let s = Stored {
+            lease_expires_at: Some(NOW),
+            ..stored(State::InProgress)
+        };
+        assert_eq!(
+            begin(Some(&s), &req(true)),
+            Ok(Begin::Execute(Execute::Resume {
+                attempt: 4,
+                lease_expires_at: NOW + LEASE
+            }))
+        );
+    }
+
+    #[test]
+    fn does_not_take_over_while_another_transaction_holds_the_key() {
+        let s = Stored {
+            lease_expires_at: Some(NOW),
+            ..stored(State::InProgress)
+        };
+        assert_eq!(begin(Some(&s), &req(false)), Ok(Begin::InProgress));
+        let f = stored(State::Failed { retryable: true });
+        assert_eq!(begin(Some(&f), &req(false)), Ok(Begin::InProgress));
+    }
+
+    #[test]
+    fn replays_completed_command() {
+        for holds in [true, false] {
+            assert_eq!(
+                begin(Some(&stored(State::Completed)), &req(holds)),
+                Ok(Begin::Replay)
+            );
+        }
+    }
+
+    #[test]
+    fn retries_retryable_failure_as_next_attempt() {
+        let s = stored(State::Failed { retryable: true });
+        assert_eq!(
+            begin(Some(&s), &req(true)),
+            Ok(Begin::Execute(Execute::Resume {
+                attempt: 4,
+                lease_expires_at: NOW + LEASE
+            }))
+        );
+    }
+
+    #[test]
+    fn replays_final_failure() {
+        let s = stored(State::Failed { retryable: false });
+        assert_eq!(begin(Some(&s), &req(true)), Ok(Begin::Replay));
+    }
+
+    #[test]
+    fn rejects_same_key_with_other_command_in_every_state() {
+        for state in [
+            State::InProgress,
+            State::Completed,
+            State::Failed { retryable: true },
+            State::Failed { retryable: false },
+        ] {
+            let s = Stored {
+                fingerprint: OTHER,
+                ..stored(state)
+            };
+            for holds in [true, false] {
+                assert_eq!(begin(Some(&s), &req(holds)), Err(Refusal::CommandMismatch));
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_other_role_before_revealing_the_command() {
+        let s = Stored {
+            fingerprint: OTHER,
+            caller_is_owner: false,
+            ..stored(State::Completed)
+        };
+        assert_eq!(begin(Some(&s), &req(true)), Err(Refusal::NotOwner));
+    }
+
+    #[test]
+    fn settles_in_progress_record_with_or_without_attempt() {
+        let s = stored(State::InProgress);
+        assert_eq!(settle(Some(&s), NOW, None), Ok(()));
+        assert_eq!(settle(Some(&s), NOW, Some(3)), Ok(()));
+    }
+
+    #[test]
+    fn settles_after_own_lease_ran_out_when_nobody_took_over() {
+        let s = Stored {
+            lease_expires_at: Some(NOW - 1),
+            ..stored(State::InProgress)
+        };
+        assert_eq!(settle(Some(&s), NOW, Some(3)), Ok(()));
+    }
+
+    #[test]
+    fn refuses_to_settle_absent_expired_or_final_record() {
+        assert_eq!(settle(None, NOW, None), Err(Refusal::NotInProgress));
+        let expired = Stored {
+            expires_at: NOW,
+            ..stored(State::InProgress)
+        };
+        assert_eq!(
+            settle(Some(&expired), NOW, None),
+            Err(Refusal::NotInProgress)
+        );
+        for state in [State::Completed, State::Failed { retryable: true }] {
+            assert_eq!(
+                settle(Some(&stored(state)), NOW, Some(3)),
+                Err(Refusal::NotInProgress)
+            );
+        }
+    }
+
+    #[test]
+    fn fences_stale_attempt_even_after_the_new_holder_finished() {
+        for state in [State::InProgress, State::Completed] {
+            assert_eq!(
+                settle(Some(&stored(state)), NOW, Some(2)),
+                Err(Refusal::LeaseLost)
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_to_settle_another_roles_record() {
+        let s = Stored {
+            caller_is_owner: false,
+            ..stored(State::InProgress)
+        };
+        assert_eq!(settle(Some(&s), NOW, None), Err(Refusal::NotOwner));
+    }
+
+    #[test]
+    fn lock_id_separates_scope_from_key() {
+        assert_ne!(lock_id(b"ab", b"c"), lock_id(b"a", b"bc"));
+        assert_eq!(
+            lock_id(b"tenant:42", b"k-123"),
+            lock_id(b"tenant:42", b"k-123")
+        );
+    }
+
+    #[test]
+    fn lock_id_is_frozen() {
+        // Every version must lock a key under the same identity: a changed value here means
+        // two versions running side by side would not exclude each other.
+        assert_eq!(
+            lock_id(b"tenant:42 POST /v1/payments", b"k-123"),
+            0x3ffa_1a86_c4e3_0aaf
+        );
+    }
+
+    fn any_state() -> impl Strategy<Value = State> {
+        prop_oneof![
+            Just(State::InProgress),
+            Just(State::Completed),
+            any::<bool>().prop_map(|retryable| State::Failed { retryable }),
+        ]
+    }
+
+    fn any_stored() -> impl Strategy<Value = Stored> {
+        (
+            any_state(),
+            any::<bool>(),
+            1..1000i32,
+            -10i64..10,
+            proptest::option::of(-10i64..10),
+            any::<bool>(),
+        )
+            .prop_map(|(state, same, attempt, exp, lease, owner)| Stored {
+                state,
+                fingerprint: if same { FP } else { OTHER },
+                attempt,
+                expires_at: NOW + exp,
+                lease_expires_at: lease.map(|l| NOW + l),
+                caller_is_owner: owner,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn without_the_lock_begin_never_executes(s in proptest::option::of(any_stored())) {
+            let d = begin(s.as_ref(), &req(false));
+            prop_assert!(!matches!(d, Ok(Begin::Execute(_))));
+        }
+
+        #[test]
+        fn live_record_with_other_command_is_always_refused(s in any_stored()) {
+            prop_assume!(s.is_live(NOW) && s.fingerprint != FP);
+            for holds in [true, false] {
+                let d = begin(Some(&s), &req(holds));
+                prop_assert!(d == Err(Refusal::CommandMismatch) || d == Err(Refusal::NotOwner));
+            }
+        }
+
+        #[test]
+        fn execute_resumes_with_exactly_the_next_attempt(s in any_stored()) {
+            if let Ok(Begin::Execute(Execute::Resume { attempt, lease_expires_at })) =
+                begin(Some(&s), &req(true))
+            {
+                prop_assert_eq!(attempt, s.attempt + 1);
+                prop_assert_eq!(lease_expires_at, NOW + LEASE);
+                prop_assert!(s.is_live(NOW) && s.caller_is_owner && s.fingerprint == FP);
+            }
+        }
+
+        #[test]
+        fn replay_only_for_final_outcomes(s in any_stored(), holds in any::<bool>()) {
+            if begin(Some(&s), &req(holds)) == Ok(Begin::Replay) {
+                prop_assert!(matches!(
+                    s.state,
+                    State::Completed | State::Failed { retryable: false }
+                ));
+            }
+        }
+
+        #[test]
+        fn settle_succeeds_only_on_live_own_in_progress_same_attempt(
+            s in any_stored(), attempt in proptest::option::of(1..1000i32)
+        ) {
+            let ok = settle(Some(&s), NOW, attempt).is_ok();
+            let expected = s.is_live(NOW)
+                && s.caller_is_owner
+                && s.state == State::InProgress
+                && attempt.is_none_or(|a| a == s.attempt);
+            prop_assert_eq!(ok, expected);
+        }
+    }
+}

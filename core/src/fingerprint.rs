@@ -1,0 +1,71 @@
+//! The fingerprint of a command: SHA-256 over its canonical text.
+//!
+//! The text streams from the canonical writer into the hasher through a small buffer, so
+//! fingerprinting a large command never materialises its text, and the many tiny writes
+//! (a quote, a comma) cost a copy instead of a hasher call each.
+
+use sha2::{Digest, Sha256};
+
+use crate::canonical::{write_canonical, Sink};
+use crate::jsonb::FormatError;
+
+const BUFFER: usize = 4096;
+
+/// A [`Sink`] that hashes what it is given.
+pub struct Sha256Sink {
+    hasher: Sha256,
+    buf: [u8; BUFFER],
+    len: usize,
+}
+
+impl Sha256Sink {
+    pub fn new() -> Self {
+        Sha256Sink {
+            hasher: Sha256::new(),
+            buf: [0; BUFFER],
+            len: 0,
+        }
+    }
+
+    pub fn finish(mut self) -> [u8; 32] {
+        self.hasher.update(&self.buf[..self.len]);
+        self.hasher.finalize().into()
+    }
+}
+
+impl Default for Sha256Sink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sink for Sha256Sink {
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.len += bytes.len();
+            return;
+        }
+        self.hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+        if bytes.len() >= BUFFER {
+            self.hasher.update(bytes);
+        } else {
+            self.buf[..bytes.len()].copy_from_slice(bytes);
+            self.len = bytes.len();
+        }
+    }
+}
+
+/// SHA-256 of the canonical text of a jsonb datum (given without its varlena header).
+pub fn fingerprint(jsonb: &[u8]) -> Result<[u8; 32], FormatError> {
+    let mut sink = Sha256Sink::new();
+    write_canonical(jsonb, &mut sink)?;
+    Ok(sink.finish())
+}
+
+/// SHA-256 of canonical text that is already at hand; equals [`fingerprint`] of the jsonb
+/// it came from.
+pub fn fingerprint_of_text(canonical: &[u8]) -> [u8; 32] {
+    Sha256::digest(canonical).into()
+}

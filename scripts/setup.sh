@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what building and testing need, skipping whatever is already there, so that
+# `make demo` and `make test` are all the set-up a new machine needs.
+# Facts behind the choices: ../shared/BUILDING.md (pgrx 0.18.0 pin, root + --runas postgres).
+set -euo pipefail
+
+PGRX_VERSION=0.18.0
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# Debian packages: the server, its headers (PGXS, pg_regress, pg_isolation_regress),
+# clang for bindgen, sudo for cargo-pgrx's --runas.
+need=()
+for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing Debian packages: ${need[*]} (run as root, or install them)"; exit 1
+  fi
+  log "installing Debian packages: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The pinned cargo-pgrx (about 10 minutes to build on 2 cores, once).
+if ! cargo pgrx --version 2>/dev/null | grep -q " ${PGRX_VERSION}\$"; then
+  log "installing cargo-pgrx ${PGRX_VERSION}"
+  cargo install cargo-pgrx --version "${PGRX_VERSION}" --locked
+fi
+
+# Register the system PostgreSQL 15 with pgrx.
+if ! grep -qs "^pg15 *= *\"${PG_CONFIG}\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+  log "registering ${PG_CONFIG} with cargo pgrx init"
+  cargo pgrx init --pg15 "${PG_CONFIG}"
+fi

@@ -1,0 +1,134 @@
+-- The extension's SQL: its private schema, the record table, and the SQL functions, whose
+-- bodies are C-ABI functions in the extension's library (src/api.rs). Everything the
+-- library's own queries touch is schema-qualified, operators included.
+
+-- The canonical form hashes UTF-8 text: in another encoding a command's strings would hash to
+-- other bytes than the same command's in a UTF8 database, so refuse to install there.
+DO $$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.<>) 'UTF8' THEN
+        RAISE EXCEPTION 'idempotency requires a UTF8 database'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = pg_catalog.format('The database encoding is %s.', pg_catalog.getdatabaseencoding()),
+                  HINT = 'Create the database with ENCODING ''UTF8''.';
+    END IF;
+END
+$$;
+
+-- A private schema for the records, so that no other role can place objects beside them.
+CREATE SCHEMA idempotency;
+REVOKE ALL ON SCHEMA idempotency FROM PUBLIC;
+COMMENT ON SCHEMA idempotency IS 'private storage of the idempotency extension';
+
+-- One row per (scope, key). Designed for the hot path:
+-- - the claim is one insert; the primary key is the only b-tree, and none of its columns
+--   changes after the claim, so completions, failures and checkpoints are HOT updates
+--   (fillfactor leaves room on the page for them);
+-- - expires_at is set once per claim and indexed by a BRIN index (rows arrive in time
+--   order), which costs next to nothing per row and lets idem_purge find expired rows;
+-- - scope leads the primary key and there is no sequence or foreign key, so the table can be
+--   distributed by scope (Citus) without change;
+-- - owner is regrole: a dump stores the role's name, so ownership survives a restore into a
+--   cluster where the role has another oid.
+CREATE TABLE idempotency.records (
+    created_at       timestamptz NOT NULL,       -- first use of the key
+    expires_at       timestamptz NOT NULL,       -- created_at + ttl; the record counts as none after
+    lease_expires_at timestamptz,                -- while in progress: when the holder's lease runs out
+    lease            bigint NOT NULL,            -- the lease length in microseconds, renewed by checkpoints
+    owner            regrole NOT NULL,           -- the role that created the record
+    attempt          integer NOT NULL,           -- 1, then one more per re-execution: the fencing token
+    http_status      smallint,                   -- the stored outcome's status
+    state            "char" NOT NULL,            -- p: in progress, c: completed, f: failed
+    retryable        boolean,                    -- for a failure: may the next request re-execute?
+    scope            text COLLATE "C" NOT NULL,
+    key              text COLLATE "C" NOT NULL,
+    fingerprint      bytea NOT NULL,             -- SHA-256 of the canonical command
+    resource         text,                       -- the stored resource reference
+    recovery_point   text,                       -- the last checkpoint's name
+    recovery_data    jsonb,                      -- the last checkpoint's data
+    response         jsonb,                      -- the stored response (or a failure's error)
+    CONSTRAINT records_pkey PRIMARY KEY (scope, key),
+    CONSTRAINT records_state_check CHECK (state IN ('p', 'c', 'f'))
+) WITH (fillfactor = 70);
+CREATE INDEX records_expires_at_brin ON idempotency.records USING brin (expires_at);
+REVOKE ALL ON idempotency.records FROM PUBLIC;
+COMMENT ON TABLE idempotency.records IS 'idempotency keys: one row per (scope, key); reach it only through the idem_* functions';
+-- Keep the rows in pg_dump output: they are data, not extension scaffolding.
+SELECT pg_catalog.pg_extension_config_dump('idempotency.records', '');
+
+-- The functions run as the caller (so that the caller's role can be checked against each
+-- record's owner) and switch to the extension owner's rights only around their own queries.
+-- search_path is pinned anyway, so that nothing a caller places on it is ever resolved.
+
+CREATE FUNCTION idem_begin(
+    scope text, key text, command jsonb,
+    ttl interval DEFAULT NULL, lease interval DEFAULT NULL, wait interval DEFAULT NULL,
+    OUT outcome text, OUT state text, OUT attempt integer,
+    OUT recovery_point text, OUT recovery_data jsonb,
+    OUT http_status integer, OUT response jsonb, OUT resource text,
+    OUT fingerprint bytea, OUT expires_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'idem_begin' LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION idem_begin(text, text, jsonb, interval, interval, interval) IS
+'claims an idempotency key for a command: outcome execute, replay or in_progress; IK001 for a different command';
+
+CREATE FUNCTION idem_complete(
+    scope text, key text, response jsonb DEFAULT NULL, resource text DEFAULT NULL,
+    http_status integer DEFAULT 200, attempt integer DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'idem_complete' LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION idem_complete(text, text, jsonb, text, integer, integer) IS
+'stores the final outcome of an in-progress key, to be replayed';
+
+CREATE FUNCTION idem_fail(
+    scope text, key text, error jsonb DEFAULT NULL, retryable boolean DEFAULT true,
+    http_status integer DEFAULT 500, attempt integer DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'idem_fail' LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION idem_fail(text, text, jsonb, boolean, integer, integer) IS
+'records the failure of an in-progress key: retryable ones re-execute, others replay the error';
+
+CREATE FUNCTION idem_checkpoint(
+    scope text, key text, recovery_point text, data jsonb DEFAULT NULL,
+    attempt integer DEFAULT NULL)
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'idem_checkpoint' LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION idem_checkpoint(text, text, text, jsonb, integer) IS
+'records a recovery point of an in-progress key and renews its lease; returns the new lease end';
+
+CREATE FUNCTION idem_check(
+    scope text, key text, command jsonb DEFAULT NULL,
+    OUT state text, OUT matches boolean, OUT attempt integer, OUT recovery_point text,
+    OUT http_status integer, OUT response jsonb, OUT resource text,
+    OUT created_at timestamptz, OUT expires_at timestamptz, OUT lease_expires_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'idem_check' LANGUAGE c VOLATILE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION idem_check(text, text, jsonb) IS
+'reads a key without writing or locking (works on a hot standby); state absent for none or expired';
+
+CREATE FUNCTION idem_fingerprint(command jsonb) RETURNS bytea
+AS 'MODULE_PATHNAME', 'idem_fingerprint' LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION idem_fingerprint(jsonb) IS
+'SHA-256 of the canonical form of a command';
+
+CREATE FUNCTION idem_canonical(command jsonb) RETURNS text
+AS 'MODULE_PATHNAME', 'idem_canonical' LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION idem_canonical(jsonb) IS
+'the canonical form of a command: the exact text that idem_fingerprint hashes';
+
+CREATE FUNCTION idem_purge(max_rows integer DEFAULT 10000) RETURNS bigint
+AS 'MODULE_PATHNAME', 'idem_purge' LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION idem_purge(integer) IS
+'deletes up to max_rows expired records, skipping rows that others have locked; returns how many';
+
+CREATE FUNCTION idem_forget(scope text, key text) RETURNS boolean
+AS 'MODULE_PATHNAME', 'idem_forget' LANGUAGE c VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION idem_forget(text, text) IS
+'an operator''s eviction of one live key; returns whether a live record was deleted';

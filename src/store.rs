@@ -1,0 +1,526 @@
+//! The record store: every query on `idempotency.records`, through SPI plans prepared once per
+//! backend and kept, run with the rights of the table's owner (callers have none on it).
+//!
+//! The store reads and writes what it is told; the decisions are in `idempotency_core::decision`
+//! and the protocol (locking, order of steps) in `api`. All SQL here is schema-qualified, its
+//! operators included, so that no object on the caller's `search_path` can take part in it.
+
+use std::cell::Cell;
+use std::ffi::c_char;
+
+use idempotency_core::decision::{Micros, State};
+use pgrx::{pg_sys, IntoDatum};
+
+use crate::errors::IdemError;
+
+/// A stored record as read, with its varlena values copied into the memory context that was
+/// current when the store was opened (the SQL function's), so they outlive the SPI connection.
+pub struct Record {
+    pub owner: pg_sys::Oid,
+    pub state: State,
+    pub fingerprint: [u8; 32],
+    pub attempt: i32,
+    pub created_at: Micros,
+    pub expires_at: Micros,
+    pub lease_expires_at: Option<Micros>,
+    pub lease: Micros,
+    pub http_status: Option<i32>,
+    pub response: Option<pg_sys::Datum>,
+    pub resource: Option<pg_sys::Datum>,
+    pub recovery_point: Option<pg_sys::Datum>,
+    pub recovery_data: Option<pg_sys::Datum>,
+}
+
+/// A new claim.
+pub struct Claim<'a> {
+    pub scope: pg_sys::Datum,
+    pub key: pg_sys::Datum,
+    pub owner: pg_sys::Oid,
+    pub fingerprint: &'a [u8; 32],
+    pub now: Micros,
+    pub expires_at: Micros,
+    pub lease_expires_at: Micros,
+    pub lease: Micros,
+}
+
+/// A stored final outcome: a completion or a failure.
+pub struct Outcome {
+    pub state: State,
+    pub http_status: i32,
+    pub response: Option<pg_sys::Datum>,
+    pub resource: Option<pg_sys::Datum>,
+}
+
+const SELECT_COLUMNS: &str = "owner, state, retryable, fingerprint, attempt, created_at, \
+     expires_at, lease_expires_at, lease, http_status, response, resource, recovery_point, \
+     recovery_data";
+const WHERE_KEY: &str = "scope OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2";
+
+/// The statements, in the order of `Plans`' fields.
+fn statements() -> [(String, Vec<pg_sys::Oid>); 9] {
+    use pg_sys::{
+        BOOLOID, BYTEAOID, INT2OID, INT4OID, INT8OID, JSONBOID, REGROLEOID, TEXTOID, TIMESTAMPTZOID,
+    };
+    let key = || vec![TEXTOID, TEXTOID];
+    let with = |more: &[pg_sys::Oid]| [key(), more.to_vec()].concat();
+    [
+        (
+            format!("SELECT {SELECT_COLUMNS} FROM idempotency.records WHERE {WHERE_KEY}"),
+            key(),
+        ),
+        (
+            "INSERT INTO idempotency.records (scope, key, owner, state, fingerprint, attempt, \
+             created_at, expires_at, lease_expires_at, lease) \
+             VALUES ($1, $2, $3, 'p', $4, 1, $5, $6, $7, $8) \
+             ON CONFLICT (scope, key) DO NOTHING"
+                .into(),
+            with(&[
+                REGROLEOID,
+                BYTEAOID,
+                TIMESTAMPTZOID,
+                TIMESTAMPTZOID,
+                TIMESTAMPTZOID,
+                INT8OID,
+            ]),
+        ),
+        // Reuses the row of an expired record for a new claim.
+        (
+            format!(
+                "UPDATE idempotency.records SET owner = $3, state = 'p', retryable = NULL, \
+                 fingerprint = $4, attempt = 1, created_at = $5, expires_at = $6, \
+                 lease_expires_at = $7, lease = $8, http_status = NULL, response = NULL, \
+                 resource = NULL, recovery_point = NULL, recovery_data = NULL \
+                 WHERE {WHERE_KEY} AND expires_at OPERATOR(pg_catalog.<=) $5"
+            ),
+            with(&[
+                REGROLEOID,
+                BYTEAOID,
+                TIMESTAMPTZOID,
+                TIMESTAMPTZOID,
+                TIMESTAMPTZOID,
+                INT8OID,
+            ]),
+        ),
+        // The next attempt: after a lease ran out or a retryable failure. Keeps the recovery point.
+        (
+            format!(
+                "UPDATE idempotency.records SET state = 'p', retryable = NULL, attempt = $3, \
+                 lease_expires_at = $4, lease = $5, http_status = NULL, response = NULL, \
+                 resource = NULL WHERE {WHERE_KEY}"
+            ),
+            with(&[INT4OID, TIMESTAMPTZOID, INT8OID]),
+        ),
+        // A final outcome. A completion drops the recovery point (nothing will resume); a
+        // failure keeps it for the retry.
+        (
+            format!(
+                "UPDATE idempotency.records SET state = 'c', http_status = $3, response = $4, \
+                 resource = $5, lease_expires_at = NULL, recovery_point = NULL, \
+                 recovery_data = NULL WHERE {WHERE_KEY}"
+            ),
+            with(&[INT2OID, JSONBOID, TEXTOID]),
+        ),
+        (
+            format!(
+                "UPDATE idempotency.records SET state = 'f', retryable = $3, http_status = $4, \
+                 response = $5, lease_expires_at = NULL WHERE {WHERE_KEY}"
+            ),
+            with(&[BOOLOID, INT2OID, JSONBOID]),
+        ),
+        (
+            format!(
+                "UPDATE idempotency.records SET recovery_point = $3, recovery_data = $4, \
+                 lease_expires_at = $5 WHERE {WHERE_KEY}"
+            ),
+            with(&[TEXTOID, JSONBOID, TIMESTAMPTZOID]),
+        ),
+        (
+            format!("DELETE FROM idempotency.records WHERE {WHERE_KEY}"),
+            key(),
+        ),
+        // Expired rows in a bounded batch; rows that a live transaction has locked (a claim
+        // being made on an expired row) are skipped, never waited for.
+        (
+            "DELETE FROM idempotency.records WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(\
+             SELECT ctid FROM idempotency.records \
+             WHERE expires_at OPERATOR(pg_catalog.<=) $1 LIMIT $2 FOR UPDATE SKIP LOCKED))"
+                .into(),
+            vec![TIMESTAMPTZOID, INT8OID],
+        ),
+    ]
+}
+
+#[derive(Clone, Copy)]
+struct Plans {
+    lookup: pg_sys::SPIPlanPtr,
+    insert: pg_sys::SPIPlanPtr,
+    reclaim: pg_sys::SPIPlanPtr,
+    resume: pg_sys::SPIPlanPtr,
+    complete: pg_sys::SPIPlanPtr,
+    fail: pg_sys::SPIPlanPtr,
+    checkpoint: pg_sys::SPIPlanPtr,
+    forget: pg_sys::SPIPlanPtr,
+    purge: pg_sys::SPIPlanPtr,
+}
+
+thread_local! {
+    // Kept plans live in CacheMemoryContext for the backend's life; PostgreSQL re-plans them
+    // when the table changes (even when the extension is dropped and created again).
+    static PLANS: Cell<Option<Plans>> = const { Cell::new(None) };
+}
+
+fn prepare_all() -> Result<Plans, IdemError> {
+    let mut kept = Vec::with_capacity(9);
+    for (sql, types) in statements() {
+        let sql = std::ffi::CString::new(sql).map_err(|e| IdemError::Internal(e.to_string()))?;
+        let mut types = types;
+        // SAFETY: inside an SPI connection; the argument types match the statement.
+        let plan =
+            unsafe { pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr()) };
+        if plan.is_null() || unsafe { pg_sys::SPI_keepplan(plan) } != 0 {
+            return Err(IdemError::Internal(format!(
+                "could not prepare: {}",
+                sql.to_string_lossy()
+            )));
+        }
+        kept.push(plan);
+    }
+    Ok(Plans {
+        lookup: kept[0],
+        insert: kept[1],
+        reclaim: kept[2],
+        resume: kept[3],
+        complete: kept[4],
+        fail: kept[5],
+        checkpoint: kept[6],
+        forget: kept[7],
+        purge: kept[8],
+    })
+}
+
+/// An open SPI connection running as the table's owner. Dropping it disconnects and gives the
+/// caller's identity back (an error does both through PostgreSQL's abort processing).
+pub struct Store {
+    outer: pg_sys::MemoryContext,
+    plans: Plans,
+    saved_user: pg_sys::Oid,
+    saved_context: i32,
+}
+
+/// The table's relation oid, or an error if the extension's schema is not there.
+fn records_relid() -> Result<pg_sys::Oid, IdemError> {
+    // SAFETY: catalog lookups by name.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"idempotency".as_ptr(), true);
+        let rel = if nsp == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"records".as_ptr(), nsp)
+        };
+        if rel == pg_sys::InvalidOid {
+            return Err(IdemError::Internal(
+                "table idempotency.records does not exist".into(),
+            ));
+        }
+        Ok(rel)
+    }
+}
+
+fn owner_of(relid: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: a relcache lookup of an existing relation, closed right after.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        let owner = (*(*rel).rd_rel).relowner;
+        pg_sys::RelationClose(rel);
+        owner
+    }
+}
+
+impl Store {
+    /// Connects to SPI and switches to the table owner's rights (without letting anything run
+    /// under them but this store's own statements: SECURITY_RESTRICTED_OPERATION).
+    pub fn open() -> Result<Store, IdemError> {
+        let owner = owner_of(records_relid()?);
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_context = 0;
+        // SAFETY: standard SPI and user-switch calls; an error raised in between is cleaned up
+        // by PostgreSQL's (sub)transaction abort, which restores the user id too.
+        unsafe {
+            let outer = pg_sys::CurrentMemoryContext;
+            pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                saved_context
+                    | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                    | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            );
+            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+                return Err(IdemError::Internal("SPI_connect failed".into()));
+            }
+            let mut store = Store {
+                outer,
+                plans: PLANS.get().unwrap_or(Plans {
+                    lookup: std::ptr::null_mut(),
+                    insert: std::ptr::null_mut(),
+                    reclaim: std::ptr::null_mut(),
+                    resume: std::ptr::null_mut(),
+                    complete: std::ptr::null_mut(),
+                    fail: std::ptr::null_mut(),
+                    checkpoint: std::ptr::null_mut(),
+                    forget: std::ptr::null_mut(),
+                    purge: std::ptr::null_mut(),
+                }),
+                saved_user,
+                saved_context,
+            };
+            if store.plans.lookup.is_null() {
+                store.plans = prepare_all()?;
+                PLANS.set(Some(store.plans));
+            }
+            Ok(store)
+        }
+    }
+
+    /// Runs a kept plan; returns the number of rows processed.
+    fn run(
+        &self,
+        plan: pg_sys::SPIPlanPtr,
+        args: &[Option<pg_sys::Datum>],
+        read_only: bool,
+        limit: i64,
+    ) -> Result<u64, IdemError> {
+        let mut values: Vec<pg_sys::Datum> = args
+            .iter()
+            .map(|a| a.unwrap_or(pg_sys::Datum::from(0)))
+            .collect();
+        let nulls: Vec<c_char> = args
+            .iter()
+            .map(|a| if a.is_some() { b' ' } else { b'n' } as c_char)
+            .collect();
+        // SAFETY: the plan's argument count and types match `args` (see `statements`).
+        let rc = unsafe {
+            pg_sys::SPI_execute_plan(
+                plan,
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                read_only,
+                limit as _,
+            )
+        };
+        if rc < 0 {
+            return Err(IdemError::Internal(format!(
+                "SPI_execute_plan returned {rc}"
+            )));
+        }
+        // SAFETY: set by the execution above.
+        Ok(unsafe { pg_sys::SPI_processed })
+    }
+
+    /// Reads the record of a key, expired or not. `read_only` runs it in the caller's
+    /// snapshot without a new one (for `idem_check`, which must work on a hot standby).
+    pub fn lookup(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        read_only: bool,
+    ) -> Result<Option<Record>, IdemError> {
+        if self.run(self.plans.lookup, &[Some(scope), Some(key)], read_only, 1)? == 0 {
+            return Ok(None);
+        }
+        // SAFETY: one row of the lookup's columns is in SPI_tuptable.
+        unsafe {
+            let table = pg_sys::SPI_tuptable;
+            let tuple = *(*table).vals;
+            let desc = (*table).tupdesc;
+            let col = |n: i32| -> Option<pg_sys::Datum> {
+                let mut is_null = false;
+                let d = pg_sys::SPI_getbinval(tuple, desc, n, &mut is_null);
+                (!is_null).then_some(d)
+            };
+            let required =
+                |n: i32| col(n).ok_or_else(|| IdemError::Internal(format!("column {n} is null")));
+            let state = match required(2)?.value() as u8 {
+                b'p' => State::InProgress,
+                b'c' => State::Completed,
+                b'f' => State::Failed {
+                    retryable: col(3).is_some_and(|d| d.value() != 0),
+                },
+                other => return Err(IdemError::Internal(format!("unknown state {other}"))),
+            };
+            let fp = varlena_bytes(required(4)?);
+            let fingerprint: [u8; 32] = fp
+                .try_into()
+                .map_err(|_| IdemError::Internal("stored fingerprint is not 32 bytes".into()))?;
+            Ok(Some(Record {
+                owner: pg_sys::Oid::from(required(1)?.value() as u32),
+                state,
+                fingerprint,
+                attempt: required(5)?.value() as i32,
+                created_at: required(6)?.value() as i64,
+                expires_at: required(7)?.value() as i64,
+                lease_expires_at: col(8).map(|d| d.value() as i64),
+                lease: required(9)?.value() as i64,
+                http_status: col(10).map(|d| i32::from(d.value() as i16)),
+                response: col(11).map(|d| self.copy_out(d)),
+                resource: col(12).map(|d| self.copy_out(d)),
+                recovery_point: col(13).map(|d| self.copy_out(d)),
+                recovery_data: col(14).map(|d| self.copy_out(d)),
+            }))
+        }
+    }
+
+    /// Copies a varlena value, detoasted, into the SQL function's memory context.
+    fn copy_out(&self, d: pg_sys::Datum) -> pg_sys::Datum {
+        // SAFETY: `d` is a varlena datum of the current SPI result; the copy is made in the
+        // outer context, which lives until the SQL function returns.
+        unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(self.outer);
+            let copy = pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr());
+            pg_sys::MemoryContextSwitchTo(old);
+            pg_sys::Datum::from(copy)
+        }
+    }
+
+    /// Inserts a new claim; false if a row for the key exists (under REPEATABLE READ and
+    /// SERIALIZABLE, a row committed after the snapshot raises a serialization failure here).
+    pub fn insert(&self, c: &Claim) -> Result<bool, IdemError> {
+        Ok(self.run(self.plans.insert, &claim_args(c), false, 0)? == 1)
+    }
+
+    /// Turns the row of an expired record into a new claim; false if there is no such row
+    /// (idem_purge deleted it meanwhile).
+    pub fn reclaim(&self, c: &Claim) -> Result<bool, IdemError> {
+        Ok(self.run(self.plans.reclaim, &claim_args(c), false, 0)? == 1)
+    }
+
+    pub fn resume(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        attempt: i32,
+        lease_expires_at: Micros,
+        lease: Micros,
+    ) -> Result<bool, IdemError> {
+        let args = [
+            Some(scope),
+            Some(key),
+            Some(attempt.into()),
+            Some(lease_expires_at.into()),
+            Some(lease.into()),
+        ];
+        Ok(self.run(self.plans.resume, &args, false, 0)? == 1)
+    }
+
+    pub fn finish(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        o: &Outcome,
+    ) -> Result<bool, IdemError> {
+        let status = Some(pg_sys::Datum::from(o.http_status as i16));
+        let n = match o.state {
+            State::Completed => self.run(
+                self.plans.complete,
+                &[Some(scope), Some(key), status, o.response, o.resource],
+                false,
+                0,
+            )?,
+            State::Failed { retryable } => self.run(
+                self.plans.fail,
+                &[
+                    Some(scope),
+                    Some(key),
+                    Some(retryable.into()),
+                    status,
+                    o.response,
+                ],
+                false,
+                0,
+            )?,
+            State::InProgress => {
+                return Err(IdemError::Internal(
+                    "an outcome cannot be in progress".into(),
+                ))
+            }
+        };
+        Ok(n == 1)
+    }
+
+    pub fn checkpoint(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        point: pg_sys::Datum,
+        data: Option<pg_sys::Datum>,
+        lease_expires_at: Micros,
+    ) -> Result<bool, IdemError> {
+        let args = [
+            Some(scope),
+            Some(key),
+            Some(point),
+            data,
+            Some(lease_expires_at.into()),
+        ];
+        Ok(self.run(self.plans.checkpoint, &args, false, 0)? == 1)
+    }
+
+    pub fn forget(&self, scope: pg_sys::Datum, key: pg_sys::Datum) -> Result<bool, IdemError> {
+        Ok(self.run(self.plans.forget, &[Some(scope), Some(key)], false, 0)? == 1)
+    }
+
+    pub fn purge(&self, now: Micros, max_rows: i32) -> Result<u64, IdemError> {
+        self.run(
+            self.plans.purge,
+            &[Some(now.into()), Some(i64::from(max_rows).into())],
+            false,
+            0,
+        )
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // SAFETY: closes the connection opened in `open` and restores the caller's identity.
+        unsafe {
+            pg_sys::SPI_finish();
+            pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_context);
+        }
+    }
+}
+
+fn claim_args(c: &Claim) -> [Option<pg_sys::Datum>; 8] {
+    [
+        Some(c.scope),
+        Some(c.key),
+        Some(pg_sys::Datum::from(c.owner)),
+        (&c.fingerprint[..]).into_datum(),
+        Some(c.now.into()),
+        Some(c.expires_at.into()),
+        Some(c.lease_expires_at.into()),
+        Some(c.lease.into()),
+    ]
+}
+
+/// The bytes of a (possibly toasted or short-header) varlena datum.
+///
+/// # Safety
+/// `d` must be a valid varlena datum that outlives the returned slice.
+pub unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    unsafe {
+        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        let len = pgrx::varlena::varsize_any_exhdr(v);
+        let data = pgrx::varlena::vardata_any(v) as *const u8;
+        std::slice::from_raw_parts(data, len)
+    }
+}
+
+/// A text datum's contents as `&str` (the database is UTF8, checked at CREATE EXTENSION, and
+/// the server validates text on input).
+///
+/// # Safety
+/// As for [`varlena_bytes`].
+pub unsafe fn text_str<'a>(d: pg_sys::Datum) -> Result<&'a str, IdemError> {
+    let bytes = unsafe { varlena_bytes(d) };
+    std::str::from_utf8(bytes).map_err(|e| IdemError::Internal(format!("text is not UTF-8: {e}")))
+}
