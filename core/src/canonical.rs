@@ -17,6 +17,7 @@ pub trait Sink {
 }
 
 impl Sink for Vec<u8> {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
     }
@@ -178,6 +179,19 @@ static ESCAPE: [u8; 256] = {
     table
 };
 
+/// Whether any byte of an 8-byte word is `"`, `\` or below 0x20. The classic
+/// has-zero-byte tricks: no false negatives, and a false positive only costs the slow path.
+fn may_need_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    let is_quote = quote.wrapping_sub(ONES) & !quote;
+    let is_backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (below_space | is_quote | is_backslash) & HIGHS != 0
+}
+
 /// Writes a JSON string with RFC 8785's escaping: only `"`, `\` and U+0000..U+001F are
 /// escaped, the six with short forms use them, the rest `\u00xx` in lower case.
 fn write_string<S: Sink + ?Sized>(s: &str, sink: &mut S) {
@@ -185,25 +199,34 @@ fn write_string<S: Sink + ?Sized>(s: &str, sink: &mut S) {
     let bytes = s.as_bytes();
     sink.write(b"\"");
     let mut run_start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Most text needs no escaping: skip it a word at a time.
+        if let Some(word) = bytes.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+            if !may_need_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let escape = ESCAPE[b as usize];
-        if escape == 0 {
-            continue;
+        if escape != 0 {
+            sink.write(&bytes[run_start..i]);
+            if escape == b'u' {
+                sink.write(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(b >> 4) as usize],
+                    HEX[(b & 0xF) as usize],
+                ]);
+            } else {
+                sink.write(&[b'\\', escape]);
+            }
+            run_start = i + 1;
         }
-        sink.write(&bytes[run_start..i]);
-        if escape == b'u' {
-            sink.write(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 0xF) as usize],
-            ]);
-        } else {
-            sink.write(&[b'\\', escape]);
-        }
-        run_start = i + 1;
+        i += 1;
     }
     sink.write(&bytes[run_start..]);
     sink.write(b"\"");
@@ -226,6 +249,20 @@ mod tests {
         assert_eq!(compare_keys("ab", "abc"), Ordering::Less);
         assert_eq!(compare_keys("", "a"), Ordering::Less);
         assert_eq!(compare_keys("abc", "abc"), Ordering::Equal);
+    }
+
+    #[test]
+    fn word_scan_finds_every_byte_that_needs_escaping() {
+        for special in (0u8..0x20).chain([b'"', b'\\']) {
+            for at in 0..8 {
+                let mut word = [b'a'; 8];
+                word[at] = special;
+                assert!(may_need_escape(u64::from_le_bytes(word)), "{special:#x} at {at}");
+            }
+        }
+        for plain in (0x20u8..=0xFF).filter(|&b| b != b'"' && b != b'\\') {
+            assert!(!may_need_escape(u64::from_le_bytes([plain; 8])), "{plain:#x}");
+        }
     }
 
     #[test]

@@ -27,9 +27,12 @@ impl Sha256Sink {
         }
     }
 
-    pub fn finish(mut self) -> [u8; 32] {
+    /// The digest of everything written. Takes `&mut self` so the sink, buffer and all, is
+    /// never copied.
+    pub fn finish(&mut self) -> [u8; 32] {
         self.hasher.update(&self.buf[..self.len]);
-        self.hasher.finalize().into()
+        self.len = 0;
+        self.hasher.finalize_reset().into()
     }
 }
 
@@ -40,6 +43,7 @@ impl Default for Sha256Sink {
 }
 
 impl Sink for Sha256Sink {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
             room.copy_from_slice(bytes);

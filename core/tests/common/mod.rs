@@ -49,7 +49,7 @@ pub fn arb_char() -> impl Strategy<Value = char> {
 }
 
 pub fn arb_string() -> impl Strategy<Value = String> {
-    proptest::collection::vec(arb_char(), 0..8).prop_map(|chars| chars.into_iter().collect())
+    proptest::collection::vec(arb_char(), 0..24).prop_map(|chars| chars.into_iter().collect())
 }
 
 /// Keys from a small alphabet, so that objects often repeat and share prefixes.
