@@ -9,17 +9,28 @@
 
 use std::cmp::Ordering;
 
-use crate::jsonb::{self, Children, FormatError, FormatErrorKind, Member, Value};
+use crate::jsonb::{self, Children, Container, FormatError, FormatErrorKind, Member, Value};
 
 /// Where canonical text goes: a `Vec<u8>`, or a hasher.
 pub trait Sink {
     fn write(&mut self, bytes: &[u8]);
+
+    /// One byte of punctuation; sinks override it to avoid a copy call per comma.
+    #[inline]
+    fn write_byte(&mut self, byte: u8) {
+        self.write(&[byte]);
+    }
 }
 
 impl Sink for Vec<u8> {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
+    }
+
+    #[inline]
+    fn write_byte(&mut self, byte: u8) {
+        self.push(byte);
     }
 }
 
@@ -36,8 +47,9 @@ enum Frame<'a> {
         children: Children<'a>,
         written: usize,
     },
-    /// The members sit in the scratch vector at `base..base + len`, already sorted.
+    /// The object's members sit in the scratch vector at `base..base + len`, sorted.
     Object {
+        container: Container<'a>,
         base: usize,
         len: usize,
         next: usize,
@@ -55,27 +67,32 @@ pub fn write_canonical<S: Sink + ?Sized>(jsonb: &[u8], sink: &mut S) -> Result<(
         let value = match frame {
             Frame::Array { children, written } => match children.next() {
                 None => {
-                    sink.write(b"]");
+                    sink.write_byte(b']');
                     stack.pop();
                     continue;
                 }
                 Some(child) => {
                     if *written > 0 {
-                        sink.write(b",");
+                        sink.write_byte(b',');
                     }
                     *written += 1;
                     child?
                 }
             },
-            Frame::Object { base, len, next } => {
+            Frame::Object {
+                container,
+                base,
+                len,
+                next,
+            } => {
                 if *next == *len {
-                    sink.write(b"}");
+                    sink.write_byte(b'}');
                     members.truncate(*base);
                     stack.pop();
                     continue;
                 }
                 if *next > 0 {
-                    sink.write(b",");
+                    sink.write_byte(b',');
                 }
                 let member = members.get(*base + *next).copied();
                 *next += 1;
@@ -84,8 +101,8 @@ pub fn write_canonical<S: Sink + ?Sized>(jsonb: &[u8], sink: &mut S) -> Result<(
                     return Err(FormatError::new(0, FormatErrorKind::Truncated));
                 };
                 write_string(member.key, sink);
-                sink.write(b":");
-                member.value
+                sink.write_byte(b':');
+                container.value(member.value)?
             }
         };
         open(value, sink, &mut stack, &mut members)?;
@@ -107,14 +124,14 @@ fn open<'a, S: Sink + ?Sized>(
         Value::String(s) => write_string(s, sink),
         Value::Number(n) => n.write(sink),
         Value::Array(container) => {
-            sink.write(b"[");
+            sink.write_byte(b'[');
             stack.push(Frame::Array {
                 children: container.children(),
                 written: 0,
             });
         }
         Value::Object(container) => {
-            sink.write(b"{");
+            sink.write_byte(b'{');
             let base = members.len();
             container.members_into(members)?;
             let own = members.get_mut(base..).unwrap_or_default();
@@ -127,6 +144,7 @@ fn open<'a, S: Sink + ?Sized>(
                 ));
             }
             stack.push(Frame::Object {
+                container,
                 base,
                 len: own.len(),
                 next: 0,
@@ -136,7 +154,8 @@ fn open<'a, S: Sink + ?Sized>(
     Ok(())
 }
 
-/// Compares two keys as sequences of UTF-16 code units, as RFC 8785 sorts them.
+/// Compares two keys (valid UTF-8) as sequences of UTF-16 code units, as RFC 8785 sorts
+/// them.
 ///
 /// UTF-8 byte order is code point order, and UTF-16 order differs from it only where a
 /// character at or above U+10000 (a surrogate pair, 0xD800..) meets one in U+E000..U+FFFF.
@@ -144,8 +163,7 @@ fn open<'a, S: Sink + ?Sized>(
 /// (both bytes are continuation bytes of the same lead byte, so the order is right) or at
 /// the start of two different characters, whose lead bytes tell those two ranges apart:
 /// 0xEE–0xEF begin U+E000..U+FFFF, 0xF0–0xF4 begin U+10000 and above.
-pub fn compare_keys(a: &str, b: &str) -> Ordering {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+pub fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
     let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) else {
         return a.len().cmp(&b.len());
     };
@@ -194,15 +212,17 @@ fn may_need_escape(word: u64) -> bool {
 
 /// Writes a JSON string with RFC 8785's escaping: only `"`, `\` and U+0000..U+001F are
 /// escaped, the six with short forms use them, the rest `\u00xx` in lower case.
-fn write_string<S: Sink + ?Sized>(s: &str, sink: &mut S) {
+fn write_string<S: Sink + ?Sized>(bytes: &[u8], sink: &mut S) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    sink.write(b"\"");
+    sink.write_byte(b'"');
     let mut run_start = 0;
     let mut i = 0;
     while i < bytes.len() {
         // Most text needs no escaping: skip it a word at a time.
-        if let Some(word) = bytes.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+        if let Some(word) = bytes
+            .get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        {
             if !may_need_escape(u64::from_le_bytes(word)) {
                 i += 8;
                 continue;
@@ -229,7 +249,7 @@ fn write_string<S: Sink + ?Sized>(s: &str, sink: &mut S) {
         i += 1;
     }
     sink.write(&bytes[run_start..]);
-    sink.write(b"\"");
+    sink.write_byte(b'"');
 }
 
 #[cfg(test)]
@@ -238,17 +258,35 @@ mod tests {
 
     #[test]
     fn compare_keys_orders_surrogate_pairs_before_high_bmp() {
-        assert_eq!(compare_keys("\u{1F600}", "\u{FB33}"), Ordering::Less);
-        assert_eq!(compare_keys("\u{FB33}", "\u{1F600}"), Ordering::Greater);
-        assert_eq!(compare_keys("\u{E000}", "\u{10000}"), Ordering::Greater);
-        assert_eq!(compare_keys("a\u{1F600}", "a\u{FFFF}"), Ordering::Less);
+        assert_eq!(
+            compare_keys("\u{1F600}".as_bytes(), "\u{FB33}".as_bytes()),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare_keys("\u{FB33}".as_bytes(), "\u{1F600}".as_bytes()),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare_keys("\u{E000}".as_bytes(), "\u{10000}".as_bytes()),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare_keys("a\u{1F600}".as_bytes(), "a\u{FFFF}".as_bytes()),
+            Ordering::Less
+        );
     }
 
     #[test]
     fn compare_keys_orders_prefix_first() {
-        assert_eq!(compare_keys("ab", "abc"), Ordering::Less);
-        assert_eq!(compare_keys("", "a"), Ordering::Less);
-        assert_eq!(compare_keys("abc", "abc"), Ordering::Equal);
+        assert_eq!(
+            compare_keys("ab".as_bytes(), "abc".as_bytes()),
+            Ordering::Less
+        );
+        assert_eq!(compare_keys("".as_bytes(), "a".as_bytes()), Ordering::Less);
+        assert_eq!(
+            compare_keys("abc".as_bytes(), "abc".as_bytes()),
+            Ordering::Equal
+        );
     }
 
     #[test]
@@ -257,18 +295,27 @@ mod tests {
             for at in 0..8 {
                 let mut word = [b'a'; 8];
                 word[at] = special;
-                assert!(may_need_escape(u64::from_le_bytes(word)), "{special:#x} at {at}");
+                assert!(
+                    may_need_escape(u64::from_le_bytes(word)),
+                    "{special:#x} at {at}"
+                );
             }
         }
         for plain in (0x20u8..=0xFF).filter(|&b| b != b'"' && b != b'\\') {
-            assert!(!may_need_escape(u64::from_le_bytes([plain; 8])), "{plain:#x}");
+            assert!(
+                !may_need_escape(u64::from_le_bytes([plain; 8])),
+                "{plain:#x}"
+            );
         }
     }
 
     #[test]
     fn write_string_escapes_per_rfc_8785() {
         let mut out = Vec::new();
-        write_string("\"\\\u{8}\t\n\u{c}\r\u{0}\u{1f}\u{7f}\u{2028}é", &mut out);
+        write_string(
+            "\"\\\u{8}\t\n\u{c}\r\u{0}\u{1f}\u{7f}\u{2028}é".as_bytes(),
+            &mut out,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "\"\\\"\\\\\\b\\t\\n\\f\\r\\u0000\\u001f\u{7f}\u{2028}é\""

@@ -59,6 +59,16 @@ impl Sink for Sha256Sink {
             self.len = bytes.len();
         }
     }
+
+    #[inline]
+    fn write_byte(&mut self, byte: u8) {
+        if self.len == BUFFER {
+            self.hasher.update(self.buf);
+            self.len = 0;
+        }
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
 }
 
 /// SHA-256 of the canonical text of a jsonb datum (given without its varlena header).

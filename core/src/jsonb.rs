@@ -123,7 +123,9 @@ impl std::error::Error for FormatError {}
 pub enum Value<'a> {
     Null,
     Bool(bool),
-    String(&'a str),
+    /// A string's bytes, already checked to be valid UTF-8. Bytes rather than `&str` so the
+    /// check can skip `from_utf8` for ASCII, which is most of what commands hold.
+    String(&'a [u8]),
     Number(Numeric<'a>),
     Array(Container<'a>),
     Object(Container<'a>),
@@ -133,24 +135,39 @@ pub enum Value<'a> {
 /// inside the input.
 #[derive(Debug, Clone, Copy)]
 pub struct Container<'a> {
+    /// The input up to the end of this container.
     input: &'a [u8],
-    /// Offset of the header, for error messages.
-    start: usize,
-    /// Offset of the first JEntry.
+    /// Offset of the first JEntry (the header is the four bytes before).
     entries: usize,
     /// Offset of the data area; children's offsets are relative to it.
     data: usize,
-    /// End of this container's bytes (exclusive).
-    end: usize,
     /// Elements of an array, pairs of an object.
     count: usize,
     /// JEntries: `count` for an array, `2 * count` for an object.
     entry_count: usize,
 }
 
+/// Where one child lies, before its value is read: the JEntry, its index, and its data's
+/// bounds relative to the data area (checked to lie inside it).
+#[derive(Debug, Clone, Copy)]
+pub struct Child {
+    entry: u32,
+    index: u32,
+    start: u32,
+    end: u32,
+}
+
+/// One object member: its key (valid UTF-8) and where its value lies, so sorting members
+/// moves 32 bytes each and a value is read only when it is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Member<'a> {
+    pub key: &'a [u8],
+    pub value: Child,
+}
+
 /// Reads the root of a jsonb datum. A raw scalar (`jsonb '5'`) comes back as the scalar.
 pub fn root(jsonb: &[u8]) -> Result<Value<'_>, FormatError> {
-    parse_container(jsonb, 0, jsonb.len())
+    parse_container(jsonb, 0)
 }
 
 fn read_u32(input: &[u8], at: usize) -> Option<u32> {
@@ -164,10 +181,19 @@ fn int_align(offset: usize) -> Option<usize> {
     Some(offset.checked_add(3)? & !3)
 }
 
-fn parse_container(input: &[u8], start: usize, end: usize) -> Result<Value<'_>, FormatError> {
-    let header = read_u32(input, start)
-        .filter(|_| start + 4 <= end)
-        .ok_or(FormatError::new(start, FormatErrorKind::Truncated))?;
+fn check_utf8(bytes: &[u8], at: usize) -> Result<(), FormatError> {
+    if bytes.is_ascii() {
+        return Ok(());
+    }
+    std::str::from_utf8(bytes)
+        .map(|_| ())
+        .map_err(|e| FormatError::new(at + e.valid_up_to(), FormatErrorKind::InvalidUtf8))
+}
+
+/// Reads the container that starts at `start` and ends where `input` ends.
+fn parse_container(input: &[u8], start: usize) -> Result<Value<'_>, FormatError> {
+    let truncated = FormatError::new(start, FormatErrorKind::Truncated);
+    let header = read_u32(input, start).ok_or(truncated)?;
     let count = (header & JB_CMASK) as usize;
     let flags = header & !JB_CMASK;
     let bad_header = FormatError::new(start, FormatErrorKind::ContainerHeader(header));
@@ -182,14 +208,12 @@ fn parse_container(input: &[u8], start: usize, end: usize) -> Result<Value<'_>, 
     let data = entry_count
         .checked_mul(4)
         .and_then(|n| n.checked_add(entries))
-        .filter(|&d| d <= end)
-        .ok_or(FormatError::new(start, FormatErrorKind::Truncated))?;
+        .filter(|&d| d <= input.len())
+        .ok_or(truncated)?;
     let container = Container {
         input,
-        start,
         entries,
         data,
-        end,
         count,
         entry_count,
     };
@@ -224,7 +248,7 @@ impl<'a> Container<'a> {
 
     /// Offset of this container's header in the input.
     pub fn offset(&self) -> usize {
-        self.start
+        self.entries - 4
     }
 
     /// The children in stored order: an array's elements, or an object's keys followed by
@@ -243,33 +267,72 @@ impl<'a> Container<'a> {
         out.reserve(self.count);
         let mut children = self.children();
         for _ in 0..self.count {
-            let key_at = children.entry_offset();
-            match children.next() {
-                Some(Ok(Value::String(key))) => out.push(Member {
-                    key,
-                    value: Value::Null,
-                }),
-                Some(Ok(_)) => return Err(FormatError::new(key_at, FormatErrorKind::KeyNotString)),
-                Some(Err(e)) => return Err(e),
-                None => return Err(FormatError::new(key_at, FormatErrorKind::Truncated)),
+            let child = children.next_child()?;
+            match self.value(child)? {
+                Value::String(key) => out.push(Member { key, value: child }),
+                _ => {
+                    return Err(FormatError::new(
+                        self.entry_offset(child.index),
+                        FormatErrorKind::KeyNotString,
+                    ))
+                }
             }
         }
-        for slot in out.iter_mut().skip(base) {
-            let value_at = children.entry_offset();
-            slot.value = match children.next() {
-                Some(result) => result?,
-                None => return Err(FormatError::new(value_at, FormatErrorKind::Truncated)),
-            };
+        for member in out.iter_mut().skip(base) {
+            member.value = children.next_child()?;
         }
         Ok(())
     }
-}
 
-/// One object member: a key and its value.
-#[derive(Debug, Clone, Copy)]
-pub struct Member<'a> {
-    pub key: &'a str,
-    pub value: Value<'a>,
+    fn entry_offset(&self, index: u32) -> usize {
+        self.entries + 4 * index as usize
+    }
+
+    /// Reads the value of one of this container's children.
+    pub fn value(&self, child: Child) -> Result<Value<'a>, FormatError> {
+        let (start, end) = (child.start as usize, child.end as usize);
+        let entry_at = self.entry_offset(child.index);
+        let abs_start = self.data.saturating_add(start);
+        let out_of_bounds = FormatError::new(abs_start, FormatErrorKind::ChildBounds);
+        let abs_end = self.data.checked_add(end).ok_or(out_of_bounds)?;
+        // Numerics and containers start at the next int boundary; the padding is counted
+        // in the child's length.
+        let aligned = || {
+            int_align(start)
+                .filter(|&a| a <= end)
+                .map(|a| self.data + a)
+                .ok_or(out_of_bounds)
+        };
+        let bytes_from = |at: usize| self.input.get(at..abs_end).ok_or(out_of_bounds);
+        match child.entry & JENTRY_TYPEMASK {
+            JENTRY_ISSTRING => {
+                let bytes = bytes_from(abs_start)?;
+                check_utf8(bytes, abs_start)?;
+                Ok(Value::String(bytes))
+            }
+            JENTRY_ISNUMERIC => {
+                let at = aligned()?;
+                Numeric::from_varlena(bytes_from(at)?)
+                    .map(Value::Number)
+                    .map_err(|e| e.shifted(at))
+            }
+            JENTRY_ISBOOL_FALSE | JENTRY_ISBOOL_TRUE | JENTRY_ISNULL if start != end => {
+                Err(FormatError::new(entry_at, FormatErrorKind::ScalarWithData))
+            }
+            JENTRY_ISBOOL_FALSE => Ok(Value::Bool(false)),
+            JENTRY_ISBOOL_TRUE => Ok(Value::Bool(true)),
+            JENTRY_ISNULL => Ok(Value::Null),
+            JENTRY_ISCONTAINER => {
+                let at = aligned()?;
+                let input = self.input.get(..abs_end).ok_or(out_of_bounds)?;
+                parse_container(input, at)
+            }
+            _ => Err(FormatError::new(
+                entry_at,
+                FormatErrorKind::EntryType(child.entry),
+            )),
+        }
+    }
 }
 
 /// Walks a container's JEntries in order, carrying the running offset the way
@@ -283,15 +346,15 @@ pub struct Children<'a> {
 }
 
 impl<'a> Children<'a> {
-    fn entry_offset(&self) -> usize {
-        self.container.entries + 4 * self.index
-    }
-
-    fn child(&mut self) -> Result<Value<'a>, FormatError> {
-        let c = self.container;
-        let entry_at = self.entry_offset();
-        let entry = read_u32(c.input, entry_at)
-            .ok_or(FormatError::new(entry_at, FormatErrorKind::Truncated))?;
+    /// Where the next child lies; an error past the last one or if its bounds are wrong.
+    fn next_child(&mut self) -> Result<Child, FormatError> {
+        let c = &self.container;
+        let entry_at = c.entries + 4 * self.index;
+        let truncated = FormatError::new(entry_at, FormatErrorKind::Truncated);
+        if self.index >= c.entry_count {
+            return Err(truncated);
+        }
+        let entry = read_u32(c.input, entry_at).ok_or(truncated)?;
         let offlen = (entry & JENTRY_OFFLENMASK) as usize;
         let start = self.offset;
         // With HAS_OFF the field is this child's end offset, otherwise its length.
@@ -300,46 +363,20 @@ impl<'a> Children<'a> {
         } else {
             start + offlen
         };
-        let data_len = c.end - c.data;
+        let data_len = c.input.len() - c.data;
+        let bounds = FormatError::new(entry_at, FormatErrorKind::ChildBounds);
         if end < start || end > data_len {
-            return Err(FormatError::new(entry_at, FormatErrorKind::ChildBounds));
+            return Err(bounds);
         }
-        self.offset = end;
-        let (abs_start, abs_end) = (c.data + start, c.data + end);
-        let out_of_bounds = FormatError::new(abs_start, FormatErrorKind::ChildBounds);
-        // Numerics and containers start at the next int boundary; the padding is counted
-        // in the child's length.
-        let aligned = || {
-            int_align(start)
-                .filter(|&a| a <= end)
-                .map(|a| c.data + a)
-                .ok_or(out_of_bounds)
+        let child = Child {
+            entry,
+            index: u32::try_from(self.index).map_err(|_| bounds)?,
+            start: u32::try_from(start).map_err(|_| bounds)?,
+            end: u32::try_from(end).map_err(|_| bounds)?,
         };
-        let bytes_from = |at: usize| c.input.get(at..abs_end).ok_or(out_of_bounds);
-        match entry & JENTRY_TYPEMASK {
-            JENTRY_ISSTRING => std::str::from_utf8(bytes_from(abs_start)?)
-                .map(Value::String)
-                .map_err(|e| {
-                    FormatError::new(abs_start + e.valid_up_to(), FormatErrorKind::InvalidUtf8)
-                }),
-            JENTRY_ISNUMERIC => {
-                let at = aligned()?;
-                Numeric::from_varlena(bytes_from(at)?)
-                    .map(Value::Number)
-                    .map_err(|e| e.shifted(at))
-            }
-            JENTRY_ISBOOL_FALSE | JENTRY_ISBOOL_TRUE | JENTRY_ISNULL if start != end => {
-                Err(FormatError::new(entry_at, FormatErrorKind::ScalarWithData))
-            }
-            JENTRY_ISBOOL_FALSE => Ok(Value::Bool(false)),
-            JENTRY_ISBOOL_TRUE => Ok(Value::Bool(true)),
-            JENTRY_ISNULL => Ok(Value::Null),
-            JENTRY_ISCONTAINER => parse_container(c.input, aligned()?, abs_end),
-            _ => Err(FormatError::new(
-                entry_at,
-                FormatErrorKind::EntryType(entry),
-            )),
-        }
+        self.offset = end;
+        self.index += 1;
+        Ok(child)
     }
 }
 
@@ -350,13 +387,13 @@ impl<'a> Iterator for Children<'a> {
         if self.index >= self.container.entry_count {
             return None;
         }
-        let result = self.child();
-        // After an error the offsets that follow mean nothing: stop.
-        self.index = if result.is_ok() {
-            self.index + 1
-        } else {
-            self.container.entry_count
-        };
+        let result = self
+            .next_child()
+            .and_then(|child| self.container.value(child));
+        if result.is_err() {
+            // After an error the offsets that follow mean nothing: stop.
+            self.index = self.container.entry_count;
+        }
         Some(result)
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! - [`jsonb`] reads PostgreSQL's on-disk jsonb format (bounds-checked, no PostgreSQL code);
 //! - [`numeric`] turns PostgreSQL's binary numeric into an exact decimal in ECMAScript layout;
-//! - [`canonical`] writes the canonical text of a command (RFC 8785 structure, exact numbers);
-//! - [`fingerprint`] is SHA-256 over that text;
+//! - [`canonical`](mod@canonical) writes the canonical text of a command (RFC 8785 structure,
+//!   exact numbers);
+//! - [`fingerprint`](mod@fingerprint) is SHA-256 over that text;
 //! - [`decision`] is the state machine: stored record, request and clock in, outcome out.
 //!
 //! The extension crate is a thin PostgreSQL shell around these modules.

@@ -1,11 +1,12 @@
 //! A model of what PostgreSQL stores for a JSON text, so the core can be tested without a
 //! database.
 //!
-//! [`to_jsonb`] follows `jsonb_in` → `convertToJsonb` (jsonb_util.c) and `numeric_in` →
-//! `make_result` (numeric.c) step by step and must produce exactly PostgreSQL's bytes; the
-//! extension checks that against real datums. [`Json::canonical_text`] is a second,
-//! deliberately naive implementation of the canonical form that the streaming writer is
-//! tested against. Everything here panics on input PostgreSQL would reject: it is test code.
+//! [`to_jsonb`](crate::model::to_jsonb) follows `jsonb_in` → `convertToJsonb` (jsonb_util.c)
+//! and `numeric_in` → `make_result` (numeric.c) step by step and must produce exactly
+//! PostgreSQL's bytes; the extension checks that against real datums.
+//! [`Json::canonical_text`](crate::model::Json::canonical_text) is a second, deliberately
+//! naive implementation of the canonical form that the streaming writer is tested against.
+//! Everything here panics on input PostgreSQL would reject: it is test code.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;

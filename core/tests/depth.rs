@@ -27,7 +27,7 @@ fn nested_objects(depth: usize) -> Vec<u8> {
         let child_len = total - 16 * (level + 1);
         bytes.extend(0x2000_0001u32.to_le_bytes()); // object of one pair
         bytes.extend(0x8000_0001u32.to_le_bytes()); // key, end offset 1
-        bytes.extend((0x5000_0000u32 | (3 + child_len) as u32).to_le_bytes()); // value: padding + child
+        bytes.extend((0x5000_0000u32 | (3 + child_len) as u32).to_le_bytes()); // value
         bytes.extend([b'a', 0, 0, 0]);
     }
     bytes.extend(0x2000_0000u32.to_le_bytes()); // {}

@@ -88,8 +88,19 @@ pub fn arb_wide_json() -> impl Strategy<Value = Json> {
     prop_oneof![
         proptest::collection::vec(arb_scalar(), 30..80).prop_map(Json::Array),
         proptest::collection::vec((arb_key(), arb_scalar()), 30..80).prop_map(Json::Object),
-        proptest::collection::vec((arb_string(), arb_json()), 30..50).prop_map(Json::Object),
+        proptest::collection::vec((arb_string(), arb_small_json()), 30..50).prop_map(Json::Object),
+        proptest::collection::vec(arb_small_json(), 30..50).prop_map(Json::Array),
     ]
+}
+
+/// Shallow values, so wide containers also hold containers past the stride.
+pub fn arb_small_json() -> impl Strategy<Value = Json> {
+    arb_scalar().prop_recursive(2, 8, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
+            proptest::collection::vec((arb_key(), inner), 0..4).prop_map(Json::Object),
+        ]
+    })
 }
 
 // ---------------------------------------------------------------------------------------
