@@ -74,12 +74,14 @@ cmd_start() {
   [ $(( ${#DIR} + 12 + ${#PORT} )) -le 107 ] || die "DIR is too long for a unix socket path: $DIR"
 
   if is_running; then
-    # An earlier run left it up: reuse it, but only if it answers on the port asked for.
+    # An earlier run left it up: reuse it if it answers on the port asked for; otherwise
+    # (another port, shutting down, stuck in recovery) stop it and start afresh.
     if "$PG_BINDIR/pg_isready" -q -h "$DIR" -p "$PORT"; then
       log "already running in $DIR on port $PORT"
       return 0
     fi
-    die "a server is already running from $DIR/data but not on port $PORT; run: $0 stop $DIR"
+    log "a server from $DIR/data is running but not accepting connections on port $PORT: restarting it"
+    cmd_stop
   fi
 
   make_accessible
@@ -91,7 +93,7 @@ cmd_start() {
     # trust on the socket only: the socket sits in a private directory and nothing listens on TCP.
     # C locale and UTF8 make messages and sort order the same on every machine.
     if ! as_owner "$PG_BINDIR/initdb" -D "$DIR/data" -U "$SUPERUSER" -A trust \
-        -E UTF8 --locale=C --no-instructions >"$DIR/initdb.log" 2>&1; then
+        -E UTF8 --locale=C >"$DIR/initdb.log" 2>&1; then
       cat "$DIR/initdb.log" >&2
       die "initdb failed"
     fi
@@ -140,7 +142,14 @@ cmd_stop() {
     return 0
   fi
   log "stopping the server in $DIR"
-  if ! as_owner "$PG_BINDIR/pg_ctl" stop -D "$DIR/data" -m fast -w -t 60 >/dev/null; then
+  if as_owner "$PG_BINDIR/pg_ctl" stop -D "$DIR/data" -m fast -w -t 30 >/dev/null; then
+    return 0
+  fi
+  # A fast shutdown can hang, e.g. when it arrives while the server is still recovering
+  # from a crashed backend. It is a scratch cluster: an immediate stop loses nothing
+  # that matters (the next start runs crash recovery).
+  log "fast shutdown did not finish in 30 s; stopping immediately"
+  if ! as_owner "$PG_BINDIR/pg_ctl" stop -D "$DIR/data" -m immediate -w -t 30 >/dev/null; then
     show_log_tail
     die "the server in $DIR did not stop"
   fi
