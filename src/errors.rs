@@ -290,7 +290,7 @@ impl Pending {
                 if !self.hint.is_null() {
                     errhint(PERCENT_S.as_ptr(), self.hint);
                 }
-                errfinish(c"idempotency".as_ptr(), 0, function.as_ptr());
+                errfinish(c"src/errors.rs".as_ptr(), line!() as c_int, function.as_ptr());
             }
             // errstart returns false only below the reporting threshold, never for ERROR.
             unreachable_error();
