@@ -55,8 +55,9 @@ pub enum IdemError {
     CommandMismatch {
         at: KeyRef,
         first_used: String,
-        stored: [u8; 32],
-        given: [u8; 32],
+        /// The first 8 hex digits of each fingerprint: enough to tell two commands apart.
+        stored: String,
+        given: String,
     },
     /// IK002: complete, fail or checkpoint on a key that is not in progress.
     NotInProgress { at: KeyRef, found: Found },
@@ -92,8 +93,8 @@ impl IdemError {
             Refusal::CommandMismatch => IdemError::CommandMismatch {
                 at,
                 first_used: record.first_used.clone(),
-                stored: record.stored_fingerprint,
-                given: record.given_fingerprint,
+                stored: hex8(&record.stored_fingerprint),
+                given: hex8(&record.given_fingerprint),
             },
             Refusal::NotInProgress => IdemError::NotInProgress {
                 at,
@@ -136,11 +137,7 @@ impl IdemError {
                 Some(format!(
                     "Scope \"{}\", key \"{}\" was first used at {} with command fingerprint {}; \
                      this request's fingerprint is {}.",
-                    at.scope,
-                    at.key,
-                    first_used,
-                    hex8(stored),
-                    hex8(given)
+                    at.scope, at.key, first_used, stored, given
                 )),
                 Some(
                     "Use a new idempotency key for a different command; a retry must repeat \
@@ -218,13 +215,6 @@ impl From<FormatError> for IdemError {
     }
 }
 
-impl From<pgrx::spi::SpiError> for IdemError {
-    fn from(e: pgrx::spi::SpiError) -> Self {
-        IdemError::Internal(format!("SPI: {e}"))
-    }
-}
-
-/// The first 8 hex digits of a fingerprint: enough to tell two commands apart in a log.
 fn hex8(fp: &[u8; 32]) -> String {
     fp[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -290,7 +280,11 @@ impl Pending {
                 if !self.hint.is_null() {
                     errhint(PERCENT_S.as_ptr(), self.hint);
                 }
-                errfinish(c"src/errors.rs".as_ptr(), line!() as c_int, function.as_ptr());
+                errfinish(
+                    c"src/errors.rs".as_ptr(),
+                    line!() as c_int,
+                    function.as_ptr(),
+                );
             }
             // errstart returns false only below the reporting threshold, never for ERROR.
             unreachable_error();

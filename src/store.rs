@@ -163,6 +163,20 @@ struct Plans {
     purge: pg_sys::SPIPlanPtr,
 }
 
+impl Plans {
+    const NONE: Plans = Plans {
+        lookup: std::ptr::null_mut(),
+        insert: std::ptr::null_mut(),
+        reclaim: std::ptr::null_mut(),
+        resume: std::ptr::null_mut(),
+        complete: std::ptr::null_mut(),
+        fail: std::ptr::null_mut(),
+        checkpoint: std::ptr::null_mut(),
+        forget: std::ptr::null_mut(),
+        purge: std::ptr::null_mut(),
+    };
+}
+
 thread_local! {
     // Kept plans live in CacheMemoryContext for the backend's life; PostgreSQL re-plans them
     // when the table changes (even when the extension is dropped and created again).
@@ -260,20 +274,12 @@ impl Store {
             }
             let mut store = Store {
                 outer,
-                plans: PLANS.get().unwrap_or(Plans {
-                    lookup: std::ptr::null_mut(),
-                    insert: std::ptr::null_mut(),
-                    reclaim: std::ptr::null_mut(),
-                    resume: std::ptr::null_mut(),
-                    complete: std::ptr::null_mut(),
-                    fail: std::ptr::null_mut(),
-                    checkpoint: std::ptr::null_mut(),
-                    forget: std::ptr::null_mut(),
-                    purge: std::ptr::null_mut(),
-                }),
+                plans: PLANS.get().unwrap_or(Plans::NONE),
                 saved_user,
                 saved_context,
             };
+            // The store exists before preparing, so that a failure still disconnects and
+            // restores the caller's identity (Drop).
             if store.plans.lookup.is_null() {
                 store.plans = prepare_all()?;
                 PLANS.set(Some(store.plans));
