@@ -61,8 +61,31 @@ fn stored(r: &Record, caller: pg_sys::Oid) -> Stored {
         attempt: r.attempt,
         expires_at: r.expires_at,
         lease_expires_at: r.lease_expires_at,
-        // SAFETY: a catalog lookup; superusers are members of every role.
-        caller_is_owner: unsafe { pg_sys::is_member_of_role(caller, r.owner) },
+        caller_is_owner: owns(caller, r.owner),
+    }
+}
+
+/// Whether the caller may use a record of `owner`'s: as a member of it (superusers are
+/// members of every role).
+fn owns(caller: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
+    // SAFETY: a catalog lookup.
+    unsafe { pg_sys::is_member_of_role(caller, owner) }
+}
+
+/// 42501 unless the caller may use a record of `owner`'s (for the functions that need no
+/// decision beyond ownership).
+fn require_owner(
+    caller: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    scope: &str,
+    key: &str,
+) -> Result<(), IdemError> {
+    if owns(caller, owner) {
+        Ok(())
+    } else {
+        Err(IdemError::NotOwner {
+            at: KeyRef::new(scope, key),
+        })
     }
 }
 
@@ -118,10 +141,7 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let wait = a.duration(5, "wait", settings::wait(), 0)?;
     prevent_if_read_only(c"idem_begin()");
     let fingerprint = idempotency_core::fingerprint(command)?;
-    let at = || KeyRef {
-        scope: scope.to_owned(),
-        key: key.to_owned(),
-    };
+    let at = || KeyRef::new(scope, key);
     let caller = caller();
     let lock = KeyLock::new(scope, key);
 
@@ -314,10 +334,7 @@ fn settle<T>(
         attempt,
     )
     .map_err(|refusal| {
-        let at = KeyRef {
-            scope: scope.to_owned(),
-            key: key.to_owned(),
-        };
+        let at = KeyRef::new(scope, key);
         IdemError::from_refusal(
             refusal,
             at,
@@ -426,14 +443,7 @@ fn check(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             None,
         ]);
     };
-    if !stored(&r, caller).caller_is_owner {
-        return Err(IdemError::NotOwner {
-            at: KeyRef {
-                scope: scope.to_owned(),
-                key: key.to_owned(),
-            },
-        });
-    }
+    require_owner(caller, r.owner, scope, key)?;
     a.composite(&[
         Some(text(r.state.as_str())),
         given.map(|fp| pg_sys::Datum::from(fp == r.fingerprint)),
@@ -506,13 +516,6 @@ fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     else {
         return Ok(pg_sys::Datum::from(false));
     };
-    if !stored(&r, caller).caller_is_owner {
-        return Err(IdemError::NotOwner {
-            at: KeyRef {
-                scope: scope.to_owned(),
-                key: key.to_owned(),
-            },
-        });
-    }
+    require_owner(caller, r.owner, scope, key)?;
     Ok(pg_sys::Datum::from(store.forget(scope_d, key_d)?))
 }

@@ -40,6 +40,15 @@ pub struct KeyRef {
     pub key: String,
 }
 
+impl KeyRef {
+    pub fn new(scope: &str, key: &str) -> Self {
+        KeyRef {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+}
+
 /// What a complete, fail or checkpoint found instead of an in-progress record.
 #[derive(Debug, Clone, Copy)]
 pub enum Found {
