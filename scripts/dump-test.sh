@@ -7,7 +7,8 @@
 #   3. in each copy: every row of idempotency.records equals the source's, column by column
 #      (owner by role name); the records replay exactly as in the source, a different command
 #      is IK001, another role is 42501, the retryable failure re-executes as attempt 2, the
-#      held claim is in_progress, the lapsed one is taken over with its recovery point.
+#      held claim is in_progress, the lapsed one is taken over with its recovery point;
+#   4. a restore where one of the records' roles does not exist fails, naming the role.
 # Restoring into another cluster needs the records' roles there first (owner is regrole: the
 # dump names the role, and a missing role fails the restore of the table's data).
 #
@@ -138,4 +139,20 @@ other-role|dump_other"
     "$(q "$db" "SET ROLE dump_app; SELECT outcome, attempt FROM idem_begin('d', 'expired', '{\"amount\": \"61.00\"}')")" \
     'execute|1'
 done
+# owner is regrole: the dump names the role, so a cluster without it cannot take the records.
+# Renaming the role makes this cluster one without "dump_other" for the moment.
+q postgres "DROP DATABASE IF EXISTS dump_no_role"
+q postgres "CREATE DATABASE dump_no_role"
+q postgres "ALTER ROLE dump_other RENAME TO dump_other_renamed"
+rc=0
+out=$("$PG_BINDIR/pg_restore" -h "$H" -p "$PORT" -U postgres -d dump_no_role --exit-on-error \
+  "$DIR/source.dump" 2>&1) || rc=$?
+q postgres "ALTER ROLE dump_other_renamed RENAME TO dump_other"
+[ $rc -ne 0 ] || fail "a restore without the records' role succeeded"
+grep -q 'role "dump_other" does not exist' <<<"$out" \
+  || fail "a restore without the records' role failed otherwise: $out"
+expect_eq "no record was loaded without the role" \
+  "$(q dump_no_role "SELECT count(*) FROM idempotency.records")" 0
+step "a restore into a cluster without the role fails: $(grep -m1 'does not exist' <<<"$out")"
+
 step "passed (custom-format and plain dumps, $(wc -l <<<"$source_rows") records each)"
