@@ -201,9 +201,7 @@ impl IdemError {
             ),
             IdemError::DuringRecovery { function } => (
                 format!("cannot execute {function} during recovery"),
-                Some(
-                    "This server is a hot standby: it cannot write idempotency records.".into(),
-                ),
+                Some("This server is a hot standby: it cannot write idempotency records.".into()),
                 Some(format!(
                     "Call {function} on the primary; idem_check() reads keys on a standby."
                 )),
