@@ -99,6 +99,15 @@ lapsing:{\"amount\": \"50.00\"}"
       SELECT * FROM idem_begin('up', 'completed', '{\"currency\": \"EUR\", \"amount\": \"10.00\"}');
       SELECT * FROM idem_begin('up', 'failed-final', '{\"amount\": \"30.00\"}')"
   }
+  # Every function of the old SQL runs against the current library (CREATE FUNCTION has
+  # already checked that each C symbol it names exists).
+  expect_eq "$OLD's idem_canonical and idem_fingerprint on the current library" \
+    "$(q "$DB" "SELECT idem_canonical('{\"b\": 1, \"a\": 2.0}'), encode(idem_fingerprint('{}'), 'hex')")" \
+    '{"a":2,"b":1}|44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a'
+  expect_eq "$OLD's idem_purge on the current library" "$(q "$DB" "SELECT idem_purge()")" 0
+  expect_eq "$OLD's idem_forget on the current library" \
+    "$(q "$DB" "SET ROLE upgrade_app; SELECT idem_forget('up', 'no-such-key')")" f
+
   before_check=$(check_all)
   before_replay=$(replays)
   # The stored values, exactly (state|matches|attempt|recovery_point|http_status|response|resource).
