@@ -7,15 +7,21 @@
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PROFILE   ?= release
 
-.PHONY: setup install test test-core test-pg test-isolation demo clean
+.PHONY: setup install test test-core test-pg test-isolation demo clean \
+	test-upgrade test-standby test-dump test-ops
 
 setup:
 	@bash scripts/setup.sh
 
 # Builds the extension and installs it into the PostgreSQL that PG_CONFIG names.
+# cargo pgrx install writes the current version's SQL and copies the upgrade scripts
+# (sql/idempotency--A--B.sql); the SQL of every earlier release, kept in sql/releases, is
+# copied here, since cargo-pgrx copies only files named like upgrade scripts.
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
 install: setup
 	cargo pgrx install --pg-config "$(PG_CONFIG)" $(if $(filter release,$(PROFILE)),--release) \
 		$(if $(filter 0,$(shell id -u)),,--sudo)
+	$(SUDO) install -m 644 sql/releases/idempotency--*.sql "$$("$(PG_CONFIG)" --sharedir)/extension/"
 
 # The pure core: unit and property tests, no PostgreSQL needed.
 test-core:
@@ -30,7 +36,25 @@ test-isolation: setup
 	$(MAKE) install PROFILE=debug
 	bash scripts/isolation.sh
 
-test: setup test-core test-pg test-isolation
+# Operations on scratch clusters of their own (PG_BINDIR: the PostgreSQL whose pg_config
+# installed the extension; each takes its port as the first argument of its script):
+# upgrade from every kept release (ALTER EXTENSION UPDATE), a hot standby, dump and restore.
+PG_BINDIR ?= $(shell "$(PG_CONFIG)" --bindir)
+test-upgrade: setup
+	$(MAKE) install PROFILE=debug
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/upgrade-test.sh
+
+test-standby: setup
+	$(MAKE) install PROFILE=debug
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/standby-test.sh
+
+test-dump: setup
+	$(MAKE) install PROFILE=debug
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/dump-test.sh
+
+test-ops: test-upgrade test-standby test-dump
+
+test: setup test-core test-pg test-isolation test-ops
 	@echo "make test: all suites passed"
 
 demo: install

@@ -48,10 +48,18 @@ fn caller() -> pg_sys::Oid {
     unsafe { pg_sys::GetUserId() }
 }
 
-/// Writes are refused in a read-only transaction and on a hot standby, with 25006.
-fn prevent_if_read_only(function: &'static std::ffi::CStr) {
+/// Writes are refused on a hot standby and in a read-only transaction, with 25006, before
+/// any lock is taken. On a standby the message says to call the primary.
+fn prevent_if_read_only(function: &'static std::ffi::CStr) -> Result<(), IdemError> {
+    // SAFETY: reads shared memory state; no error path.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Err(IdemError::DuringRecovery {
+            function: function.to_str().unwrap_or("this function"),
+        });
+    }
     // SAFETY: raises 25006 in a read-only transaction.
-    unsafe { pg_sys::PreventCommandIfReadOnly(function.as_ptr()) }
+    unsafe { pg_sys::PreventCommandIfReadOnly(function.as_ptr()) };
+    Ok(())
 }
 
 fn stored(r: &Record, caller: pg_sys::Oid) -> Stored {
@@ -139,7 +147,7 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let ttl = a.duration(3, "ttl", settings::ttl(), 1)?;
     let lease = a.duration(4, "lease", settings::lease(), 1)?;
     let wait = a.duration(5, "wait", settings::wait(), 0)?;
-    prevent_if_read_only(c"idem_begin()");
+    prevent_if_read_only(c"idem_begin()")?;
     let fingerprint = idempotency_core::fingerprint(command)?;
     let at = || KeyRef::new(scope, key);
     let caller = caller();
@@ -322,7 +330,7 @@ fn settle<T>(
     let (scope_d, scope) = a.key_text(0, "scope")?;
     let (key_d, key) = a.key_text(1, "key")?;
     let attempt = a.i32(attempt_arg);
-    prevent_if_read_only(function);
+    prevent_if_read_only(function)?;
     let caller = caller();
     KeyLock::new(scope, key).acquire();
     let store = Store::open()?;
@@ -495,7 +503,7 @@ fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             detail: Some(format!("It is {max_rows}; it must be at least 1.")),
         });
     }
-    prevent_if_read_only(c"idem_purge()");
+    prevent_if_read_only(c"idem_purge()")?;
     let store = Store::open()?;
     let deleted = store.purge(now(), max_rows)?;
     Ok(pg_sys::Datum::from(deleted as i64))
@@ -504,7 +512,7 @@ fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
 fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let (scope_d, scope) = a.key_text(0, "scope")?;
     let (key_d, key) = a.key_text(1, "key")?;
-    prevent_if_read_only(c"idem_forget()");
+    prevent_if_read_only(c"idem_forget()")?;
     let caller = caller();
     // Waits for a transaction that holds the key, so that a claim in flight is not pulled
     // from under it.

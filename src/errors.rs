@@ -30,6 +30,7 @@ pub const IK003: c_int = sqlstate(b"IK003");
 const NULL_VALUE_NOT_ALLOWED: c_int = sqlstate(b"22004");
 const INVALID_PARAMETER_VALUE: c_int = sqlstate(b"22023");
 const INSUFFICIENT_PRIVILEGE: c_int = sqlstate(b"42501");
+const READ_ONLY_SQL_TRANSACTION: c_int = sqlstate(b"25006");
 const DATA_CORRUPTED: c_int = sqlstate(b"XX001");
 const INTERNAL_ERROR: c_int = sqlstate(b"XX000");
 
@@ -78,6 +79,9 @@ pub enum IdemError {
     },
     /// 42501: the record belongs to a role the caller is not a member of.
     NotOwner { at: KeyRef },
+    /// 25006: a writing function on a hot standby (in a read-only transaction on a primary,
+    /// PostgreSQL's own PreventCommandIfReadOnly reports the same code).
+    DuringRecovery { function: &'static str },
     /// 22004: a required argument is NULL.
     NullArgument {
         function: &'static str,
@@ -123,6 +127,7 @@ impl IdemError {
             IdemError::NotInProgress { .. } => IK002,
             IdemError::LeaseLost { .. } => IK003,
             IdemError::NotOwner { .. } => INSUFFICIENT_PRIVILEGE,
+            IdemError::DuringRecovery { .. } => READ_ONLY_SQL_TRANSACTION,
             IdemError::NullArgument { .. } => NULL_VALUE_NOT_ALLOWED,
             IdemError::InvalidArgument { .. } => INVALID_PARAMETER_VALUE,
             IdemError::Corrupted(_) => DATA_CORRUPTED,
@@ -193,6 +198,13 @@ impl IdemError {
                     at.scope, at.key
                 )),
                 None,
+            ),
+            IdemError::DuringRecovery { function } => (
+                format!("cannot execute {function} during recovery"),
+                Some("This server is a hot standby: it cannot write idempotency records.".into()),
+                Some(format!(
+                    "Call {function} on the primary; idem_check() reads keys on a standby."
+                )),
             ),
             IdemError::NullArgument { function, argument } => (
                 format!("argument \"{argument}\" of {function} must not be null"),
