@@ -47,6 +47,8 @@ trap '"$ROOT/scripts/pgcluster.sh" stop "$DIR"' EXIT
 PG_BINDIR="$PG_BINDIR" "$ROOT/scripts/pgcluster.sh" stop "$DIR"
 rm -rf "$DIR"
 mkdir -p "$DIR"
+(ulimit -s 65536) 2>/dev/null \
+  || die "cannot raise the stack limit to 64 MiB (hard limit: $(ulimit -Hs)); hostile_memory's 100,000-deep jsonb needs it"
 (ulimit -s 65536 && PG_BINDIR="$PG_BINDIR" "$ROOT/scripts/pgcluster.sh" start "$DIR" "$PORT")
 
 mkdir -p "$OUTDIR"

@@ -110,6 +110,13 @@ CREATE TRIGGER trap BEFORE INSERT OR UPDATE OR DELETE ON idem_sec_trap.records
   FOR EACH ROW EXECUTE FUNCTION idem_sec_trap.records_trigger();
 CREATE TRIGGER trap BEFORE INSERT OR UPDATE OR DELETE ON public.records
   FOR EACH ROW EXECUTE FUNCTION idem_sec_trap.records_trigger();
+-- and a temporary table named records: pg_temp is on the extension's pinned search_path
+-- (after pg_catalog), so this is the one place a name could still be found; the extension
+-- names idempotency.records, never records
+CREATE TEMP TABLE records (scope text, key text);
+CREATE TRIGGER trap BEFORE INSERT OR UPDATE OR DELETE ON pg_temp.records
+  FOR EACH ROW EXECUTE FUNCTION idem_sec_trap.records_trigger();
+GRANT ALL ON pg_temp.records TO PUBLIC;
 GRANT USAGE ON SCHEMA idem_sec_trap TO PUBLIC;
 GRANT ALL ON idem_sec_trap.records, public.records TO PUBLIC;
 -- the traps work: the operator is found first when the schema leads search_path
@@ -159,12 +166,13 @@ RESET search_path;
 
 -- not one trap was called, and the twin tables were never written
 SELECT count(*) AS trap_calls, string_agg(what, ', ') AS traps FROM public.idem_sec_calls;
-SELECT (SELECT count(*) FROM idem_sec_trap.records) AS trap_table_rows, (SELECT count(*) FROM public.records) AS twin_rows;
+SELECT (SELECT count(*) FROM idem_sec_trap.records) AS trap_table_rows, (SELECT count(*) FROM public.records) AS twin_rows,
+       (SELECT count(*) FROM pg_temp.records) AS temp_twin_rows;
 
 -- clean up: the records, the attacker's objects, the roles
 SELECT idem_forget('sec', k) FROM unnest(ARRAY['k-open', 'k-done', 'k-trap']) AS k;
 DROP SCHEMA idem_sec_trap CASCADE;
-DROP TABLE public.records, public.idem_sec_calls;
+DROP TABLE public.records, pg_temp.records, public.idem_sec_calls;
 REVOKE CREATE ON SCHEMA public FROM idem_sec_mallory;
 DO $$ BEGIN EXECUTE format('REVOKE CREATE ON DATABASE %I FROM idem_sec_mallory', current_database()); END $$;
 DROP ROLE idem_sec_alice_team;
