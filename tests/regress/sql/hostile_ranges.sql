@@ -32,6 +32,18 @@ SELECT outcome FROM idem_begin('rng', 'd1', '{}', ttl => '1 microsecond', lease 
 SELECT outcome, expires_at > clock_timestamp() + interval '1000 years' AS far_future
   FROM idem_begin('rng', 'd2', '{}', ttl => '178000000 years', lease => '178000000 years');
 SELECT outcome FROM idem_begin('rng', 'd3', '{}', ttl => '1 day', lease => '1 minute', wait => '-0');
+-- a ttl or lease that lands past the last instant a timestamptz holds (294277-01-01) is
+-- stored as infinity, never as a value that prints but cannot be read back (a dump of it
+-- would not restore): each stored time must survive a text round trip, as in pg_restore
+SELECT ((9223371331200000000 - (extract(epoch FROM clock_timestamp() - '2000-01-01 00:00:00+00') * 1e6)::bigint)
+        / 86400000000 + 2)::int AS days_past_end \gset
+SELECT outcome, expires_at FROM idem_begin('rng', 'd4', '{}', ttl => make_interval(days => :days_past_end),
+                                           lease => make_interval(days => :days_past_end));
+SELECT expires_at, lease_expires_at FROM idem_check('rng', 'd4');
+SELECT idem_checkpoint('rng', 'd4', 'p');
+SELECT count(*) AS records_not_restorable FROM idempotency.records
+ WHERE expires_at::text::timestamptz IS DISTINCT FROM expires_at
+    OR lease_expires_at::text::timestamptz IS DISTINCT FROM lease_expires_at;
 -- the settings refuse the same values
 SET idempotency.ttl = 0;
 SET idempotency.lease = '-1s';
