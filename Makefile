@@ -7,7 +7,7 @@
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PROFILE   ?= release
 
-.PHONY: setup install test test-core test-pg test-isolation demo clean \
+.PHONY: setup install test test-core test-pg test-isolation test-regress demo clean \
 	test-upgrade test-standby test-dump test-ops
 
 setup:
@@ -54,7 +54,15 @@ test-dump: setup
 
 test-ops: test-upgrade test-standby test-dump
 
-test: setup test-core test-pg test-isolation test-ops
+# Hostile input (NULLs, limits, control characters, extreme numbers, 100 MB and 100,000-deep
+# commands with a peak-memory bound), two roles and an attacker's search_path: pg_regress
+# files in tests/regress against a scratch cluster (scripts/regress.sh, port REGRESS_PORT,
+# default 54335), which also fails if any backend crashed.
+test-regress: setup
+	$(MAKE) install PROFILE=debug
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/regress.sh
+
+test: setup test-core test-pg test-isolation test-regress test-ops
 	@echo "make test: all suites passed"
 
 demo: install

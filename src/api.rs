@@ -406,7 +406,7 @@ fn checkpoint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         4,
         |store, scope, key, record, now| {
             // The lease is renewed by the length the claim was made with.
-            let lease_expires_at = now.saturating_add(record.lease);
+            let lease_expires_at = decision::later(now, record.lease);
             written(store.checkpoint(scope, key, point, data, lease_expires_at)?)?;
             Ok(lease_expires_at)
         },

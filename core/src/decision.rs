@@ -57,6 +57,20 @@ impl Stored {
     }
 }
 
+/// PostgreSQL's `END_TIMESTAMP`: the first instant (294277-01-01 00:00 UTC) that a
+/// `timestamptz` cannot hold. Values between it and `i64::MAX` (`infinity`) are printed but
+/// refused on input, so a record holding one could be dumped and never restored.
+pub const END_TIMESTAMP: Micros = 9_223_371_331_200_000_000;
+
+/// `now` plus a positive duration as a valid `timestamptz`: a sum at or past the last
+/// representable instant becomes `infinity` (never), never an out-of-range value.
+pub fn later(now: Micros, duration: Micros) -> Micros {
+    match now.checked_add(duration) {
+        Some(t) if t < END_TIMESTAMP => t,
+        _ => Micros::MAX,
+    }
+}
+
 /// An `idem_begin` request as the decision sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BeginRequest {
@@ -120,8 +134,8 @@ pub fn begin(stored: Option<&Stored>, req: &BeginRequest) -> Result<Begin, Refus
     let Some(s) = live else {
         return Ok(if req.holds_lock {
             Begin::Execute(Execute::Claim {
-                expires_at: req.now.saturating_add(req.ttl),
-                lease_expires_at: req.now.saturating_add(req.lease),
+                expires_at: later(req.now, req.ttl),
+                lease_expires_at: later(req.now, req.lease),
             })
         } else {
             // Nothing committed is visible, but another transaction holds the key: its claim
@@ -138,7 +152,7 @@ pub fn begin(stored: Option<&Stored>, req: &BeginRequest) -> Result<Begin, Refus
     let resume = || {
         Begin::Execute(Execute::Resume {
             attempt: s.attempt.saturating_add(1),
-            lease_expires_at: req.now.saturating_add(req.lease),
+            lease_expires_at: later(req.now, req.lease),
         })
     };
     Ok(match s.state {
@@ -217,6 +231,40 @@ mod tests {
             lease_expires_at: Some(NOW + 1),
             caller_is_owner: true,
         }
+    }
+
+    #[test]
+    fn clamps_times_past_the_last_timestamptz_to_infinity() {
+        // A ttl or lease that would land between END_TIMESTAMP and i64::MAX gives infinity,
+        // not a value PostgreSQL prints but refuses to read back (a dump of it would not
+        // restore).
+        let huge = END_TIMESTAMP - NOW + 86_400_000_000;
+        let r = BeginRequest {
+            ttl: huge,
+            lease: huge,
+            ..req(true)
+        };
+        assert_eq!(
+            begin(None, &r),
+            Ok(Begin::Execute(Execute::Claim {
+                expires_at: Micros::MAX,
+                lease_expires_at: Micros::MAX
+            }))
+        );
+        assert_eq!(later(NOW, Micros::MAX), Micros::MAX);
+        assert_eq!(later(NOW, END_TIMESTAMP - NOW), Micros::MAX);
+        assert_eq!(later(NOW, END_TIMESTAMP - NOW - 1), END_TIMESTAMP - 1);
+        let s = Stored {
+            lease_expires_at: Some(NOW - 1),
+            ..stored(State::InProgress)
+        };
+        assert_eq!(
+            begin(Some(&s), &r),
+            Ok(Begin::Execute(Execute::Resume {
+                attempt: 4,
+                lease_expires_at: Micros::MAX
+            }))
+        );
     }
 
     #[test]
