@@ -72,6 +72,10 @@ fn reproduces_every_frozen_canonical_text_and_fingerprint() {
 #[test]
 fn frozen_fingerprints_are_sha256_of_frozen_canonical_texts() {
     for (line, _, text, hash) in rows() {
-        assert_eq!(hex(&fingerprint_of_text(text.as_bytes())), hash, "line {line}");
+        assert_eq!(
+            hex(&fingerprint_of_text(text.as_bytes())),
+            hash,
+            "line {line}"
+        );
     }
 }

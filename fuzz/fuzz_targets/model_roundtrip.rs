@@ -28,21 +28,39 @@ fuzz_target!(|data: &[u8]| {
     };
     let bytes = model::to_jsonb(&value);
     let text = canon(&value);
-    assert_eq!(text, value.canonical_text(), "streaming writer and model disagree");
+    assert_eq!(
+        text,
+        value.canonical_text(),
+        "streaming writer and model disagree"
+    );
 
     let reparsed = model::parse(&text);
     let normalized = value.normalized();
-    assert_eq!(reparsed, normalized, "canonical text does not re-parse to the value");
+    assert_eq!(
+        reparsed, normalized,
+        "canonical text does not re-parse to the value"
+    );
     assert_eq!(canon(&reparsed), text, "canonicalisation is not idempotent");
 
     let hash = fingerprint(&bytes).expect("model jsonb is well formed");
     let expected: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-    assert_eq!(hash, expected, "fingerprint is not sha256 of the canonical text");
+    assert_eq!(
+        hash, expected,
+        "fingerprint is not sha256 of the canonical text"
+    );
 
-    assert_eq!(canon(&gen::reversed(&normalized)), text, "member order changed the text");
+    assert_eq!(
+        canon(&gen::reversed(&normalized)),
+        text,
+        "member order changed the text"
+    );
     for stride in [1, 7, usize::MAX] {
         let other = canonical(&model::to_jsonb_with_stride(&value, stride))
             .expect("model jsonb is well formed");
-        assert_eq!(other, text.as_bytes(), "offset stride {stride} changed the text");
+        assert_eq!(
+            other,
+            text.as_bytes(),
+            "offset stride {stride} changed the text"
+        );
     }
 });

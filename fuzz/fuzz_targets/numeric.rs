@@ -18,7 +18,11 @@ fn check_written(n: &Numeric<'_>) {
     // A JSON number on its own is a valid JSON text.
     match model::parse(&text) {
         model::Json::Number(spelling) => {
-            assert_eq!(model::canonical_number(&spelling), text, "not canonical: {text}")
+            assert_eq!(
+                model::canonical_number(&spelling),
+                text,
+                "not canonical: {text}"
+            )
         }
         other => panic!("numeric written as {other:?}"),
     }
@@ -38,5 +42,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let varlena = model::numeric_varlena(&spelling);
     let n = Numeric::from_varlena(&varlena).expect("numeric_in's bytes read back");
-    assert_eq!(n.to_string(), model::canonical_number(&spelling), "spelling {spelling}");
+    assert_eq!(
+        n.to_string(),
+        model::canonical_number(&spelling),
+        "spelling {spelling}"
+    );
 });
