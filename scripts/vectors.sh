@@ -33,7 +33,8 @@ trap '"$ROOT/scripts/pgcluster.sh" stop "$DIR"' EXIT
 psql() {
   "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres "$@"
 }
-psql -d postgres -c 'DROP DATABASE IF EXISTS vectors' -c 'CREATE DATABASE vectors'
+psql -d postgres -c 'SET client_min_messages = warning' -c 'DROP DATABASE IF EXISTS vectors' \
+  -c 'CREATE DATABASE vectors'
 
 # CSV mode with a quote character that never occurs raw in the file (backspace is always
 # escaped in JSON), so backslashes and double quotes arrive as written.
