@@ -8,7 +8,7 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PROFILE   ?= release
 
 .PHONY: setup install test test-core test-pg test-isolation test-regress demo clean \
-	test-upgrade test-standby test-dump test-ops
+	test-upgrade test-standby test-dump test-ops test-vectors fuzz fuzz-smoke
 
 setup:
 	@bash scripts/setup.sh
@@ -62,7 +62,25 @@ test-regress: setup
 	$(MAKE) install PROFILE=debug
 	PG_BINDIR="$(PG_BINDIR)" bash scripts/regress.sh
 
-test: setup test-core test-pg test-isolation test-regress test-ops
+# The frozen fingerprint vectors (core/tests/vectors/fingerprints-v1.tsv) on a real server:
+# idem_canonical and idem_fingerprint of every row, over a client connection (scripts/vectors.sh,
+# scratch cluster build/vectors on VECTORS_PORT, default 54336). The core checks the same file
+# in test-core, the #[pg_test]s inside one backend.
+test-vectors: setup
+	$(MAKE) install PROFILE=debug
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/vectors.sh
+
+# Fuzzing the core with cargo-fuzz (scripts/fuzz.sh, installs cargo-fuzz if missing): the
+# targets in fuzz/fuzz_targets one after the other, FUZZ_SECONDS each. `fuzz-smoke` is the
+# CI-sized run (20 s each) that `make test` includes.
+FUZZ_SECONDS ?= 300
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
+fuzz-smoke:
+	FUZZ_SECONDS=20 bash scripts/fuzz.sh
+
+test: setup test-core test-pg test-isolation test-regress test-vectors test-ops fuzz-smoke
 	@echo "make test: all suites passed"
 
 demo: install

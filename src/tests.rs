@@ -690,6 +690,48 @@ mod tests {
         ));
     }
 
+    /// The frozen vectors (core/tests/vectors/fingerprints-v1.tsv, made by an independent
+    /// ECMAScript implementation): every row's command, cast to jsonb by this server, must
+    /// give the frozen canonical text and fingerprint byte for byte. scripts/vectors.sh
+    /// checks the same file over a client connection on any PostgreSQL version.
+    #[pg_test]
+    fn reproduces_frozen_fingerprint_vectors() {
+        const VECTORS: &str = include_str!("../core/tests/vectors/fingerprints-v1.tsv");
+        let mut rows = 0;
+        let mut failures = Vec::new();
+        for line in VECTORS.lines().filter(|l| !l.starts_with('#')) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let [command, canonical, sha256] = cols[..] else {
+                panic!("expected three tab-separated columns: {line}");
+            };
+            let got_canonical = Spi::get_one_with_args::<String>(
+                "SELECT idem_canonical($1::jsonb)",
+                &[command.into()],
+            )
+            .unwrap();
+            let got_sha256 = Spi::get_one_with_args::<String>(
+                "SELECT encode(idem_fingerprint($1::jsonb), 'hex')",
+                &[command.into()],
+            )
+            .unwrap();
+            if got_canonical.as_deref() != Some(canonical) || got_sha256.as_deref() != Some(sha256)
+            {
+                failures.push(format!(
+                    "{command}: canonical {got_canonical:?} (frozen {canonical}), \
+                     fingerprint {got_sha256:?} (frozen {sha256})"
+                ));
+            }
+            rows += 1;
+        }
+        assert!(rows >= 400, "only {rows} vectors");
+        assert!(
+            failures.is_empty(),
+            "{} of {rows} vectors differ:\n{}",
+            failures.len(),
+            failures[..failures.len().min(10)].join("\n")
+        );
+    }
+
     #[pg_test]
     fn fingerprint_and_canonical_are_strict() {
         assert!(one::<bool>(
