@@ -7,7 +7,7 @@
 #   scripts/torture.sh crash [idempotency-torture crash options]  kill -9 cycles + checks
 #
 #   PG_BINDIR     PostgreSQL binaries (default: the system PostgreSQL 15)
-#   TORTURE_PORT  port of the scratch cluster (default 54331); its data is build/torture
+#   TORTURE_PORT  port of the scratch cluster (default 54341); its data is build/torture
 #                 (build/crash for crash)
 # e.g. scripts/torture.sh load --connections 32 --requests 100000 --keys 16
 #      scripts/torture.sh crash --cycles 20
@@ -16,7 +16,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-PORT=${TORTURE_PORT:-54331}
+PORT=${TORTURE_PORT:-54341}
 
 die() { printf 'torture: %s\n' "$*" >&2; exit 1; }
 
