@@ -146,6 +146,13 @@ pub fn run(opts: &Opts) -> Result<u64, String> {
             {
                 thread::sleep(Duration::from_millis(50));
             }
+            // An init that never reaps (some containers) leaves the zombie for good: then the
+            // lock file of the dead postmaster (and of none of its children, all gone) is
+            // removed, as an operator would.
+            if std::path::Path::new(&format!("/proc/{pm}")).exists() && !alive(pm) {
+                std::fs::remove_file(format!("{pgdata}/postmaster.pid"))
+                    .map_err(|e| format!("removing the dead postmaster's lock file: {e}"))?;
+            }
             let mut tries = 0;
             loop {
                 let st = std::process::Command::new("bash")

@@ -109,6 +109,7 @@ pub fn sqlstate(e: &postgres::Error) -> Option<String> {
 }
 
 /// The effect of a request: one ledger row, in the caller's transaction. Returns its id.
+#[allow(clippy::too_many_arguments)]
 pub fn insert_ledger(
     c: &mut impl GenericClient,
     table: &str,
