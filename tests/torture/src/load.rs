@@ -34,7 +34,8 @@ enum Kind {
     FailFinal,
     /// Phases: begin commits a claim with a short lease; checkpoint; effect + complete later.
     Phased,
-    /// Phases whose holder stalls past its lease before completing.
+    /// Phases whose holder stalls past its lease, then (sometimes checkpoints and) completes
+    /// or fails: fenced off with IK003 if the key was taken over meanwhile.
     PhasedStall,
     /// Phases whose holder never comes back (its claim is taken over).
     PhasedAbandon,
@@ -387,11 +388,19 @@ fn phased(
         Kind::PhasedStall => {
             o.stalled = true;
             thread::sleep(Duration::from_millis(s.lease_ms + 20 + rng.below(400)));
+            // Back from the stall, some holders first record progress: fenced too (IK003)
+            // if the key was taken over meanwhile.
+            if rng.pct(30) {
+                o.stage = Some("checkpoint".into());
+                util::checkpoint(c, SCOPE, &o.key, &format!("resumed-{attempt}"), attempt)?;
+                o.stage = Some("claimed".into());
+            }
         }
         _ => thread::sleep(Duration::from_millis(rng.below(10))),
     }
     let mut tx = c.transaction()?;
-    if kind == Kind::PhasedFail {
+    // Some stalled holders report a failure instead: fenced like a completion.
+    if kind == Kind::PhasedFail || (kind == Kind::PhasedStall && rng.pct(20)) {
         o.stage = Some("fail".into());
         util::fail(&mut tx, SCOPE, &o.key, o.amount, attempt, true)?;
         o.stage = Some("commit".into());
