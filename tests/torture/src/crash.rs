@@ -173,7 +173,16 @@ pub fn run(opts: &Opts) -> Result<u64, String> {
             }
             format!("kill -9 postmaster {pm}")
         } else {
+            let waited = Instant::now();
+            while shared.pids.lock().unwrap().is_empty()
+                && waited.elapsed() < Duration::from_secs(30)
+            {
+                thread::sleep(Duration::from_millis(50));
+            }
             let pids = shared.pids.lock().unwrap().clone();
+            if pids.is_empty() {
+                return Err("no worker connected: no backend to kill".into());
+            }
             let pid = pids[rng.below(pids.len() as u64) as usize];
             sigkill(pid)?;
             shared.stop.store(true, Ordering::SeqCst);
