@@ -326,8 +326,9 @@ fn wait_gone(pids: &[i32], limit: Duration) {
 }
 
 fn sigkill(pid: i32) -> Result<(), String> {
-    let st = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
+    // bash's builtin kill: no dependence on a kill binary being installed.
+    let st = std::process::Command::new("bash")
+        .args(["-c", "kill -9 \"$1\"", "kill", &pid.to_string()])
         .status()
         .map_err(|e| format!("kill: {e}"))?;
     if st.success() {
