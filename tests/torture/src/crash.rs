@@ -92,17 +92,36 @@ pub fn run(opts: &Opts) -> Result<u64, String> {
          CREATE INDEX ON crash_ledger (scope, key);",
     )
     .map_err(|e| format!("setup: {e}"))?;
+    // --unsafe-async-commit yes: a check of the checker. Commits are acknowledged before their
+    // WAL is flushed and the WAL writer waits long, so a kill must lose acknowledged commits,
+    // and the run must report them.
+    if opts.str("unsafe-async-commit", "no") == "yes" {
+        // One statement each: ALTER SYSTEM refuses to run in a (multi-statement) transaction.
+        for sql in [
+            "ALTER SYSTEM SET synchronous_commit = off",
+            "ALTER SYSTEM SET wal_writer_delay = '10s'",
+            "ALTER SYSTEM SET wal_writer_flush_after = 0",
+            "SELECT pg_reload_conf()",
+        ] {
+            c.batch_execute(sql).map_err(|e| format!("{sql}: {e}"))?;
+        }
+        drop(c);
+        c = util::connect(opts).map_err(|e| format!("connect: {e}"))?;
+        println!(
+            "crash: UNSAFE: synchronous_commit off, wal_writer_delay 10s: expect lost commits"
+        );
+    }
     for setting in ["fsync", "synchronous_commit"] {
         let v: String = c
             .query_one(&format!("SHOW {setting}"), &[])
             .map_err(|e| e.to_string())?
             .get(0);
-        if v != "on" {
+        if v != "on" && opts.str("unsafe-async-commit", "no") != "yes" {
             return Err(format!("{setting} is {v}: the crash test needs it on"));
         }
     }
     drop(c);
-    println!("crash: {cycles} cycles, {workers} workers, lease {lease_ms} ms, seed {seed}; fsync and synchronous_commit on");
+    println!("crash: {cycles} cycles, {workers} workers, lease {lease_ms} ms, seed {seed}");
 
     let shared = Arc::new(Shared {
         tracks: Mutex::new(HashMap::new()),
