@@ -8,7 +8,8 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PROFILE   ?= release
 
 .PHONY: setup install test test-core test-pg test-isolation test-regress demo clean \
-	test-upgrade test-standby test-dump test-ops test-vectors fuzz fuzz-smoke
+	test-upgrade test-standby test-dump test-ops test-vectors fuzz fuzz-smoke \
+	torture crash test-torture
 
 setup:
 	@bash scripts/setup.sh
@@ -80,7 +81,28 @@ fuzz:
 fuzz-smoke:
 	FUZZ_SECONDS=20 bash scripts/fuzz.sh
 
-test: setup test-core test-pg test-isolation test-regress test-vectors test-ops fuzz-smoke
+# Torture and crash recovery (tests/torture, scripts/torture.sh), each on a scratch cluster of
+# its own (build/torture, build/crash) on TORTURE_PORT, run from the PostgreSQL of PG_CONFIG:
+#   torture       32 connections, 100,000 requests on 16 hot keys per epoch, then the checker
+#   crash         20 cycles of kill -9 (postmaster / a backend) under load, checks after each
+#   test-torture  the CI size of both (in `make test`)
+TORTURE_PORT ?= 54341
+TORTURE = PG_BINDIR="$(PG_BINDIR)" TORTURE_PORT=$(TORTURE_PORT) bash scripts/torture.sh
+
+torture: setup
+	$(MAKE) install PROFILE=debug
+	$(TORTURE) load --connections 32 --requests 100000 --keys 16
+
+crash: setup
+	$(MAKE) install PROFILE=debug
+	$(TORTURE) crash --cycles 20 --workers 8
+
+test-torture: setup
+	$(MAKE) install PROFILE=debug
+	$(TORTURE) load --connections 32 --requests 10000 --keys 16
+	$(TORTURE) crash --cycles 6 --workers 8
+
+test: setup test-core test-pg test-isolation test-regress test-vectors test-ops test-torture fuzz-smoke
 	@echo "make test: all suites passed"
 
 demo: install
