@@ -3,11 +3,13 @@
 #   make test   runs every test
 # Each target installs what it needs first (scripts/setup.sh): Debian packages, the pinned
 # cargo-pgrx, and `cargo pgrx init` for the system PostgreSQL 15.
+#   make test-all   make test, then the PostgreSQL 13..18 matrix (make test-matrix)
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PROFILE   ?= release
 
 .PHONY: setup install test test-core test-pg test-isolation demo clean
+.PHONY: package test-meta test-matrix matrix-init test-all
 
 setup:
 	@bash scripts/setup.sh
@@ -30,8 +32,34 @@ test-isolation: setup
 	$(MAKE) install PROFILE=debug
 	bash scripts/isolation.sh
 
-test: setup test-core test-pg test-isolation
+# --- Installing and the PostgreSQL version matrix (13..18) ---------------------------------
+# A binary tree to copy onto a machine with the same PostgreSQL: target/<profile>/idempotency-pgNN/
+# mirrors the paths that PG_CONFIG reports (pkglibdir and sharedir/extension).
+package: setup
+	cargo pgrx package --pg-config "$(PG_CONFIG)" $(if $(filter release,$(PROFILE)),,--debug)
+
+# META.json (PGXN Meta Spec 1.0.0): required fields, version = Cargo.toml's; the checker also
+# proves it rejects broken copies.
+test-meta:
+	python3 scripts/meta-check.py --self-test
+
+# Registers PostgreSQL 13..18 with cargo pgrx init (15 = PG15_CONFIG, the system one by default;
+# the others from scripts/pg-fetch.sh under build/pg/NN). Idempotent.
+matrix-init: setup
+	bash scripts/pg-matrix.sh init
+
+# Every per-version suite (#[pg_test]s, isolation specs) on PostgreSQL 13..18, timed
+# (MATRIX_VERSIONS="15 18" for fewer). Suites are listed in scripts/pg-matrix.sh.
+test-matrix: setup
+	bash scripts/pg-matrix.sh run
+
+test: setup test-core test-meta test-pg test-isolation
 	@echo "make test: all suites passed"
+
+# The core tests once and PostgreSQL 15's suites (make test), then the other versions.
+test-all: test
+	MATRIX_VERSIONS="13 14 16 17 18" bash scripts/pg-matrix.sh run
+	@echo "make test-all: all suites passed on PostgreSQL 13, 14, 15, 16, 17 and 18"
 
 demo: install
 	bash scripts/demo.sh
