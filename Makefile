@@ -3,7 +3,7 @@
 #   make test   runs every test
 # Each target installs what it needs first (scripts/setup.sh): Debian packages, the pinned
 # cargo-pgrx, and `cargo pgrx init` for the system PostgreSQL 15.
-#   make test-all   make test, then the PostgreSQL 13..18 matrix (make test-matrix)
+#   make test-all   the same as make test, which includes the PostgreSQL 13..18 matrix
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PROFILE   ?= release
@@ -48,18 +48,21 @@ test-meta:
 matrix-init: setup
 	bash scripts/pg-matrix.sh init
 
-# Every per-version suite (#[pg_test]s, isolation specs) on PostgreSQL 13..18, timed
-# (MATRIX_VERSIONS="15 18" for fewer). Suites are listed in scripts/pg-matrix.sh.
+# Every per-version suite (#[pg_test]s, isolation specs; listed in scripts/pg-matrix.sh) on
+# the versions in MATRIX_VERSIONS, timed. 15 is left out by default because test-pg and
+# test-isolation already run those suites on the system PostgreSQL 15
+# (make test-matrix MATRIX_VERSIONS="13 14 15 16 17 18" for all of them).
+MATRIX_VERSIONS ?= 13 14 16 17 18
 test-matrix: setup
-	bash scripts/pg-matrix.sh run
+	MATRIX_VERSIONS="$(MATRIX_VERSIONS)" bash scripts/pg-matrix.sh run
 
-test: setup test-core test-meta test-pg test-isolation
+test: setup test-core test-meta test-pg test-isolation test-matrix
 	@echo "make test: all suites passed"
 
-# The core tests once and PostgreSQL 15's suites (make test), then the other versions.
+# The whole matrix: the core tests once, PostgreSQL 15's suites, then 13, 14, 16, 17, 18.
+# It fits CI's budget, so it is what `make test` runs; test-all is the name for it.
 test-all: test
-	MATRIX_VERSIONS="13 14 16 17 18" bash scripts/pg-matrix.sh run
-	@echo "make test-all: all suites passed on PostgreSQL 13, 14, 15, 16, 17 and 18"
+	@echo "make test-all: all suites passed on PostgreSQL $(MATRIX_VERSIONS) and 15"
 
 demo: install
 	bash scripts/demo.sh

@@ -11,7 +11,8 @@
 #            scripts/setup.sh), so `make test` and the matrix share one registration;
 #   others   scripts/pg-fetch.sh MAJOR (private relocatable builds under build/pg/MAJOR).
 # Settings (environment):
-#   MATRIX_VERSIONS     versions for `run` without arguments (default "13 14 15 16 17 18")
+#   MATRIX_VERSIONS     versions for `run` without arguments (default "13 14 15 16 17 18";
+#                       the Makefile passes "13 14 16 17 18": make test runs 15 itself)
 #   PG15_CONFIG         pg_config of the PostgreSQL 15 to use (see above)
 #   MATRIX_PORT         base port for the scratch clusters: version N uses MATRIX_PORT+N
 #                       (default 54400, so 54413..54418)
