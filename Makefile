@@ -3,13 +3,14 @@
 #   make test   runs every test
 # Each target installs what it needs first (scripts/setup.sh): Debian packages, the pinned
 # cargo-pgrx, and `cargo pgrx init` for the system PostgreSQL 15.
+#   make test-all   the same as make test, which includes the PostgreSQL 13..18 matrix
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PROFILE   ?= release
 
 .PHONY: setup install test test-core test-pg test-isolation test-regress demo clean \
 	test-upgrade test-standby test-dump test-ops test-vectors fuzz fuzz-smoke \
-	torture crash test-torture
+	torture crash test-torture package test-meta test-matrix matrix-init test-all
 
 setup:
 	@bash scripts/setup.sh
@@ -102,8 +103,37 @@ test-torture: setup
 	$(TORTURE) load --connections 32 --requests 10000 --keys 16
 	$(TORTURE) crash --cycles 6 --workers 8
 
-test: setup test-core test-pg test-isolation test-regress test-vectors test-ops test-torture fuzz-smoke
+# --- Installing and the PostgreSQL version matrix (13..18) ---------------------------------
+# A binary tree to copy onto a machine with the same PostgreSQL: target/<profile>/idempotency-pgNN/
+# mirrors the paths that PG_CONFIG reports (pkglibdir and sharedir/extension).
+package: setup
+	cargo pgrx package --pg-config "$(PG_CONFIG)" $(if $(filter release,$(PROFILE)),,--debug)
+
+# META.json (PGXN Meta Spec 1.0.0): required fields, version = Cargo.toml's; the checker also
+# proves it rejects broken copies.
+test-meta:
+	python3 scripts/meta-check.py --self-test
+
+# Registers PostgreSQL 13..18 with cargo pgrx init (15 = PG15_CONFIG, the system one by default;
+# the others from scripts/pg-fetch.sh under build/pg/NN). Idempotent.
+matrix-init: setup
+	bash scripts/pg-matrix.sh init
+
+# Every per-version suite (#[pg_test]s, isolation specs; listed in scripts/pg-matrix.sh) on
+# the versions in MATRIX_VERSIONS, timed. 15 is left out by default because test-pg and
+# test-isolation already run those suites on the system PostgreSQL 15
+# (make test-matrix MATRIX_VERSIONS="13 14 15 16 17 18" for all of them).
+MATRIX_VERSIONS ?= 13 14 16 17 18
+test-matrix: setup
+	MATRIX_VERSIONS="$(MATRIX_VERSIONS)" bash scripts/pg-matrix.sh run
+
+test: setup test-core test-meta test-pg test-isolation test-regress test-vectors test-ops test-torture fuzz-smoke test-matrix
 	@echo "make test: all suites passed"
+
+# The whole matrix: the core tests once, PostgreSQL 15's suites, then 13, 14, 16, 17, 18.
+# It fits CI's budget, so it is what `make test` runs; test-all is the name for it.
+test-all: test
+	@echo "make test-all: all suites passed on PostgreSQL $(MATRIX_VERSIONS) and 15"
 
 demo: install
 	bash scripts/demo.sh

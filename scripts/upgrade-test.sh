@@ -23,7 +23,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PORT=${1:-${UPGRADE_PORT:-54331}}
-DIR=$ROOT/build/upgrade
+DIR=${UPGRADE_DIR:-$ROOT/build/upgrade}
 NAME=upgrade-test
 # shellcheck source=testlib.sh
 . "$ROOT/scripts/testlib.sh"
