@@ -53,8 +53,8 @@ SELECT 'column ' || r.relname || '.' || a.attname || ': ' || pg_catalog.format_t
        || ' collation=' || coalesce((SELECT collname FROM pg_catalog.pg_collation WHERE oid = a.attcollation), '')
        || ' default=' || coalesce(pg_catalog.pg_get_expr(ad.adbin, ad.adrelid), '')
        || ' identity=' || a.attidentity::text || ' generated=' || a.attgenerated::text
-       || ' storage=' || a.attstorage::text || ' compression=' || a.attcompression::text
-       || ' stattarget=' || a.attstattarget || ' acl=' || coalesce(a.attacl::text, 'default')
+       || ' storage=' || a.attstorage::text || ' compression=' || coalesce(pg_catalog.to_jsonb(a) ->> 'attcompression', '')
+       || ' stattarget=' || coalesce(a.attstattarget::text, 'default') || ' acl=' || coalesce(a.attacl::text, 'default')
        || ' options=' || coalesce(a.attoptions::text, '')
 FROM rels r
 JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
