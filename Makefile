@@ -7,7 +7,7 @@
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PROFILE   ?= release
 
-.PHONY: setup install test test-core test-pg test-isolation demo clean
+.PHONY: setup install test test-core test-pg test-isolation demo clean bench bench-smoke
 
 setup:
 	@bash scripts/setup.sh
@@ -30,7 +30,23 @@ test-isolation: setup
 	$(MAKE) install PROFILE=debug
 	bash scripts/isolation.sh
 
-test: setup test-core test-pg test-isolation
+# Benchmarks (bench/run.sh, README "Performance"): a scratch PostgreSQL of PG_CONFIG's
+# installation on port BENCH_PORT (default 55300), pgbench side by side with a plain insert,
+# a primary-key SELECT and a hand-written PL/pgSQL version; results in build/bench/out.
+#   make bench        the full run on a release build (about 25 minutes on 2 cores)
+#   make bench-smoke  the CI form on a debug build (about 2 minutes after the build): its
+#                     figures mean nothing, it keeps the harness from rotting
+bench: setup
+	$(MAKE) install PROFILE=release
+	PG_BINDIR=$(dir $(PG_CONFIG)) BENCH_PROFILE=release bash bench/run.sh
+
+bench-smoke: setup
+	$(MAKE) install PROFILE=debug
+	PG_BINDIR=$(dir $(PG_CONFIG)) BENCH_PROFILE=debug BENCH_SECONDS=1 BENCH_ROUNDS=1 \
+		BENCH_CLIENTS="1 4" BENCH_SCALES="1000 10000" BENCH_REPLAY_KEYS=1000 \
+		BENCH_PURGE=10000 BENCH_PURGE_SECONDS=5 BENCH_OUT=build/bench/smoke bash bench/run.sh
+
+test: setup test-core test-pg test-isolation bench-smoke
 	@echo "make test: all suites passed"
 
 demo: install
