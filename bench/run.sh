@@ -174,6 +174,21 @@ for case in idem phases; do
   log "HOT completions ($case): ${HOT_HOT[$case]:-0} of ${HOT_UPD[$case]:-0}"
 done
 
+# Where a request's time goes: pgbench -r's per-statement latency at 1 client, sync off.
+sql "ALTER SYSTEM SET synchronous_commit = off" -d postgres >/dev/null
+sql "SELECT pg_reload_conf()" >/dev/null
+for case in baseline idem; do
+  bench_run "breakdown-$case" 1 "$BENCH_SECONDS" "$ROOT/bench/pgbench/$case.sql" -r >/dev/null
+  awk '/statement latencies/ {on = 1; next} on && $1 ~ /^[0-9.]+$/ && $3 !~ /^\\/ {
+         stmt = ""; for (i = 3; i <= NF && i <= 6; i++) stmt = stmt " " $i
+         gsub(/,/, ";", stmt); sub(/^ /, "", stmt); print $1 "\t" stmt}' \
+      "$BENCH_OUT/logs/breakdown-$case.txt" | while IFS=$'\t' read -r ms stmt; do
+    row breakdown "$case" off 1 "$ms" ms "$stmt"
+  done
+done
+sql "ALTER SYSTEM RESET synchronous_commit" -d postgres >/dev/null
+sql "SELECT pg_reload_conf()" >/dev/null
+
 # Bytes per record as the protocol leaves them (no response stored), after a VACUUM.
 sql "VACUUM idempotency.records" >/dev/null
 read -r n bytes heap idx < <(sql "SELECT count(*), pg_total_relation_size('idempotency.records'),
@@ -221,7 +236,7 @@ sql "INSERT INTO idempotency.records (created_at, expires_at, lease_expires_at, 
      SELECT now() - interval '2 days', now() - interval '1 day', NULL, 60000000, 'postgres'::regrole,
             1, 201, 'c', 'tenant:9 POST /v1/payments', md5(i::text)::uuid::text,
             sha256(i::text::bytea), 'payments/' || i
-     FROM generate_series(1, $BENCH_PURGE) AS i ORDER BY 10, 11" >/dev/null
+     FROM generate_series(1, $BENCH_PURGE) AS i" >/dev/null
 sql "VACUUM ANALYZE idempotency.records" >/dev/null
 sql "CHECKPOINT" >/dev/null
 purge_load() {  # name: the rate-limited live load with per-transaction latencies logged
@@ -259,7 +274,8 @@ row purge purge_p99 on 4 "$busy_p99" ms "$busy_n tx; $purged rows purged in $pur
 
 # --- scale ---------------------------------------------------------------------------------
 for nkeys in $BENCH_SCALES; do
-  log "scale: loading $nkeys stored keys (INSERT ... SELECT in key order)"
+  # The keys are UUIDs made from md5(i): they arrive in random order, as real keys do.
+  log "scale: loading $nkeys stored keys (INSERT ... SELECT, keys in random order)"
   sql "TRUNCATE idempotency.records" >/dev/null
   sql "INSERT INTO idempotency.records (created_at, expires_at, lease_expires_at, lease, owner,
           attempt, http_status, state, scope, key, fingerprint, resource)
@@ -267,7 +283,7 @@ for nkeys in $BENCH_SCALES; do
               'tenant:' || (i % 1000) || ' POST /v1/payments', md5(i::text)::uuid::text,
               idem_fingerprint(jsonb_build_object('amount', i, 'currency', 'EUR')),
               'payments/' || i
-       FROM generate_series(1, $nkeys) AS i ORDER BY 10, 11" >/dev/null
+       FROM generate_series(1, $nkeys) AS i" >/dev/null
   sql "VACUUM ANALYZE idempotency.records" >/dev/null
   sql "CHECKPOINT" >/dev/null
   read -r bytes heap idx < <(sql "SELECT pg_total_relation_size('idempotency.records'),
@@ -278,7 +294,7 @@ for nkeys in $BENCH_SCALES; do
     res=$(bench_run "scale-$s-$nkeys" 1 "$BENCH_SECONDS" "$ROOT/bench/pgbench/scale_$s.sql" -r -D nkeys="$nkeys")
     # The idem_begin statement's own latency (pgbench -r).
     lat=$(awk '/idem_begin/ {print $1; exit}' "$BENCH_OUT/logs/scale-$s-$nkeys.txt")
-    row scale "begin_$s" on "$nkeys" "$lat" ms "idem_begin statement latency, 1 client"
+    row scale "begin_$s" on "$nkeys" "$lat" ms "idem_begin statement latency; 1 client"
     log "scale $nkeys: idem_begin ($s key) $lat ms"
   done
 done
