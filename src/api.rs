@@ -352,7 +352,7 @@ fn settle<T>(
     a: &Args,
     function: &'static std::ffi::CStr,
     attempt_arg: usize,
-    fast: Option<&dyn Fn(&Store, Fast) -> Result<Option<T>, IdemError>>,
+    fast: Option<FastPath<T>>,
     write: impl FnOnce(&Store, pg_sys::Datum, pg_sys::Datum, &Record, Micros) -> Result<T, IdemError>,
 ) -> Result<T, IdemError> {
     let (scope_d, scope) = a.key_text(0, "scope")?;
@@ -466,6 +466,9 @@ fn checkpoint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     )?;
     Ok(pg_sys::Datum::from(lease_expires_at))
 }
+
+/// A write that checks the guard itself, tried before the record is read.
+type FastPath<'a, T> = &'a dyn Fn(&Store, Fast) -> Result<Option<T>, IdemError>;
 
 /// What a fast path of `settle` is given.
 struct Fast {
