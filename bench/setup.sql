@@ -44,7 +44,7 @@ $$;
 CREATE TABLE bench.docs_100 AS SELECT i, bench.order_doc(i, 0)   AS doc FROM generate_series(1, 5000) AS i;
 CREATE TABLE bench.docs_1k  AS SELECT i, bench.order_doc(i, 8)   AS doc FROM generate_series(1, 2000) AS i;
 CREATE TABLE bench.docs_64k AS SELECT i, bench.order_doc(i, 540) AS doc FROM generate_series(1, 40)   AS i;
--- Keep the documents in memory uncompressed-on-read as far as possible: both sides detoast
--- the same values, so the comparison is of the hashing alone plus the same detoasting.
+-- Both fingerprint cases read (and detoast) the same stored values, so they differ only in
+-- what they compute from them.
 VACUUM ANALYZE bench.payments, bench.replay_ref, bench.docs_100, bench.docs_1k, bench.docs_64k,
     idempotency.records;
