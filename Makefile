@@ -33,8 +33,8 @@ test-isolation: setup
 # Benchmarks (bench/run.sh, README "Performance"): a scratch PostgreSQL of PG_CONFIG's
 # installation on port BENCH_PORT (default 55300), pgbench side by side with a plain insert,
 # a primary-key SELECT and a hand-written PL/pgSQL version; results in build/bench/out.
-#   make bench        the full run on a release build (about 25 minutes on 2 cores)
-#   make bench-smoke  the CI form on a debug build (about 2 minutes after the build): its
+#   make bench        the full run on a release build (17 minutes here, plus the build)
+#   make bench-smoke  the CI form on a debug build (about 1 minute after the build): its
 #                     figures mean nothing, it keeps the harness from rotting
 bench: setup
 	$(MAKE) install PROFILE=release

@@ -2,7 +2,7 @@
 # The benchmark harness (`make bench`, `make bench-smoke`): what idempotency costs, measured side
 # by side with what a team would use instead, in one run on one scratch PostgreSQL.
 #
-#   bash bench/run.sh                       full run (about 20 minutes on 2 cores)
+#   bash bench/run.sh                       full run (17 minutes on 2 cores)
 #   BENCH_SECONDS=2 BENCH_SCALES="10000" BENCH_PURGE=20000 bash bench/run.sh   the CI smoke form
 #
 # It starts its own cluster (scripts/pgcluster.sh) in $BENCH_DIR on $BENCH_PORT with fixed
