@@ -10,7 +10,8 @@ PROFILE   ?= release
 
 .PHONY: setup install test test-core test-pg test-isolation test-regress demo clean \
 	test-upgrade test-standby test-dump test-ops test-vectors fuzz fuzz-smoke \
-	torture crash test-torture package test-meta test-matrix matrix-init test-all
+	torture crash test-torture package test-meta test-matrix matrix-init test-all \
+	bench bench-smoke
 
 setup:
 	@bash scripts/setup.sh
@@ -127,7 +128,24 @@ MATRIX_VERSIONS ?= 13 14 16 17 18
 test-matrix: setup
 	MATRIX_VERSIONS="$(MATRIX_VERSIONS)" bash scripts/pg-matrix.sh run
 
-test: setup test-core test-meta test-pg test-isolation test-regress test-vectors test-ops test-torture fuzz-smoke test-matrix
+# Benchmarks (bench/run.sh, README "Performance"): a scratch PostgreSQL of PG_CONFIG's
+# installation on port BENCH_PORT (default 54350), pgbench side by side with a plain insert,
+# a primary-key SELECT and a hand-written PL/pgSQL version; results in build/bench/out.
+#   make bench        the full run on a release build (17 minutes here, plus the build)
+#   make bench-smoke  the CI form on a debug build (about 1 minute after the build): its
+#                     figures mean nothing, it keeps the harness from rotting
+bench: setup
+	$(MAKE) install PROFILE=release
+	PG_BINDIR="$(PG_BINDIR)" BENCH_PROFILE=release bash bench/run.sh
+
+bench-smoke: setup
+	$(MAKE) install PROFILE=debug
+	PG_BINDIR="$(PG_BINDIR)" BENCH_PROFILE=debug BENCH_SECONDS=1 BENCH_ROUNDS=1 \
+		BENCH_CLIENTS="1 4" BENCH_SCALES="1000 10000" BENCH_REPLAY_KEYS=1000 \
+		BENCH_PURGE=10000 BENCH_PURGE_SECONDS=5 BENCH_OUT=build/bench/smoke bash bench/run.sh
+
+test: setup test-core test-meta test-pg test-isolation test-regress test-vectors test-ops \
+	test-torture bench-smoke fuzz-smoke test-matrix
 	@echo "make test: all suites passed"
 
 # The whole matrix: the core tests once, PostgreSQL 15's suites, then 13, 14, 16, 17, 18.

@@ -155,6 +155,40 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
 
     let store = Store::open()?;
     let mut holds_lock = lock.try_acquire();
+    let mut now = now();
+    // The common case first: a new key. Holding the lock, decide as if there were no record
+    // and try to insert the claim; a row already there (live or expired) makes the insert do
+    // nothing, and the record is then read and decided on below. This saves the read for new
+    // keys (one statement instead of two) and costs replays one index probe.
+    if holds_lock {
+        let none = decision::BeginRequest {
+            fingerprint,
+            now,
+            ttl,
+            lease,
+            holds_lock,
+        };
+        if let Ok(Begin::Execute(Execute::Claim {
+            expires_at,
+            lease_expires_at,
+        })) = decision::begin(None, &none)
+        {
+            let claim = Claim {
+                scope: scope_d,
+                key: key_d,
+                owner: caller,
+                fingerprint: &fingerprint,
+                now,
+                expires_at,
+                lease_expires_at,
+                lease,
+            };
+            if store.insert(&claim)? {
+                drop(store);
+                return BeginRow::execute(1, None, None, fingerprint, expires_at).into_datum(a);
+            }
+        }
+    }
     let mut record = store.lookup(scope_d, key_d, false)?;
     let decide = |record: Option<&Record>, holds_lock: bool, now: Micros| {
         let request = decision::BeginRequest {
@@ -172,7 +206,6 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             )
         })
     };
-    let mut now = now();
     let mut outcome = decide(record.as_ref(), holds_lock, now)?;
     if outcome == Begin::InProgress && !holds_lock && wait > 0 {
         holds_lock = lock.acquire_within(wait);
@@ -321,10 +354,13 @@ impl BeginRow {
 /// What `idem_complete`, `idem_fail` and `idem_checkpoint` share: lock the key (waiting like
 /// any row lock would), read it, and check it is the caller's, live, in progress and, given
 /// an attempt, at that attempt.
+/// `fast`, if given, tries the write in one statement that checks the guard itself (see
+/// `Store::complete_owned`); when it writes nothing, the record is read and the guard decides.
 fn settle<T>(
     a: &Args,
     function: &'static std::ffi::CStr,
     attempt_arg: usize,
+    fast: Option<FastPath<T>>,
     write: impl FnOnce(&Store, pg_sys::Datum, pg_sys::Datum, &Record, Micros) -> Result<T, IdemError>,
 ) -> Result<T, IdemError> {
     let (scope_d, scope) = a.key_text(0, "scope")?;
@@ -334,8 +370,23 @@ fn settle<T>(
     let caller = caller();
     KeyLock::new(scope, key).acquire();
     let store = Store::open()?;
-    let record = store.lookup(scope_d, key_d, false)?;
     let now = now();
+    if let Some(fast) = fast {
+        let done = fast(
+            &store,
+            Fast {
+                scope: scope_d,
+                key: key_d,
+                caller,
+                attempt,
+                now,
+            },
+        )?;
+        if let Some(done) = done {
+            return Ok(done);
+        }
+    }
+    let record = store.lookup(scope_d, key_d, false)?;
     decision::settle(
         record.as_ref().map(|r| stored(r, caller)).as_ref(),
         now,
@@ -358,15 +409,24 @@ fn complete(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let response = a.jsonb(2, "response", Some(limit))?.map(|(d, _)| d);
     let resource = a.text(3, "resource", limit)?;
     let http_status = a.http_status(4)?;
-    settle(a, c"idem_complete()", 5, |store, scope, key, _, _| {
-        let outcome = Outcome {
-            state: State::Completed,
-            http_status,
-            response,
-            resource,
-        };
-        written(store.finish(scope, key, &outcome)?)
-    })?;
+    let outcome = Outcome {
+        state: State::Completed,
+        http_status,
+        response,
+        resource,
+    };
+    let fast = |store: &Store, f: Fast| {
+        Ok(store
+            .complete_owned(f.scope, f.key, &outcome, f.now, f.caller, f.attempt)?
+            .then_some(()))
+    };
+    settle(
+        a,
+        c"idem_complete()",
+        5,
+        Some(&fast),
+        |store, scope, key, _, _| written(store.finish(scope, key, &outcome)?),
+    )?;
     Ok(pg_sys::Datum::from(0))
 }
 
@@ -379,7 +439,7 @@ fn fail(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         argument: "retryable",
     })?;
     let http_status = a.http_status(4)?;
-    settle(a, c"idem_fail()", 5, |store, scope, key, _, _| {
+    settle(a, c"idem_fail()", 5, None, |store, scope, key, _, _| {
         let outcome = Outcome {
             state: State::Failed { retryable },
             http_status,
@@ -404,6 +464,7 @@ fn checkpoint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         a,
         c"idem_checkpoint()",
         4,
+        None,
         |store, scope, key, record, now| {
             // The lease is renewed by the length the claim was made with.
             let lease_expires_at = decision::later(now, record.lease);
@@ -412,6 +473,18 @@ fn checkpoint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         },
     )?;
     Ok(pg_sys::Datum::from(lease_expires_at))
+}
+
+/// A write that checks the guard itself, tried before the record is read.
+type FastPath<'a, T> = &'a dyn Fn(&Store, Fast) -> Result<Option<T>, IdemError>;
+
+/// What a fast path of `settle` is given.
+struct Fast {
+    scope: pg_sys::Datum,
+    key: pg_sys::Datum,
+    caller: pg_sys::Oid,
+    attempt: Option<i32>,
+    now: Micros,
 }
 
 /// A write under the key's lock finds the row it just read.

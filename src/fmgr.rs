@@ -230,23 +230,55 @@ impl Args {
             .map(|v| v.unwrap_or(pg_sys::Datum::from(0)))
             .collect();
         let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
-        // SAFETY: the function's result type is a composite of `values.len()` columns, whose
-        // types match the datums (see the OUT parameters in sql/idempotency.sql).
+        let desc = self.result_desc(values.len())?;
+        // SAFETY: `desc` is a blessed descriptor of `values.len()` columns whose types match
+        // the datums (see the OUT parameters in sql/idempotency.sql).
+        unsafe {
+            let tuple = pg_sys::heap_form_tuple(desc, datums.as_mut_ptr(), nulls.as_mut_ptr());
+            Ok(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
+        }
+    }
+
+    /// The blessed row descriptor of the function's result, built once per backend and
+    /// function: `get_call_result_type` builds it from the catalog on every call (about
+    /// 12,000 instructions, 5% of a begin + complete), and the executor gives each execution
+    /// of a statement a new `FmgrInfo`, so `fn_extra` would not keep it across calls. Keyed
+    /// by the function's oid: a changed result type needs a new function, hence a new oid.
+    fn result_desc(&self, columns: usize) -> Result<pg_sys::TupleDesc, IdemError> {
+        thread_local! {
+            static DESCS: std::cell::RefCell<Vec<(pg_sys::Oid, pg_sys::TupleDesc)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // SAFETY: called by the function manager, so flinfo is set.
+        let oid = unsafe { (*(*self.fcinfo).flinfo).fn_oid };
+        let cached = DESCS.with_borrow(|d| d.iter().find(|(o, _)| *o == oid).map(|(_, t)| *t));
+        if let Some(desc) = cached {
+            // SAFETY: a descriptor kept in TopMemoryContext.
+            if unsafe { (*desc).natts } as usize == columns {
+                return Ok(desc);
+            }
+        }
+        // SAFETY: the catalog's result type of this call, copied into TopMemoryContext and
+        // registered (blessed) so that its rows can be returned as records.
         unsafe {
             let mut desc: pg_sys::TupleDesc = std::ptr::null_mut();
             let class = pg_sys::get_call_result_type(self.fcinfo, std::ptr::null_mut(), &mut desc);
             if class != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
-                || (*desc).natts as usize != values.len()
+                || (*desc).natts as usize != columns
             {
                 return Err(IdemError::Internal(format!(
                     "{} must return a record of {} columns",
-                    self.function,
-                    values.len()
+                    self.function, columns
                 )));
             }
-            let desc = pg_sys::BlessTupleDesc(desc);
-            let tuple = pg_sys::heap_form_tuple(desc, datums.as_mut_ptr(), nulls.as_mut_ptr());
-            Ok(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
+            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+            let kept = pg_sys::BlessTupleDesc(pg_sys::CreateTupleDescCopy(desc));
+            pg_sys::MemoryContextSwitchTo(old);
+            DESCS.with_borrow_mut(|d| {
+                d.retain(|(o, _)| *o != oid);
+                d.push((oid, kept));
+            });
+            Ok(kept)
         }
     }
 }

@@ -57,7 +57,7 @@ const SELECT_COLUMNS: &str = "owner, state, retryable, fingerprint, attempt, cre
 const WHERE_KEY: &str = "scope OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2";
 
 /// The statements, in the order of `Plans`' fields.
-fn statements() -> [(String, Vec<pg_sys::Oid>); 9] {
+fn statements() -> [(String, Vec<pg_sys::Oid>); 10] {
     use pg_sys::{
         BOOLOID, BYTEAOID, INT2OID, INT4OID, INT8OID, JSONBOID, REGROLEOID, TEXTOID, TIMESTAMPTZOID,
     };
@@ -120,6 +120,27 @@ fn statements() -> [(String, Vec<pg_sys::Oid>); 9] {
             ),
             with(&[INT2OID, JSONBOID, TEXTOID]),
         ),
+        // The completion's fast path: one statement that both checks what `decision::settle`
+        // would (live, in progress, the caller's own, at the given attempt) and writes. When it
+        // finds no such row, `api` reads the record and lets the decision explain why.
+        (
+            format!(
+                "UPDATE idempotency.records SET state = 'c', http_status = $3, response = $4, \
+                 resource = $5, lease_expires_at = NULL, recovery_point = NULL, \
+                 recovery_data = NULL WHERE {WHERE_KEY} \
+                 AND state OPERATOR(pg_catalog.=) 'p' AND expires_at OPERATOR(pg_catalog.>) $6 \
+                 AND owner OPERATOR(pg_catalog.=) $7 \
+                 AND ($8 IS NULL OR attempt OPERATOR(pg_catalog.=) $8)"
+            ),
+            with(&[
+                INT2OID,
+                JSONBOID,
+                TEXTOID,
+                TIMESTAMPTZOID,
+                REGROLEOID,
+                INT4OID,
+            ]),
+        ),
         (
             format!(
                 "UPDATE idempotency.records SET state = 'f', retryable = $3, http_status = $4, \
@@ -157,6 +178,7 @@ struct Plans {
     reclaim: pg_sys::SPIPlanPtr,
     resume: pg_sys::SPIPlanPtr,
     complete: pg_sys::SPIPlanPtr,
+    complete_owned: pg_sys::SPIPlanPtr,
     fail: pg_sys::SPIPlanPtr,
     checkpoint: pg_sys::SPIPlanPtr,
     forget: pg_sys::SPIPlanPtr,
@@ -170,6 +192,7 @@ impl Plans {
         reclaim: std::ptr::null_mut(),
         resume: std::ptr::null_mut(),
         complete: std::ptr::null_mut(),
+        complete_owned: std::ptr::null_mut(),
         fail: std::ptr::null_mut(),
         checkpoint: std::ptr::null_mut(),
         forget: std::ptr::null_mut(),
@@ -184,7 +207,7 @@ thread_local! {
 }
 
 fn prepare_all() -> Result<Plans, IdemError> {
-    let mut kept = Vec::with_capacity(9);
+    let mut kept = Vec::with_capacity(10);
     for (sql, types) in statements() {
         let sql = std::ffi::CString::new(sql).map_err(|e| IdemError::Internal(e.to_string()))?;
         let mut types = types;
@@ -205,10 +228,11 @@ fn prepare_all() -> Result<Plans, IdemError> {
         reclaim: kept[2],
         resume: kept[3],
         complete: kept[4],
-        fail: kept[5],
-        checkpoint: kept[6],
-        forget: kept[7],
-        purge: kept[8],
+        complete_owned: kept[5],
+        fail: kept[6],
+        checkpoint: kept[7],
+        forget: kept[8],
+        purge: kept[9],
     })
 }
 
@@ -451,6 +475,30 @@ impl Store {
             }
         };
         Ok(n == 1)
+    }
+
+    /// Completes the key in one statement if its record is live, in progress, owned by
+    /// `caller` itself and (given one) at `attempt`; false otherwise, with nothing written.
+    pub fn complete_owned(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        o: &Outcome,
+        now: Micros,
+        caller: pg_sys::Oid,
+        attempt: Option<i32>,
+    ) -> Result<bool, IdemError> {
+        let args = [
+            Some(scope),
+            Some(key),
+            Some(pg_sys::Datum::from(o.http_status as i16)),
+            o.response,
+            o.resource,
+            Some(now.into()),
+            Some(pg_sys::Datum::from(caller)),
+            attempt.map(pg_sys::Datum::from),
+        ];
+        Ok(self.run(self.plans.complete_owned, &args, false, 0)? == 1)
     }
 
     pub fn checkpoint(

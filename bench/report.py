@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's results.csv into results.md (tables, ratios, targets) and bench.png.
+
+    python3 bench/report.py OUT_DIR
+
+Every figure comes from OUT_DIR/results.csv and OUT_DIR/machine.txt; nothing is typed in.
+Exits non-zero if a case is missing (so a broken harness fails `make bench-smoke`); a missed
+target is reported, not an error.
+"""
+import csv
+import os
+import sys
+
+out = sys.argv[1]
+rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
+machine = open(os.path.join(out, "machine.txt")).read().strip()
+
+
+def pick(section, case=None, sync=None, clients=None):
+    for r in rows:
+        if r["section"] == section and (case is None or r["case"] == case) \
+                and (sync is None or r["sync"] == sync) and (clients is None or r["clients"] == str(clients)):
+            return float(r["value"])
+    raise SystemExit(f"report: missing {section}/{case}/{sync}/{clients} in results.csv")
+
+
+def extra(section, case, sync=None, clients=None):
+    for r in rows:
+        if r["section"] == section and r["case"] == case and (sync is None or r["sync"] == sync) \
+                and (clients is None or r["clients"] == str(clients)):
+            return r["extra"]
+    return ""
+
+
+syncs = sorted({r["sync"] for r in rows if r["section"] == "matrix"}, reverse=True)  # on, off
+clients = sorted({int(r["clients"]) for r in rows if r["section"] == "matrix"})
+cases = [("baseline", "(1) baseline: payment insert"),
+         ("idem", "(2) one transaction: begin + insert + complete"),
+         ("replay", "(3) replay: idem_begin on a completed key"),
+         ("pkselect", "(3') primary-key SELECT of a same-size row"),
+         ("alt", "(4) hand-written PL/pgSQL alternative"),
+         ("phases", "(5) phases: begin, then insert + complete")]
+targets = []  # (what, value, goal, met)
+md = ["# Benchmark results", "", "```", machine, "```", ""]
+
+md += ["## Throughput (TPS; a transaction is one request)", ""]
+for sync in syncs:
+    md += [f"synchronous_commit = {sync}", "",
+           "| case | " + " | ".join(f"{c} client{'s' if c > 1 else ''}" for c in clients) + " |",
+           "|---|" + "---:|" * len(clients)]
+    for case, label in cases:
+        md.append(f"| {label} | " + " | ".join(f"{pick('matrix', case, sync, c):,.0f}" for c in clients) + " |")
+    md += ["", "Ratios:", "",
+           "| ratio | " + " | ".join(str(c) for c in clients) + " |", "|---|" + "---:|" * len(clients)]
+    for label, a, b in [("(2) / (1)", "idem", "baseline"), ("(2) / (4)", "idem", "alt"),
+                        ("(3) / (3')", "replay", "pkselect"), ("(5) / (1)", "phases", "baseline"),
+                        ("(4) / (1)", "alt", "baseline")]:
+        md.append(f"| {label} | " + " | ".join(
+            f"{pick('matrix', a, sync, c) / pick('matrix', b, sync, c):.2f}" for c in clients) + " |")
+    md.append("")
+
+top = max(clients)
+if "on" in syncs:
+    v = pick("matrix", "idem", "on", top) / pick("matrix", "baseline", "on", top)
+    targets.append((f"(2) ≥ 0.85 × (1), synchronous_commit on, {top} clients", f"{v:.2f}", 0.85, v >= 0.85))
+if "off" in syncs:
+    v = min(pick("matrix", "idem", "off", c) / pick("matrix", "alt", "off", c) for c in clients)
+    targets.append(("(2) ≥ 1.5 × (4), synchronous_commit off (worst client count)", f"{v:.2f}", 1.5, v >= 1.5))
+v = min(pick("matrix", "replay", s, c) / pick("matrix", "pkselect", s, c) for s in syncs for c in clients)
+targets.append(("(3) ≥ 0.8 × primary-key SELECT (worst cell)", f"{v:.2f}", 0.8, v >= 0.8))
+
+bd = [r for r in rows if r["section"] == "breakdown"]
+if bd:
+    md += ["## Where the time goes (pgbench -r, 1 client, synchronous_commit off)", "",
+           "| case | statement | ms |", "|---|---|---:|"]
+    for r in bd:
+        md.append(f"| {r['case']} | `{r['extra']}` | {float(r['value']):.3f} |")
+    for case in ["baseline", "idem"]:
+        total = sum(float(r["value"]) for r in bd if r["case"] == case)
+        md.append(f"| {case} | **sum** | **{total:.3f}** |")
+    md.append("")
+
+md += ["## Fingerprint (µs per document, one client)", "",
+       "| size | jsonb text bytes | idem_fingerprint | sha256(jsonb::text::bytea) | ratio (sha256 / idem) |",
+       "|---|---:|---:|---:|---:|"]
+worst = None
+for size in ["100", "1k", "64k"]:
+    i, s = pick("fingerprint", "idem", None, size), pick("fingerprint", "sha256", None, size)
+    nbytes = extra("fingerprint", "idem", None, size).split()[1]
+    md.append(f"| {size} | {nbytes} | {i:.2f} | {s:.2f} | {s / i:.2f} |")
+    worst = s / i if worst is None else min(worst, s / i)
+targets.append(("idem_fingerprint at least as fast as sha256(jsonb::text::bytea) (worst size; ≥ 1 is met)",
+                f"{worst:.2f}", 1.0, worst >= 1.0))
+md.append("")
+
+hot_rows = [r for r in rows if r["section"] == "hot"]
+md += ["## HOT completions (pg_stat_user_tables, over every matrix run)", "",
+       "| case | HOT updates | all updates | share |", "|---|---:|---:|---:|"]
+for r in hot_rows:
+    total = int(r["extra"].split()[1])
+    hot = int(float(r["value"]))
+    share = hot / total if total else float("nan")
+    md.append(f"| {r['case']} | {hot:,} | {total:,} | {share:.1%} |")
+    targets.append((f"HOT completions ≥ 95% ({r['case']})", f"{share:.1%}", 0.95, share >= 0.95))
+md.append("")
+
+scale = [r for r in rows if r["section"] == "scale"]
+sizes = sorted({int(r["clients"]) for r in scale})
+md += ["## Scale (stored keys loaded with INSERT ... SELECT, UUID keys in random order; idem_begin latency at 1 client)", "",
+       "| stored keys | bytes/record (table + indexes) | of which heap, indexes | begin, new key (ms) | begin, replay of a stored key (ms) |",
+       "|---:|---:|---|---:|---:|"]
+for n in sizes:
+    md.append(f"| {n:,} | {pick('scale', 'bytes', None, n):.0f} | {extra('scale', 'bytes', None, n)} | "
+              f"{pick('scale', 'begin_new', None, n):.3f} | {pick('scale', 'begin_replay', None, n):.3f} |")
+proto = [r for r in rows if r["section"] == "bytes"]
+for r in proto:
+    md.append(f"\nRecords written by the protocol itself in the matrix ({int(float(r['clients'])):,} records, "
+              f"after VACUUM): {float(r['value']):.0f} bytes/record ({r['extra']}).")
+md.append("")
+if sizes:
+    b = max(pick("scale", "bytes", None, n) for n in sizes)
+    targets.append(("≤ 200 bytes per record without a response, indexes included (worst scale point)",
+                    f"{b:.0f}", 200, b <= 200))
+    lo, hi = min(sizes), max(sizes)
+    if hi > lo:
+        for s in ["new", "replay"]:
+            v = pick("scale", f"begin_{s}", None, hi) / pick("scale", f"begin_{s}", None, lo)
+            targets.append((f"begin ({s} key) at {hi:,} keys ≤ 1.2 × at {lo:,}", f"{v:.2f}", 1.2, v <= 1.2))
+
+idle, busy = pick("purge", "idle_p99"), pick("purge", "purge_p99")
+md += ["## Purge under load", "",
+       f"Live load: (2) at {extra('purge', 'idle_p99').split(' at ')[1]}, 4 clients, synchronous_commit on.", "",
+       "| | p99 latency (ms) | transactions |", "|---|---:|---|",
+       f"| live load alone | {idle:.2f} | {extra('purge', 'idle_p99').split(' tx')[0]} |",
+       f"| during idem_purge(10000) in a loop | {busy:.2f} | {extra('purge', 'purge_p99')} |", ""]
+targets.append(("purge: live p99 ≤ 2 × idle p99", f"{busy / idle:.2f}", 2.0, busy / idle <= 2.0))
+
+canon = os.path.join(out, "canonical.txt")
+if os.path.exists(canon):
+    md += ["## Where sha256(jsonb::text) is wrong", "", "```", open(canon).read().rstrip(), "```", ""]
+
+md += ["## Targets", "", "| target | measured | met |", "|---|---:|---|"]
+for what, val, goal, met in targets:
+    md.append(f"| {what} | {val} | {'met' if met else '**missed**'} |")
+md.append("")
+open(os.path.join(out, "results.md"), "w").write("\n".join(md))
+
+import matplotlib  # noqa: E402
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, axes = plt.subplots(1, len(syncs), figsize=(6 * len(syncs), 4.5), squeeze=False)
+width = 0.8 / len(cases)
+for ax, sync in zip(axes[0], syncs):
+    for k, (case, label) in enumerate(cases):
+        xs = [j + (k - len(cases) / 2 + 0.5) * width for j in range(len(clients))]
+        ax.bar(xs, [pick("matrix", case, sync, c) for c in clients], width, label=label.split(":")[0] + " " + case)
+    ax.set_xticks(range(len(clients)))
+    ax.set_xticklabels([f"{c} clients" for c in clients])
+    ax.set_ylabel("transactions per second")
+    ax.set_title(f"synchronous_commit = {sync}")
+    ax.grid(axis="y", alpha=0.3)
+axes[0][0].legend(fontsize=7, loc="upper left")
+fig.suptitle("idempotency: TPS by case (" + machine.splitlines()[0] + ")", fontsize=10)
+fig.tight_layout()
+fig.savefig(os.path.join(out, "bench.png"), dpi=110)
+print("\n".join(md))

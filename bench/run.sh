@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# The benchmark harness (`make bench`, `make bench-smoke`): what idempotency costs, measured side
+# by side with what a team would use instead, in one run on one scratch PostgreSQL.
+#
+#   bash bench/run.sh                       full run (17 minutes on 2 cores)
+#   BENCH_SECONDS=2 BENCH_SCALES="10000" BENCH_PURGE=20000 bash bench/run.sh   the CI smoke form
+#
+# It starts its own cluster (scripts/pgcluster.sh) in $BENCH_DIR on $BENCH_PORT with fixed
+# settings that it prints, loads bench/setup.sql and bench/alt.sql, and runs pgbench with the
+# scripts in bench/pgbench/ (prepared protocol, unix socket):
+#   matrix       (1) baseline, (2) one-transaction idempotency, (3) replay and (3') a primary-key
+#                SELECT, (4) the PL/pgSQL alternative, (5) phases; at 1, 4 and 16 clients, with
+#                synchronous_commit on and off; HOT share of completions from pg_stat_user_tables
+#   fingerprint  idem_fingerprint against sha256(jsonb::text::bytea) on ~100 B, 1 KB, 64 KB
+#   canonical    where sha256(jsonb::text) is wrong (shown on the server)
+#   purge        idem_purge of BENCH_PURGE expired records under a rate-limited load: p99 with
+#                and without it
+#   scale        begin latency and bytes per record at each of BENCH_SCALES stored keys
+# Results: $BENCH_OUT/results.csv, results.md, bench.png (bench/report.py), and the raw logs.
+# The extension must already be installed into the PostgreSQL of PG_BINDIR (the Makefile
+# does it). Ratios are what to read: absolute figures drift with the machine's load.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
+PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+BENCH_PORT=${BENCH_PORT:-54350}
+BENCH_DIR=${BENCH_DIR:-$ROOT/build/bench}
+BENCH_OUT=${BENCH_OUT:-$BENCH_DIR/out}
+BENCH_SECONDS=${BENCH_SECONDS:-5}           # per pgbench run of the matrix
+BENCH_CLIENTS=${BENCH_CLIENTS:-"1 4 16"}
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}             # interleaved repetitions of every matrix cell
+BENCH_SYNC=${BENCH_SYNC:-"on off"}
+BENCH_SCALES=${BENCH_SCALES:-"10000 1000000 10000000"}
+BENCH_REPLAY_KEYS=${BENCH_REPLAY_KEYS:-100000}
+BENCH_PURGE=${BENCH_PURGE:-1000000}         # expired records purged under load
+BENCH_PURGE_RATE=${BENCH_PURGE_RATE:-200}   # tps of the live load during the purge test
+BENCH_PURGE_SECONDS=${BENCH_PURGE_SECONDS:-30}
+
+export PGHOST=$BENCH_DIR PGPORT=$BENCH_PORT PGUSER=postgres PGDATABASE=bench
+PSQL=("$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1)
+PGBENCH=("$PG_BINDIR/pgbench" -n -M prepared)
+CSV=$BENCH_OUT/results.csv
+RUN_TAG=$(date -u +%s)
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+sql() { "${PSQL[@]}" -At -c "$1"; }
+
+# Python with matplotlib for the plot (installed from PyPI if missing).
+python3 -c 'import matplotlib' 2>/dev/null || {
+  log "installing matplotlib"
+  pip install -q matplotlib >&2
+}
+
+mkdir -p "$BENCH_DIR"
+"$ROOT/scripts/pgcluster.sh" stop "$BENCH_DIR" || true
+# A fresh cluster every run: no data or settings from an earlier one.
+rm -rf "$BENCH_DIR/data" "$BENCH_OUT"
+mkdir -p "$BENCH_OUT"
+cleanup() {
+  local rc=$?
+  [ -z "${BG_PID:-}" ] || kill "$BG_PID" 2>/dev/null || true
+  PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" stop "$BENCH_DIR" || true
+  exit $rc
+}
+trap cleanup EXIT
+PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" start "$BENCH_DIR" "$BENCH_PORT"
+
+# The fixed settings of every run (the rest are PostgreSQL's defaults).
+"${PSQL[@]}" -d postgres <<'EOF'
+ALTER SYSTEM SET shared_buffers = '1GB';
+ALTER SYSTEM SET max_wal_size = '8GB';
+ALTER SYSTEM SET checkpoint_timeout = '30min';
+ALTER SYSTEM SET wal_buffers = '16MB';
+ALTER SYSTEM SET work_mem = '64MB';
+ALTER SYSTEM SET maintenance_work_mem = '1GB';
+ALTER SYSTEM SET max_connections = 100;
+ALTER SYSTEM SET fsync = on;
+ALTER SYSTEM SET full_page_writes = on;
+ALTER SYSTEM SET jit = off;
+ALTER SYSTEM SET log_min_messages = warning;
+EOF
+PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" stop "$BENCH_DIR"
+PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" start "$BENCH_DIR" "$BENCH_PORT"
+sql "CREATE DATABASE bench" -d postgres >/dev/null 2>&1 || "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
+
+# The machine and the settings, printed and kept with the results.
+{
+  echo "date_utc: $(date -u '+%Y-%m-%d %H:%M')"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') x $(nproc)"
+  echo "memory: $(free -g | awk '/Mem:/ {print $2 " GiB"}')"
+  echo "kernel: $(uname -r)"
+  echo "disk: $(df -h "$BENCH_DIR" | awk 'NR==2 {print $1 " (" $2 ", mounted on " $6 ")"}') rotational=$(cat /sys/block/$(basename "$(df "$BENCH_DIR" | awk 'NR==2 {print $1}')" | sed 's/[0-9]*$//')/queue/rotational 2>/dev/null || echo '?')"
+  echo "postgres: $(sql 'SHOW server_version')"
+  echo "build: ${BENCH_PROFILE:-release} build of the extension"
+  echo "pgbench: -M prepared, unix socket, -j min(clients, $(nproc)), ${BENCH_SECONDS}s per run, median of $BENCH_ROUNDS interleaved rounds"
+  for s in shared_buffers max_wal_size checkpoint_timeout wal_buffers work_mem fsync \
+           full_page_writes wal_level jit max_connections; do
+    echo "setting $s = $(sql "SHOW $s")"
+  done
+} > "$BENCH_OUT/machine.txt"
+cat "$BENCH_OUT/machine.txt" >&2
+
+log "loading the bench schema ($BENCH_REPLAY_KEYS replay keys)"
+"${PSQL[@]}" -v nreplay="$BENCH_REPLAY_KEYS" -f "$ROOT/bench/setup.sql" >/dev/null
+"${PSQL[@]}" -f "$ROOT/bench/alt.sql" >/dev/null
+
+echo "section,case,sync,clients,value,unit,extra" > "$CSV"
+row() { echo "$1,$2,$3,$4,$5,$6,$7" >> "$CSV"; }
+
+# One pgbench run: prints "tps latency_ms"; the full output goes to the log dir.
+bench_run() {  # name clients seconds script [pgbench args...]
+  local name=$1 clients=$2 secs=$3 script=$4; shift 4
+  local jobs=$(( clients < $(nproc) ? clients : $(nproc) ))
+  local out=$BENCH_OUT/logs/$name.txt
+  mkdir -p "$BENCH_OUT/logs"
+  "${PGBENCH[@]}" -c "$clients" -j "$jobs" -T "$secs" -D run="r$RUN_TAG" \
+      -D nreplay="$BENCH_REPLAY_KEYS" "$@" -f "$script" > "$out" 2>&1 \
+    || { cat "$out" >&2; return 1; }
+  # Any failed transaction makes the figure meaningless: stop.
+  if grep -q '^number of failed transactions: [1-9]' "$out"; then
+    cat "$out" >&2; return 1
+  fi
+  local tps lat
+  tps=$(awk '/^tps = / {print $3; exit}' "$out")
+  lat=$(awk '/^latency average = / {print $4; exit}' "$out")
+  echo "$tps $lat"
+}
+
+hot_counters() {  # n_tup_upd n_tup_hot_upd of idempotency.records (after the stats flush)
+  sleep 1.2
+  sql "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables
+       WHERE schemaname = 'idempotency' AND relname = 'records'"
+}
+
+# --- the matrix ----------------------------------------------------------------------------
+# Each (synchronous_commit, clients) cell runs every case BENCH_ROUNDS times, the cases
+# interleaved and their order rotated each round, and keeps each case's median: the machine's
+# load drifts, and interleaving spreads the drift over all cases alike.
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+declare -A HOT_UPD HOT_HOT
+CASES=(baseline idem replay pkselect alt phases)
+for sync in $BENCH_SYNC; do
+  sql "ALTER SYSTEM SET synchronous_commit = $sync" -d postgres >/dev/null
+  sql "SELECT pg_reload_conf()" >/dev/null
+  for c in $BENCH_CLIENTS; do
+    declare -A TPS=() LAT=()
+    for round in $(seq 1 "$BENCH_ROUNDS"); do
+      for i in "${!CASES[@]}"; do
+        case=${CASES[$(( (i + round - 1) % ${#CASES[@]} ))]}
+        sql "CHECKPOINT" >/dev/null
+        if [ "$case" = idem ] || [ "$case" = phases ]; then read -r u0 h0 < <(hot_counters); fi
+        res=$(bench_run "matrix-$case-$sync-$c-$round" "$c" "$BENCH_SECONDS" "$ROOT/bench/pgbench/$case.sql")
+        read -r tps lat <<< "$res"
+        log "sync=$sync clients=$c round $round $case: $tps tps, $lat ms"
+        TPS[$case]="${TPS[$case]:-} $tps"; LAT[$case]="${LAT[$case]:-} $lat"
+        if [ "$case" = idem ] || [ "$case" = phases ]; then
+          read -r u1 h1 < <(hot_counters)
+          HOT_UPD[$case]=$(( ${HOT_UPD[$case]:-0} + u1 - u0 ))
+          HOT_HOT[$case]=$(( ${HOT_HOT[$case]:-0} + h1 - h0 ))
+        fi
+      done
+    done
+    for case in "${CASES[@]}"; do
+      row matrix "$case" "$sync" "$c" "$(echo "${TPS[$case]}" | median)" tps \
+        "median of$(echo "${TPS[$case]}" | tr -s ' ' | sed 's/ / /g'); latency $(echo "${LAT[$case]}" | median) ms"
+    done
+    unset TPS LAT
+  done
+done
+sql "ALTER SYSTEM RESET synchronous_commit" -d postgres >/dev/null
+sql "SELECT pg_reload_conf()" >/dev/null
+for case in idem phases; do
+  row hot "$case" all all "${HOT_HOT[$case]:-0}" updates "of ${HOT_UPD[$case]:-0}"
+  log "HOT completions ($case): ${HOT_HOT[$case]:-0} of ${HOT_UPD[$case]:-0}"
+done
+
+# Where a request's time goes: pgbench -r's per-statement latency at 1 client, sync off.
+sql "ALTER SYSTEM SET synchronous_commit = off" -d postgres >/dev/null
+sql "SELECT pg_reload_conf()" >/dev/null
+for case in baseline idem; do
+  bench_run "breakdown-$case" 1 "$BENCH_SECONDS" "$ROOT/bench/pgbench/$case.sql" -r >/dev/null
+  awk '/statement latencies/ {on = 1; next} on && $1 ~ /^[0-9.]+$/ && $3 !~ /^\\/ {
+         stmt = ""; for (i = 3; i <= NF && i <= 6; i++) stmt = stmt " " $i
+         gsub(/,/, ";", stmt); sub(/^ /, "", stmt); print $1 "\t" stmt}' \
+      "$BENCH_OUT/logs/breakdown-$case.txt" | while IFS=$'\t' read -r ms stmt; do
+    row breakdown "$case" off 1 "$ms" ms "$stmt"
+  done
+done
+sql "ALTER SYSTEM RESET synchronous_commit" -d postgres >/dev/null
+sql "SELECT pg_reload_conf()" >/dev/null
+
+# Bytes per record as the protocol leaves them (no response stored), after a VACUUM.
+sql "VACUUM idempotency.records" >/dev/null
+read -r n bytes heap idx < <(sql "SELECT count(*), pg_total_relation_size('idempotency.records'),
+    pg_relation_size('idempotency.records'), pg_indexes_size('idempotency.records')
+    FROM idempotency.records" | tr '|' ' ')
+row bytes protocol all "$n" "$(( bytes / n ))" bytes/record "heap $(( heap / n )) indexes $(( idx / n ))"
+log "protocol records: $n, $(( bytes / n )) bytes/record (heap $(( heap / n )), indexes $(( idx / n )))"
+
+# --- fingerprint ---------------------------------------------------------------------------
+for size in 100 1k 64k; do
+  n=$(sql "SELECT count(*) FROM bench.docs_$size")
+  avg=$(sql "SELECT round(avg(length(doc::text))) FROM bench.docs_$size")
+  for fn in idem sha256; do
+    f=$BENCH_OUT/fp-$fn-$size.sql
+    if [ "$fn" = idem ]; then
+      echo "SELECT count(idem_fingerprint(doc)) FROM bench.docs_$size;" > "$f"
+    else
+      echo "SELECT count(sha256(doc::text::bytea)) FROM bench.docs_$size;" > "$f"
+    fi
+    res=$(bench_run "fp-$fn-$size" 1 "$(( BENCH_SECONDS / 2 > 2 ? BENCH_SECONDS / 2 : 2 ))" "$f")
+    read -r tps lat <<< "$res"
+    per=$(awk -v l="$lat" -v n="$n" 'BEGIN {printf "%.2f", l * 1000 / n}')
+    row fingerprint "$fn" na "$size" "$per" "us/doc" "avg $avg bytes of jsonb text; $n docs per statement"
+    log "fingerprint $fn $size (~$avg B): $per us/doc"
+  done
+done
+
+# --- where sha256(jsonb::text) is wrong ----------------------------------------------------
+"${PSQL[@]}" > "$BENCH_OUT/canonical.txt" <<'EOF'
+\pset footer off
+SELECT j1, j2,
+       sha256(j1::jsonb::text::bytea) = sha256(j2::jsonb::text::bytea) AS "sha256(jsonb::text) equal",
+       idem_fingerprint(j1::jsonb) = idem_fingerprint(j2::jsonb)       AS "idem_fingerprint equal",
+       j1::jsonb::text AS "jsonb::text of the first", idem_canonical(j1::jsonb) AS "idem_canonical"
+FROM (VALUES ('{"amount": 1.0}', '{"amount": 1}'),
+             ('{"amount": 10.50}', '{"amount": 10.5}'),
+             ('{"bb": 1, "a": 2, "ccc": 3}', '{"a": 2, "ccc": 3, "bb": 1}')) AS t(j1, j2);
+EOF
+cat "$BENCH_OUT/canonical.txt" >&2
+
+# --- purge under load ----------------------------------------------------------------------
+log "purge: loading $BENCH_PURGE expired records"
+sql "INSERT INTO idempotency.records (created_at, expires_at, lease_expires_at, lease, owner,
+        attempt, http_status, state, scope, key, fingerprint, resource)
+     SELECT now() - interval '2 days', now() - interval '1 day', NULL, 60000000, 'postgres'::regrole,
+            1, 201, 'c', 'tenant:9 POST /v1/payments', md5(i::text)::uuid::text,
+            sha256(i::text::bytea), 'payments/' || i
+     FROM generate_series(1, $BENCH_PURGE) AS i" >/dev/null
+sql "VACUUM ANALYZE idempotency.records" >/dev/null
+sql "CHECKPOINT" >/dev/null
+purge_load() {  # name: the rate-limited live load with per-transaction latencies logged
+  mkdir -p "$BENCH_OUT/logs/$1"
+  (cd "$BENCH_OUT/logs/$1" && "${PGBENCH[@]}" -c 4 -j 2 -T "$BENCH_PURGE_SECONDS" -R "$BENCH_PURGE_RATE" \
+      -D run="r$RUN_TAG$1" -l --log-prefix=tx -f "$ROOT/bench/pgbench/idem.sql" > ../$1.txt 2>&1)
+}
+# p99 (ms) of the transactions that started within [from, to) (epoch seconds, fractional).
+p99() {  # dir from to
+  cat "$1"/tx.* | awk -v a="$2" -v b="$3" '{t = $5 + $6 / 1e6 - $3 / 1e6; if (t >= a && t < b) print $3 / 1000}' \
+    | sort -n | awk '{v[NR] = $1} END {if (NR == 0) {print "nan 0"; exit} i = int(NR * 0.99); if (i < 1) i = 1; print v[i], NR}'
+}
+t0=$(date +%s.%N); purge_load idle; t1=$(date +%s.%N)
+read -r idle_p99 idle_n < <(p99 "$BENCH_OUT/logs/idle" "$t0" "$t1")
+log "purge: live load alone p99 $idle_p99 ms over $idle_n transactions"
+purge_load busy & BG_PID=$!
+sleep 2
+p0=$(date +%s.%N)
+purged=0
+while :; do
+  k=$(sql "SELECT idem_purge(10000)")
+  purged=$(( purged + k ))
+  [ "$k" -gt 0 ] || break
+done
+p1=$(date +%s.%N)
+wait "$BG_PID"; BG_PID=
+read -r busy_p99 busy_n < <(p99 "$BENCH_OUT/logs/busy" "$p0" "$p1")
+purge_s=$(awk -v a="$p0" -v b="$p1" 'BEGIN {printf "%.1f", b - a}')
+log "purge: $purged rows in $purge_s s; live load p99 during it $busy_p99 ms over $busy_n transactions"
+if awk -v a="$p0" -v b="$p1" -v s="$BENCH_PURGE_SECONDS" 'BEGIN {exit !(b - a > s - 2)}'; then
+  log "purge: WARNING the purge outlasted the load; p99 covers only its first ${BENCH_PURGE_SECONDS}s"
+fi
+row purge idle_p99 on 4 "$idle_p99" ms "$idle_n tx at ${BENCH_PURGE_RATE} tps"
+row purge purge_p99 on 4 "$busy_p99" ms "$busy_n tx; $purged rows purged in $purge_s s"
+
+# --- scale ---------------------------------------------------------------------------------
+for nkeys in $BENCH_SCALES; do
+  # The keys are UUIDs made from md5(i): they arrive in random order, as real keys do.
+  log "scale: loading $nkeys stored keys (INSERT ... SELECT, keys in random order)"
+  sql "TRUNCATE idempotency.records" >/dev/null
+  sql "INSERT INTO idempotency.records (created_at, expires_at, lease_expires_at, lease, owner,
+          attempt, http_status, state, scope, key, fingerprint, resource)
+       SELECT now(), now() + interval '7 days', NULL, 60000000, 'postgres'::regrole, 1, 201, 'c',
+              'tenant:' || (i % 1000) || ' POST /v1/payments', md5(i::text)::uuid::text,
+              idem_fingerprint(jsonb_build_object('amount', i, 'currency', 'EUR')),
+              'payments/' || i
+       FROM generate_series(1, $nkeys) AS i" >/dev/null
+  sql "VACUUM ANALYZE idempotency.records" >/dev/null
+  sql "CHECKPOINT" >/dev/null
+  read -r bytes heap idx < <(sql "SELECT pg_total_relation_size('idempotency.records'),
+      pg_relation_size('idempotency.records'), pg_indexes_size('idempotency.records')" | tr '|' ' ')
+  row scale bytes na "$nkeys" "$(( bytes / nkeys ))" bytes/record "heap $(( heap / nkeys )) indexes $(( idx / nkeys ))"
+  log "scale $nkeys: $(( bytes / nkeys )) bytes/record (heap $(( heap / nkeys )), indexes $(( idx / nkeys )))"
+  for s in new replay; do
+    res=$(bench_run "scale-$s-$nkeys" 1 "$BENCH_SECONDS" "$ROOT/bench/pgbench/scale_$s.sql" -r -D nkeys="$nkeys")
+    # The idem_begin statement's own latency (pgbench -r).
+    lat=$(awk '/idem_begin/ {print $1; exit}' "$BENCH_OUT/logs/scale-$s-$nkeys.txt")
+    row scale "begin_$s" on "$nkeys" "$lat" ms "idem_begin statement latency; 1 client"
+    log "scale $nkeys: idem_begin ($s key) $lat ms"
+  done
+done
+
+python3 "$ROOT/bench/report.py" "$BENCH_OUT"
+log "results: $BENCH_OUT/results.md, results.csv, bench.png"
