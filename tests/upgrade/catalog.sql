@@ -55,7 +55,11 @@ SELECT 'column ' || r.relname || '.' || a.attname || ': ' || pg_catalog.format_t
        || ' identity=' || a.attidentity::text || ' generated=' || a.attgenerated::text
        || ' storage=' || a.attstorage::text || ' compression=' || coalesce(pg_catalog.to_jsonb(a) ->> 'attcompression', '')
        || ' stattarget=' || coalesce(a.attstattarget::text, 'default') || ' acl=' || coalesce(a.attacl::text, 'default')
-       || ' options=' || coalesce(a.attoptions::text, '')
+       -- PostgreSQL 15.20 as Debian builds it stamps every new column with an attribute option pg_attver=<n> whose
+       -- value differs between two CREATE TABLEs: it says nothing about the extension.
+       || ' options=' || coalesce((SELECT pg_catalog.array_agg(o ORDER BY o)
+                                     FROM pg_catalog.unnest(a.attoptions) o
+                                    WHERE o NOT LIKE 'pg\_attver=%')::text, '')
 FROM rels r
 JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = r.oid AND ad.adnum = a.attnum
