@@ -40,7 +40,9 @@ if ! grep -qs "^pg15 *= *\"${PG15_CONFIG}\"" "$cfg"; then
   log "registering ${PG15_CONFIG} with cargo pgrx init"
   args=(--pg15 "${PG15_CONFIG}")
   if [ -f "$cfg" ]; then
-    while read -r ver path; do args+=("--$ver" "$path"); done \
+    # (a version whose pg_config is gone, e.g. a deleted checkout's build/pg, is dropped:
+    # scripts/pg-matrix.sh init registers it again when the matrix runs)
+    while read -r ver path; do [ ! -x "$path" ] || args+=("--$ver" "$path"); done \
       < <(sed -n 's/^\(pg1[346789]\) *= *"\(.*\)"$/\1 \2/p' "$cfg")
     port=$(sed -n 's/^base_testing_port *= *\([0-9]*\)$/\1/p' "$cfg")
     [ -z "$port" ] || args+=(--base-testing-port "$port")
