@@ -32,17 +32,25 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " ${PGRX_VERSION}\$"; then
   cargo install cargo-pgrx --version "${PGRX_VERSION}" --locked
 fi
 
-# Register the system PostgreSQL 15 with pgrx. `cargo pgrx init` rewrites the whole config,
-# so the other versions already registered (scripts/pg-matrix.sh init) and the testing port
-# are passed again and kept.
+# Register the system PostgreSQL 15 with pgrx, passing the other versions already registered
+# (scripts/pg-matrix.sh init) and the testing port again so that they are kept.
 cfg=${PGRX_HOME:-$HOME/.pgrx}/config.toml
+# A registered version whose pg_config is gone (e.g. the build/pg of a deleted checkout that
+# ran the matrix) breaks every pgrx build: pgrx-pg-sys's build script validates each one.
+# Drop it; scripts/pg-matrix.sh init registers it again when the matrix runs.
+if [ -f "$cfg" ]; then
+  while read -r ver path; do
+    if [ ! -x "$path" ]; then
+      log "dropping $ver from $cfg: $path is gone"
+      sed -i "/^$ver *= /d" "$cfg"
+    fi
+  done < <(sed -n 's/^\(pg1[3-8]\) *= *"\(.*\)"$/\1 \2/p' "$cfg")
+fi
 if ! grep -qs "^pg15 *= *\"${PG15_CONFIG}\"" "$cfg"; then
   log "registering ${PG15_CONFIG} with cargo pgrx init"
   args=(--pg15 "${PG15_CONFIG}")
   if [ -f "$cfg" ]; then
-    # (a version whose pg_config is gone, e.g. a deleted checkout's build/pg, is dropped:
-    # scripts/pg-matrix.sh init registers it again when the matrix runs)
-    while read -r ver path; do [ ! -x "$path" ] || args+=("--$ver" "$path"); done \
+    while read -r ver path; do args+=("--$ver" "$path"); done \
       < <(sed -n 's/^\(pg1[346789]\) *= *"\(.*\)"$/\1 \2/p' "$cfg")
     port=$(sed -n 's/^base_testing_port *= *\([0-9]*\)$/\1/p' "$cfg")
     [ -z "$port" ] || args+=(--base-testing-port "$port")
