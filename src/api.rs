@@ -156,34 +156,34 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let store = Store::open()?;
     let mut holds_lock = lock.try_acquire();
     let mut now = now();
+    let request = |holds_lock: bool, now: Micros| decision::BeginRequest {
+        fingerprint,
+        now,
+        ttl,
+        lease,
+        holds_lock,
+    };
+    let claim = |now: Micros, expires_at: Micros, lease_expires_at: Micros| Claim {
+        scope: scope_d,
+        key: key_d,
+        owner: caller,
+        fingerprint: &fingerprint,
+        now,
+        expires_at,
+        lease_expires_at,
+        lease,
+    };
     // The common case first: a new key. Holding the lock, decide as if there were no record
     // and try to insert the claim; a row already there (live or expired) makes the insert do
     // nothing, and the record is then read and decided on below. This saves the read for new
     // keys (one statement instead of two) and costs replays one index probe.
     if holds_lock {
-        let none = decision::BeginRequest {
-            fingerprint,
-            now,
-            ttl,
-            lease,
-            holds_lock,
-        };
         if let Ok(Begin::Execute(Execute::Claim {
             expires_at,
             lease_expires_at,
-        })) = decision::begin(None, &none)
+        })) = decision::begin(None, &request(holds_lock, now))
         {
-            let claim = Claim {
-                scope: scope_d,
-                key: key_d,
-                owner: caller,
-                fingerprint: &fingerprint,
-                now,
-                expires_at,
-                lease_expires_at,
-                lease,
-            };
-            if store.insert(&claim)? {
+            if store.insert(&claim(now, expires_at, lease_expires_at))? {
                 drop(store);
                 return BeginRow::execute(1, None, None, fingerprint, expires_at).into_datum(a);
             }
@@ -191,13 +191,7 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     }
     let mut record = store.lookup(scope_d, key_d, false)?;
     let decide = |record: Option<&Record>, holds_lock: bool, now: Micros| {
-        let request = decision::BeginRequest {
-            fingerprint,
-            now,
-            ttl,
-            lease,
-            holds_lock,
-        };
+        let request = request(holds_lock, now);
         decision::begin(record.map(|r| stored(r, caller)).as_ref(), &request).map_err(|refusal| {
             IdemError::from_refusal(
                 refusal,
@@ -219,16 +213,7 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             expires_at,
             lease_expires_at,
         }) => {
-            let claim = Claim {
-                scope: scope_d,
-                key: key_d,
-                owner: caller,
-                fingerprint: &fingerprint,
-                now,
-                expires_at,
-                lease_expires_at,
-                lease,
-            };
+            let claim = claim(now, expires_at, lease_expires_at);
             // An expired row is reused; if idem_purge deleted it meanwhile, insert. Holding
             // the lock, no other request can have inserted one in between.
             let claimed = (record.is_some() && store.reclaim(&claim)?) || store.insert(&claim)?;
