@@ -329,27 +329,7 @@ fn one_transaction(
             o.committed = true;
             Ok(())
         }
-        _ => {
-            o.stage = Some("effect".into());
-            let id = util::insert_ledger(
-                &mut tx,
-                LEDGER,
-                SCOPE,
-                &o.key,
-                attempt,
-                o.amount,
-                &cmd,
-                o.request_id,
-            )?;
-            o.stage = Some("complete".into());
-            util::complete(&mut tx, SCOPE, &o.key, id, o.amount, attempt)?;
-            o.stage = Some("commit".into());
-            tx.commit()?;
-            o.stage = None;
-            o.committed = true;
-            o.ledger_id = Some(id);
-            Ok(())
-        }
+        _ => effect_complete_commit(tx, o, attempt, &cmd),
     }
 }
 
@@ -409,6 +389,19 @@ fn phased(
         o.committed = true;
         return Ok(());
     }
+    effect_complete_commit(tx, o, attempt, &cmd)
+}
+
+/// The executing request's work: the effect (a ledger row), `idem_complete` describing it, and
+/// the commit of both, with `o.stage` naming the step in flight. A holder whose lease was taken
+/// over gets IK003 at the completion; its transaction, and with it the ledger row, rolls back
+/// (the Transaction is dropped without commit).
+fn effect_complete_commit(
+    mut tx: postgres::Transaction<'_>,
+    o: &mut Obs,
+    attempt: i32,
+    cmd: &str,
+) -> Result<(), postgres::Error> {
     o.stage = Some("effect".into());
     let id = util::insert_ledger(
         &mut tx,
@@ -417,12 +410,10 @@ fn phased(
         &o.key,
         attempt,
         o.amount,
-        &cmd,
+        cmd,
         o.request_id,
     )?;
     o.stage = Some("complete".into());
-    // A holder whose lease was taken over gets IK003 here; its transaction, and with it the
-    // ledger row above, rolls back (the Transaction is dropped without commit).
     util::complete(&mut tx, SCOPE, &o.key, id, o.amount, attempt)?;
     o.stage = Some("commit".into());
     tx.commit()?;
