@@ -21,6 +21,7 @@ use crate::fmgr::{bytea, sql_functions, text, Args};
 use crate::lock::KeyLock;
 use crate::settings;
 use crate::signature as sig;
+use crate::stats::{self, Counter};
 use crate::store::{Claim, Outcome, Records, Row};
 
 sql_functions! {
@@ -110,9 +111,9 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             function: a.function(),
             argument: p.command.name,
         })?;
-    let ttl = a.duration(p.ttl, settings::ttl(), 1)?;
-    let lease = a.duration(p.lease, settings::lease(), 1)?;
-    let wait = a.duration(p.wait, settings::wait(), 0)?;
+    let ttl = a.duration(p.ttl, settings::ttl, 1)?;
+    let lease = a.duration(p.lease, settings::lease, 1)?;
+    let wait = a.duration(p.wait, settings::wait, 0)?;
     prevent_if_read_only(c"idem_begin()")?;
     let fingerprint = idempotency_core::fingerprint(command)?;
     let caller = caller();
@@ -150,6 +151,7 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         {
             if records.insert(&claim(now, expires_at, lease_expires_at))? {
                 drop(records);
+                stats::count(Counter::ExecuteNew);
                 return a.row(executes(1, None, None, fingerprint, expires_at).values());
             }
         }
@@ -243,6 +245,7 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         lock.release();
     }
     drop(records);
+    counted(&outcome, row.as_ref(), scope, key);
     a.row(out.values())
 }
 
@@ -344,6 +347,7 @@ fn complete(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         s.guard()?;
         written(s.records.finish(s.scope_d, s.key_d, &outcome)?)?;
     }
+    stats::count(Counter::Completions);
     Ok(pg_sys::Datum::from(0))
 }
 
@@ -363,6 +367,11 @@ fn fail(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         resource: None,
     };
     written(s.records.finish(s.scope_d, s.key_d, &outcome)?)?;
+    stats::count(if retryable {
+        Counter::FailuresRetryable
+    } else {
+        Counter::FailuresFinal
+    });
     Ok(pg_sys::Datum::from(0))
 }
 
@@ -384,6 +393,7 @@ fn checkpoint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         s.records
             .checkpoint(s.scope_d, s.key_d, point, data, lease_expires_at)?,
     )?;
+    stats::count(Counter::Checkpoints);
     Ok(pg_sys::Datum::from(lease_expires_at))
 }
 
@@ -482,6 +492,8 @@ fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     prevent_if_read_only(c"idem_purge()")?;
     let records = Records::open()?;
     let deleted = records.purge(now(), max_rows)?;
+    stats::add(Counter::PurgedRows, deleted);
+    stats::purge_run_done();
     Ok(pg_sys::Datum::from(deleted as i64))
 }
 
@@ -502,5 +514,33 @@ fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         return Ok(pg_sys::Datum::from(false));
     };
     require_owner(caller, r.owner, scope, key)?;
-    Ok(pg_sys::Datum::from(records.forget(scope_d, key_d)?))
+    let forgotten = records.forget(scope_d, key_d)?;
+    if forgotten {
+        stats::count(Counter::Forgets);
+    }
+    Ok(pg_sys::Datum::from(forgotten))
+}
+
+/// Counts the outcome of an `idem_begin` (and logs a takeover when
+/// `idempotency.log_refusals` is on).
+fn counted(outcome: &Begin, row: Option<&Row>, scope: &str, key: &str) {
+    stats::count(match outcome {
+        Begin::Execute(Execute::Claim { .. }) => Counter::ExecuteNew,
+        Begin::Execute(Execute::Resume { attempt, .. }) => match row.map(|r| r.state) {
+            Some(State::InProgress) => {
+                if settings::log_refusals() {
+                    crate::errors::log_takeover(
+                        scope,
+                        key,
+                        *attempt,
+                        row.and_then(|r| r.lease_expires_at),
+                    );
+                }
+                Counter::ExecuteTakeover
+            }
+            _ => Counter::ExecuteRetry,
+        },
+        Begin::Replay => Counter::Replay,
+        Begin::InProgress => Counter::InProgress,
+    });
 }

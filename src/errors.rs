@@ -64,9 +64,10 @@ pub enum IdemError {
     CommandMismatch {
         at: KeyRef,
         first_used: Micros,
-        /// The first 8 hex digits of each fingerprint: enough to tell two commands apart.
-        stored: String,
-        given: String,
+        /// Both fingerprints (the message shows their first 8 hex digits: enough to tell two
+        /// commands apart; the log line of `idempotency.log_refusals` shows them whole).
+        stored: [u8; 32],
+        given: [u8; 32],
     },
     /// IK002: complete, fail or checkpoint on a key that is not in progress.
     NotInProgress { at: KeyRef, found: Found },
@@ -99,6 +100,17 @@ pub enum IdemError {
         limit: usize,
         setting: &'static str,
     },
+    /// 22023: a duration setting holds a value that PostgreSQL let through unchecked (set
+    /// before the library was loaded, or in the configuration file); see `settings`.
+    InvalidSetting {
+        name: &'static str,
+        value: String,
+        set_where: &'static str,
+        reason: String,
+        example: &'static str,
+    },
+    /// 55000: a function that needs the library in shared_preload_libraries.
+    NotPreloaded { function: &'static str },
     /// 55000: the SQL objects declare a function with another number of arguments than this
     /// library does: they were created by another version of the extension.
     VersionMismatch {
@@ -124,8 +136,8 @@ impl IdemError {
             } => IdemError::CommandMismatch {
                 at,
                 first_used,
-                stored: hex8(&stored),
-                given: hex8(&given),
+                stored,
+                given,
             },
             Refusal::NotInProgress(found) => IdemError::NotInProgress { at, found },
             Refusal::LeaseLost { given, current } => IdemError::LeaseLost { at, given, current },
@@ -140,10 +152,12 @@ impl IdemError {
             IdemError::NotOwner { .. } => INSUFFICIENT_PRIVILEGE,
             IdemError::DuringRecovery { .. } => READ_ONLY_SQL_TRANSACTION,
             IdemError::NullArgument { .. } => NULL_VALUE_NOT_ALLOWED,
-            IdemError::InvalidArgument { .. } | IdemError::TooLarge { .. } => {
-                INVALID_PARAMETER_VALUE
+            IdemError::InvalidArgument { .. }
+            | IdemError::TooLarge { .. }
+            | IdemError::InvalidSetting { .. } => INVALID_PARAMETER_VALUE,
+            IdemError::VersionMismatch { .. } | IdemError::NotPreloaded { .. } => {
+                OBJECT_NOT_IN_PREREQUISITE_STATE
             }
-            IdemError::VersionMismatch { .. } => OBJECT_NOT_IN_PREREQUISITE_STATE,
             IdemError::Corrupted(_) => DATA_CORRUPTED,
             IdemError::Internal(_) => INTERNAL_ERROR,
         }
@@ -168,8 +182,8 @@ impl IdemError {
                     at.scope,
                     at.key,
                     crate::fmgr::timestamptz_text(*first_used),
-                    stored,
-                    given
+                    hex8(stored),
+                    hex8(given)
                 )),
                 Some(
                     "Use a new idempotency key for a different command; a retry must repeat \
@@ -245,6 +259,27 @@ impl IdemError {
                     "Raise idempotency.{setting}, or pass a smaller value."
                 )),
             ),
+            IdemError::InvalidSetting {
+                name,
+                value,
+                set_where,
+                reason,
+                example,
+            } => (
+                format!("invalid value for parameter \"{name}\": \"{value}\""),
+                Some(format!(
+                    "It was set {set_where}, where PostgreSQL could not refuse it; rather than \
+                     fall back to the default, the calls that need it fail. {reason}"
+                )),
+                Some(format!(
+                    "Set {name} to a duration such as {example}, or RESET it."
+                )),
+            ),
+            IdemError::NotPreloaded { function } => (
+                format!("{function} needs the idempotency library to be loaded via \"shared_preload_libraries\""),
+                Some("The counters live in shared memory, which a library can only reserve at server start.".into()),
+                Some("Add idempotency to shared_preload_libraries and restart the server.".into()),
+            ),
             IdemError::VersionMismatch {
                 function,
                 given,
@@ -271,6 +306,60 @@ impl IdemError {
     }
 }
 
+impl IdemError {
+    /// The LOG line of `idempotency.log_refusals` for an IK001 or IK003 (nothing for other
+    /// errors): scope, key and the fingerprints or attempts, never the command or a response.
+    pub fn log(&self, function: &'static CStr) {
+        match self {
+            IdemError::CommandMismatch {
+                at, stored, given, ..
+            } => log(
+                IK001,
+                &format!(
+                    "idempotency key \"{}\" was reused with a different command",
+                    at.key
+                ),
+                Some(&format!(
+                    "Scope \"{}\", key \"{}\": stored command fingerprint {}, this request's {}.",
+                    at.scope,
+                    at.key,
+                    hex(stored),
+                    hex(given)
+                )),
+                function,
+            ),
+            IdemError::LeaseLost { at, given, current } => log(
+                IK003,
+                &format!("lease on idempotency key \"{}\" was lost", at.key),
+                Some(&format!(
+                    "Scope \"{}\", key \"{}\" is at attempt {}; a call from attempt {} was refused.",
+                    at.scope, at.key, current, given
+                )),
+                function,
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// The LOG line of `idempotency.log_refusals` for a takeover: `idem_begin` answered execute
+/// at `attempt` because the previous holder's lease ran out.
+pub fn log_takeover(scope: &str, key: &str, attempt: i32, lease_expired_at: Option<Micros>) {
+    log(
+        0,
+        &format!("idempotency key \"{key}\" was taken over at attempt {attempt}"),
+        Some(&format!(
+            "Scope \"{scope}\", key \"{key}\": the lease of attempt {} ran out{}.",
+            attempt.saturating_sub(1),
+            lease_expired_at.map_or(String::new(), |t| format!(
+                " at {}",
+                crate::fmgr::timestamptz_text(t)
+            ))
+        )),
+        c"idem_begin",
+    );
+}
+
 impl From<FormatError> for IdemError {
     fn from(e: FormatError) -> Self {
         IdemError::Corrupted(e)
@@ -278,7 +367,11 @@ impl From<FormatError> for IdemError {
 }
 
 fn hex8(fp: &[u8; 32]) -> String {
-    fp[..4].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&fp[..4])
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An error waiting to be raised: plain pointers, nothing to drop, so that raising it (which
@@ -372,17 +465,6 @@ impl Pending {
         if self.message.is_null() {
             return;
         }
-        // Declared here as pgrx declares them for its own reports: these are not wrapped by
-        // pgrx's guard, so the longjmp of errfinish goes straight to PostgreSQL.
-        unsafe extern "C-unwind" {
-            fn errstart(elevel: c_int, domain: *const c_char) -> bool;
-            fn errcode(sqlerrcode: c_int) -> c_int;
-            fn errmsg_internal(fmt: *const c_char, ...) -> c_int;
-            fn errdetail_internal(fmt: *const c_char, ...) -> c_int;
-            fn errhint(fmt: *const c_char, ...) -> c_int;
-            fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
-        }
-        const PERCENT_S: &CStr = c"%s";
         unsafe {
             if errstart(pg_sys::elog::PgLogLevel::ERROR as c_int, std::ptr::null()) {
                 errcode(self.sqlstate);
@@ -397,6 +479,36 @@ impl Pending {
             }
             // errstart returns false only below the reporting threshold, never for ERROR.
             unreachable_error();
+        }
+    }
+}
+
+// Declared here as pgrx declares them for its own reports: these are not wrapped by pgrx's
+// guard, so the longjmp of errfinish at ERROR goes straight to PostgreSQL.
+unsafe extern "C-unwind" {
+    fn errstart(elevel: c_int, domain: *const c_char) -> bool;
+    fn errcode(sqlerrcode: c_int) -> c_int;
+    fn errmsg_internal(fmt: *const c_char, ...) -> c_int;
+    fn errdetail_internal(fmt: *const c_char, ...) -> c_int;
+    fn errhint(fmt: *const c_char, ...) -> c_int;
+    fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
+}
+const PERCENT_S: &CStr = c"%s";
+
+/// Writes a LOG line (server log only, as PostgreSQL's own LOG messages) with a SQLSTATE, so
+/// that `%e` in log_line_prefix shows it. Returns normally.
+pub fn log(sqlstate: c_int, message: &str, detail: Option<&str>, funcname: &'static CStr) {
+    let message = std::ffi::CString::new(message.replace('\0', "")).unwrap_or_default();
+    let detail = detail.map(|d| std::ffi::CString::new(d.replace('\0', "")).unwrap_or_default());
+    // SAFETY: a report at LOG level, which errfinish returns from; the strings outlive it.
+    unsafe {
+        if errstart(pg_sys::elog::PgLogLevel::LOG as c_int, std::ptr::null()) {
+            errcode(sqlstate);
+            errmsg_internal(PERCENT_S.as_ptr(), message.as_ptr());
+            if let Some(d) = &detail {
+                errdetail_internal(PERCENT_S.as_ptr(), d.as_ptr());
+            }
+            errfinish(c"src/api.rs".as_ptr(), 0, funcname.as_ptr());
         }
     }
 }

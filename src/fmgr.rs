@@ -59,6 +59,10 @@ pub unsafe fn call(
     let datum = match result {
         Ok(Ok(datum)) => datum,
         Ok(Err(e)) => {
+            crate::stats::refused(&e);
+            if crate::settings::log_refusals() {
+                e.log(function);
+            }
             pending.set(&e, function);
             pg_sys::Datum::from(0)
         }
@@ -247,13 +251,19 @@ impl Args {
         Ok(status)
     }
 
-    /// An interval argument in microseconds (a month counts 30 days, a day 24 hours, as
-    /// PostgreSQL's EXTRACT(EPOCH ...) does), or the setting's value when NULL. `min` is the
-    /// smallest value accepted (1 for "positive", 0 for "not negative"); below it is 22023.
-    pub fn duration(&self, p: Param, default: Micros, min: Micros) -> Result<Micros, IdemError> {
+    /// An interval argument in microseconds (a month counts 30 days, a day 24 hours), or the
+    /// setting's value when NULL (`default` reads it: a setting holding an invalid value is an
+    /// error only when it is used). `min` is the smallest value accepted (1 for "positive", 0
+    /// for "not negative"); below it is 22023.
+    pub fn duration(
+        &self,
+        p: Param,
+        default: fn() -> Result<Micros, IdemError>,
+        min: Micros,
+    ) -> Result<Micros, IdemError> {
         debug_assert_eq!(p.ty, Type::Interval);
         let Some(d) = self.datum(p) else {
-            return Ok(default);
+            return default();
         };
         // SAFETY: an interval argument is a pointer to a pg_sys::Interval.
         let iv = unsafe { *d.cast_mut_ptr::<pg_sys::Interval>() };
@@ -290,6 +300,56 @@ impl Args {
             let tuple = pg_sys::heap_form_tuple(desc, datums.as_mut_ptr(), nulls.as_mut_ptr());
             Ok(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
         }
+    }
+
+    /// The result of a set-returning function declared with OUT parameters: every row, in
+    /// materialize mode (a tuplestore in the query's memory).
+    pub fn rows<const N: usize>(
+        &self,
+        rows: impl IntoIterator<Item = [Option<pg_sys::Datum>; N]>,
+    ) -> Result<pg_sys::Datum, IdemError> {
+        // SAFETY: the function manager's call info of a set-returning function; the
+        // tuplestore and its descriptor live in the per-query memory context, as the executor
+        // expects of SFRM_Materialize.
+        unsafe {
+            let rsinfo = (*self.fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
+            if rsinfo.is_null()
+                || (*rsinfo).type_ != pg_sys::NodeTag::T_ReturnSetInfo
+                || (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize as i32
+                    == 0
+            {
+                return Err(IdemError::Internal(format!(
+                    "{} was called in a context that cannot accept a set",
+                    self.function()
+                )));
+            }
+            let old = pg_sys::MemoryContextSwitchTo((*(*rsinfo).econtext).ecxt_per_query_memory);
+            let mut desc: pg_sys::TupleDesc = std::ptr::null_mut();
+            let class = pg_sys::get_call_result_type(self.fcinfo, std::ptr::null_mut(), &mut desc);
+            if class != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE || (*desc).natts as usize != N {
+                pg_sys::MemoryContextSwitchTo(old);
+                return Err(IdemError::Internal(format!(
+                    "{} must return records of {} columns",
+                    self.function(),
+                    N
+                )));
+            }
+            let random = (*rsinfo).allowedModes
+                & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32
+                != 0;
+            let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
+            (*rsinfo).returnMode = pg_sys::SetFunctionReturnMode::SFRM_Materialize;
+            (*rsinfo).setResult = store;
+            (*rsinfo).setDesc = desc;
+            pg_sys::MemoryContextSwitchTo(old);
+            for values in rows {
+                let mut datums = values.map(|v| v.unwrap_or(pg_sys::Datum::from(0)));
+                let mut nulls = values.map(|v| v.is_none());
+                pg_sys::tuplestore_putvalues(store, desc, datums.as_mut_ptr(), nulls.as_mut_ptr());
+            }
+            (*self.fcinfo).isnull = true;
+        }
+        Ok(pg_sys::Datum::from(0))
     }
 
     /// The blessed row descriptor of the function's result, built once per backend and

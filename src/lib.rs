@@ -13,26 +13,38 @@
 //!   against `pg_proc`;
 //! - `fmgr`: the C calling convention (arguments, NULLs, results);
 //! - `errors`: every error and its SQLSTATE;
-//! - `settings`: the GUCs.
+//! - `settings`: the GUCs;
+//! - `stats`: the counters in shared memory (`idem_stats`);
+//! - `worker`: the purge launcher and its per-database workers;
+//! - `compat`: what differs between PostgreSQL versions in the last three.
 //!
 //! The SQL objects are declared in `sql/idempotency.sql`.
 
 mod api;
+mod compat;
 mod errors;
 mod fmgr;
 mod lock;
 mod settings;
 mod signature;
+mod stats;
 mod store;
+mod worker;
 
 ::pgrx::pg_module_magic!();
 
 ::pgrx::extension_sql_file!("../sql/idempotency.sql", name = "idempotency", bootstrap);
 
-/// Called once when a backend loads the library.
+/// Called once when a backend loads the library, or in the postmaster when it is in
+/// shared_preload_libraries: then also the counters' shared memory and the purge launcher.
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        stats::init_preloaded();
+        worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

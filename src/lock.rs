@@ -11,6 +11,8 @@
 use idempotency_core::decision::{lock_id, Micros};
 use pgrx::pg_sys;
 
+use crate::stats::{self, Counter};
+
 /// The advisory lock space of this extension ("1de7" in hex: idem).
 pub const LOCK_SPACE: u16 = 0x1de7;
 
@@ -62,14 +64,24 @@ impl KeyLock {
     /// Tries to take the lock until `wait` has passed. PostgreSQL has no timed lock wait, so
     /// this polls, sleeping on the latch from 1 ms growing to 50 ms: a release is noticed
     /// within 50 ms and the wait ends on time; interrupts (cancel, terminate) are served.
+    /// Each call counts as one wait, and its length as wait time, in the counters.
     pub fn acquire_within(&self, wait: Micros) -> bool {
+        // SAFETY: reading the clock.
+        let start = unsafe { pg_sys::GetCurrentTimestamp() };
+        let got = self.poll_until(start.saturating_add(wait));
+        let waited = unsafe { pg_sys::GetCurrentTimestamp() }.saturating_sub(start);
+        stats::count(Counter::Waits);
+        stats::add(Counter::WaitMicros, waited.max(0) as u64);
+        got
+    }
+
+    fn poll_until(&self, deadline: Micros) -> bool {
         if self.try_acquire() {
             return true;
         }
-        // SAFETY: reading the clock.
-        let deadline = unsafe { pg_sys::GetCurrentTimestamp() }.saturating_add(wait);
         let mut nap_ms: i64 = 1;
         loop {
+            // SAFETY: reading the clock.
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
             if now >= deadline {
                 return false;

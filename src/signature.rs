@@ -28,6 +28,9 @@ pub enum Type {
     Boolean,
     Bytea,
     Timestamptz,
+    Oid,
+    Name,
+    DoublePrecision,
     Void,
 }
 
@@ -43,6 +46,9 @@ impl Type {
             Type::Boolean => "boolean",
             Type::Bytea => "bytea",
             Type::Timestamptz => "timestamp with time zone",
+            Type::Oid => "oid",
+            Type::Name => "name",
+            Type::DoublePrecision => "double precision",
             Type::Void => "void",
         }
     }
@@ -91,6 +97,8 @@ pub enum Returns {
     Value(Type),
     /// One row of these OUT columns (the function is declared `RETURNS record`).
     Row(&'static [Column]),
+    /// Any number of rows of these OUT columns (`RETURNS SETOF record`).
+    Rows(&'static [Column]),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +144,7 @@ macro_rules! signatures {
                 #[derive(Clone, Copy, Debug)]
                 pub struct Params { $(pub $p: Param),* }
 
-                const LIST: [Param; [$(stringify!($p)),*].len()] =
+                const LIST: [Param; { let names: &[&str] = &[$(stringify!($p)),*]; names.len() }] =
                     numbered([$(Param::new(stringify!($p), Type::$pty, signatures!(@default $($default)?))),*]);
 
                 pub const PARAMS: Params = {
@@ -166,6 +174,7 @@ macro_rules! signatures {
     };
     (@default) => { None };
     (@default $default:literal) => { Some($default) };
+    (@out Rows ($($c:ident: $cty:ident),*)) => { signatures!(@out Row ($($c: $cty),*)); };
     (@out Row ($($c:ident: $cty:ident),*)) => {
         /// The result row: one field per OUT column, in the declared order; `None` is NULL.
         pub struct Out { $(pub $c: Option<pg_sys::Datum>),* }
@@ -181,6 +190,7 @@ macro_rules! signatures {
     };
     (@out $ret:ident) => {};
     (@returns Row ($($c:ident: $cty:ident),*)) => { Returns::Row(COLUMNS) };
+    (@returns Rows ($($c:ident: $cty:ident),*)) => { Returns::Rows(COLUMNS) };
     (@returns $ret:ident) => { Returns::Value(Type::$ret) };
 }
 
@@ -224,6 +234,22 @@ signatures! {
 
     fn idem_forget(scope: Text, key: Text) -> Boolean
         Volatile, strict: false, parallel: Unsafe;
+
+    fn idem_stats()
+        -> Rows(datid: Oid, datname: Name,
+                executes_new: Bigint, executes_takeover: Bigint, executes_retry: Bigint,
+                replays: Bigint, in_progress: Bigint,
+                command_mismatches: Bigint, not_in_progress: Bigint, leases_lost: Bigint,
+                permission_denied: Bigint,
+                waits: Bigint, wait_time: DoublePrecision,
+                completions: Bigint, failures_retryable: Bigint, failures_final: Bigint,
+                checkpoints: Bigint, forgets: Bigint,
+                purged_rows: Bigint, purge_runs: Bigint, last_purge: Timestamptz,
+                stats_reset: Timestamptz)
+        Volatile, strict: false, parallel: Safe;
+
+    fn idem_stats_reset() -> Timestamptz
+        Volatile, strict: false, parallel: Unsafe;
 }
 
 impl Signature {
@@ -243,7 +269,7 @@ impl Signature {
                 Some(d) => format!("{} {} DEFAULT {d}", p.name, p.ty.sql()),
             })
             .collect();
-        if let Returns::Row(columns) = self.returns {
+        if let Returns::Row(columns) | Returns::Rows(columns) = self.returns {
             parts.extend(
                 columns
                     .iter()
@@ -258,6 +284,7 @@ impl Signature {
         match self.returns {
             Returns::Value(t) => t.sql(),
             Returns::Row(_) => "record",
+            Returns::Rows(_) => "SETOF record",
         }
     }
 

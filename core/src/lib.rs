@@ -5,12 +5,14 @@
 //! - [`canonical`](mod@canonical) writes the canonical text of a command (RFC 8785 structure,
 //!   exact numbers);
 //! - [`fingerprint`](mod@fingerprint) is SHA-256 over that text;
-//! - [`decision`] is the state machine: stored record, request and clock in, outcome out.
+//! - [`decision`] is the state machine: stored record, request and clock in, outcome out;
+//! - [`duration`] reads the text of a duration setting ('2 hours', '90 s', '500ms', '2h').
 //!
 //! The extension crate is a thin PostgreSQL shell around these modules.
 
 pub mod canonical;
 pub mod decision;
+pub mod duration;
 pub mod fingerprint;
 pub mod jsonb;
 pub mod numeric;

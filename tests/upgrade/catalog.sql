@@ -13,9 +13,11 @@ WITH ext AS (
     WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.refobjid = ext.oid
       AND d.deptype = 'e'
 ), rels AS (
-    -- every relation in the extension's schema, members or not (indexes are not members)
+    -- every relation in the extension's schema, members or not (indexes are not members),
+    -- and every relation that is a member elsewhere (the views in the extension's schema)
     SELECT c.* FROM pg_catalog.pg_class c
     WHERE c.relnamespace = 'idempotency'::regnamespace
+       OR c.oid IN (SELECT objid FROM members WHERE classid = 'pg_catalog.pg_class'::regclass)
 )
 SELECT 'extension: version=' || extversion || ' relocatable=' || extrelocatable
        || ' schema=' || extnamespace::regnamespace::text
@@ -79,6 +81,15 @@ UNION ALL
 SELECT 'policy ' || p.polname || ' on ' || r.relname || ': ' || p.polcmd::text || ' '
        || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '')
 FROM pg_catalog.pg_policy p JOIN rels r ON p.polrelid = r.oid
+UNION ALL
+SELECT 'view ' || r.relname || ': ' || pg_catalog.pg_get_viewdef(r.oid)
+FROM rels r WHERE r.relkind::text = 'v'
+UNION ALL
+-- the privileges the extension's script granted, which pg_dump compares against
+SELECT 'initial privileges on ' || pg_catalog.pg_describe_object(i.classoid, i.objoid, i.objsubid) || ': '
+       || i.privtype::text || ' ' || i.initprivs::text
+FROM pg_catalog.pg_init_privs i
+JOIN members m ON m.classid = i.classoid AND m.objid = i.objoid
 UNION ALL
 SELECT 'statistics ' || s.stxname || ': ' || pg_catalog.pg_get_statisticsobjdef(s.oid)
 FROM pg_catalog.pg_statistic_ext s JOIN rels r ON s.stxrelid = r.oid

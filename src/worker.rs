@@ -1,0 +1,316 @@
+//! The purge worker: expired records deleted in every database where the extension is
+//! installed, with nothing to configure per database.
+//!
+//! Two kinds of background worker, registered only when the library is in
+//! `shared_preload_libraries`:
+//! - the **launcher** (one, static): connected to no database, it reads `pg_database` every
+//!   `idempotency.purge_interval` (so a database created later is found, a dropped one
+//!   forgotten, without a restart) and starts one purge worker per database that accepts
+//!   connections, one after the other. It starts once recovery has finished, so never on a hot
+//!   standby (there it starts at promotion), and the postmaster restarts it after a crash.
+//!   SIGHUP sets a flag (the handler does nothing else) and the loop rereads the configuration;
+//!   SIGTERM ends the loop and a running purge worker.
+//! - the **purge worker** (dynamic, one database, short-lived): if the extension is installed
+//!   it deletes expired records in batches of `idempotency.purge_batch`, one short transaction
+//!   per batch, through the store's purge statement (`idem_purge`'s: rows a live transaction has
+//!   locked are skipped, never waited for), until a batch finds fewer; it counts the rows, the
+//!   run and its time in the counters, and exits. SIGTERM aborts the batch at once (`die`).
+
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::pg_sys;
+
+use crate::settings;
+use crate::stats::{self, Counter};
+
+const LAUNCHER: &str = "idempotency purge launcher";
+const WORKER: &str = "idempotency purge worker";
+/// How long the postmaster waits before restarting a launcher that crashed.
+const RESTART: Duration = Duration::from_secs(5);
+/// With purging off or its setting invalid, the launcher still wakes this often to give back
+/// the counter slots of dropped databases.
+const IDLE_MICROS: i64 = 60_000_000;
+
+/// Registers the launcher; called from `_PG_init` while shared_preload_libraries loads.
+pub fn register() {
+    BackgroundWorkerBuilder::new(LAUNCHER)
+        .set_type(LAUNCHER)
+        .set_library("idempotency")
+        .set_function("idem_purge_launcher_main")
+        .enable_spi_access()
+        .set_restart_time(Some(RESTART))
+        .load();
+}
+
+fn now() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// One database as the launcher sees it.
+struct Database {
+    oid: pg_sys::Oid,
+    name: String,
+    /// Accepts connections and is neither a template nor left invalid by an interrupted DROP.
+    purgeable: bool,
+}
+
+/// The launcher's main loop.
+#[pgrx::pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn idem_purge_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let mut interval = settings::purge_interval();
+    log_schedule("started", &interval);
+    // The first pass right after start (or a restart after a crash); then every interval.
+    let mut next = now();
+    let mut next_idle = now();
+    loop {
+        if BackgroundWorker::sigterm_received() {
+            break;
+        }
+        // SAFETY: the flag that the SIGHUP handler sets; the reload happens here, in the loop.
+        if unsafe { pg_sys::ConfigReloadPending } != 0 {
+            unsafe {
+                pg_sys::ConfigReloadPending = 0;
+                pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+            }
+            let changed = settings::purge_interval();
+            if format!("{changed:?}") != format!("{interval:?}") {
+                log_schedule("reloaded", &changed);
+                // The new interval counts from now.
+                if let Ok(m) = changed {
+                    next = now().saturating_add(m);
+                }
+                interval = changed;
+            }
+        }
+        let t = now();
+        match interval {
+            Ok(m) if m > 0 => {
+                if t >= next {
+                    if !pass() {
+                        break;
+                    }
+                    next = now().saturating_add(m);
+                }
+            }
+            _ => {
+                if t >= next_idle {
+                    let before = stats::databases_counted();
+                    let dbs = databases();
+                    forget_dropped(&before, &dbs);
+                    next_idle = now().saturating_add(IDLE_MICROS);
+                }
+            }
+        }
+        let wake = match interval {
+            Ok(m) if m > 0 => next,
+            _ => next_idle,
+        };
+        sleep_until(wake);
+    }
+    pgrx::log!("{LAUNCHER} stopping");
+}
+
+fn log_schedule(what: &str, interval: &Result<i64, crate::errors::IdemError>) {
+    match interval {
+        Ok(0) => pgrx::log!("{LAUNCHER} {what}: purging is off (idempotency.purge_interval = 0)"),
+        Ok(m) => pgrx::log!(
+            "{LAUNCHER} {what}: purging every {} s in batches of {}",
+            *m as f64 / 1e6,
+            settings::purge_batch()
+        ),
+        Err(e) => {
+            let (message, detail, _) = e.texts();
+            pgrx::warning!(
+                "{LAUNCHER} {what}: not purging: {message}: {}",
+                detail.unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Waits on the latch until `at` (or a signal); exits if the postmaster died.
+fn sleep_until(at: i64) {
+    let ms = ((at - now()) / 1000).clamp(1, 60_000);
+    // SAFETY: this process's latch.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// One pass over every database; false if SIGTERM arrived meanwhile.
+fn pass() -> bool {
+    let before = stats::databases_counted();
+    let dbs = databases();
+    forget_dropped(&before, &dbs);
+    for db in dbs.iter().filter(|d| d.purgeable) {
+        if !purge_in(db) {
+            return false;
+        }
+    }
+    true
+}
+
+fn forget_dropped(before: &[u32], dbs: &[Database]) {
+    let alive: Vec<u32> = dbs.iter().map(|d| d.oid.to_u32()).collect();
+    stats::forget_dropped(before, &alive);
+}
+
+/// Every database in pg_database (a shared catalog: readable without a database connection).
+fn databases() -> Vec<Database> {
+    let mut out = Vec::new();
+    // SAFETY: a catalog scan in a transaction of its own, as the autovacuum launcher reads
+    // pg_database; the tuples are read before the scan ends.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let rel = pg_sys::table_open(
+            pg_sys::DatabaseRelationId,
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+        );
+        let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let d = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+            out.push(Database {
+                oid: d.oid,
+                name: std::ffi::CStr::from_ptr(d.datname.data.as_ptr())
+                    .to_string_lossy()
+                    .into_owned(),
+                // -2: a database whose DROP was interrupted (PostgreSQL's DATCONNLIMIT_INVALID_DB)
+                purgeable: d.datallowconn && !d.datistemplate && d.datconnlimit != -2,
+            });
+        }
+        pg_sys::table_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+    }
+    out
+}
+
+/// Starts the purge worker for `db` and waits until it has exited; false on SIGTERM (the
+/// worker is then terminated too).
+fn purge_in(db: &Database) -> bool {
+    // SAFETY: this process's pid, for the postmaster to notify it of the worker's state.
+    let me = unsafe { pg_sys::MyProcPid };
+    let started = BackgroundWorkerBuilder::new(&format!("{WORKER} for database {}", db.name))
+        .set_type(WORKER)
+        .set_library("idempotency")
+        .set_function("idem_purge_worker_main")
+        .enable_spi_access()
+        .set_restart_time(None)
+        .set_argument(Some(pg_sys::Datum::from(db.oid)))
+        .set_notify_pid(me)
+        .load_dynamic();
+    let Ok(worker) = started else {
+        pgrx::warning!(
+            "{LAUNCHER}: could not start the purge worker for database \"{}\": no background worker slot is free; it is tried again at the next interval",
+            db.name
+        );
+        return true;
+    };
+    loop {
+        match worker.pid() {
+            Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped) => return true,
+            Err(pgrx::bgworkers::BackgroundWorkerStatus::PostmasterDied) => {
+                // SAFETY: leaves as a backend does when the postmaster is gone.
+                unsafe { pg_sys::proc_exit(1) }
+            }
+            _ => {}
+        }
+        if BackgroundWorker::sigterm_received() {
+            let _ = worker.terminate();
+            return false;
+        }
+        // Woken by the postmaster when the worker's state changes (bgw_notify_pid).
+        sleep_until(now() + 1_000_000);
+    }
+}
+
+/// The purge worker of one database.
+#[pgrx::pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn idem_purge_worker_main(arg: pg_sys::Datum) {
+    crate::compat::sigterm_dies();
+    // SAFETY: a background worker with a database connection, started by the launcher with
+    // the database's oid as its argument.
+    unsafe {
+        pg_sys::BackgroundWorkerUnblockSignals();
+        pg_sys::BackgroundWorkerInitializeConnectionByOid(
+            pg_sys::Oid::from(arg.value() as u32),
+            pg_sys::InvalidOid,
+            0,
+        );
+    }
+    // SAFETY: a transaction of its own to look the extension up.
+    let installed = unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        let found = pg_sys::get_extension_oid(c"idempotency".as_ptr(), true) != pg_sys::InvalidOid;
+        pg_sys::CommitTransactionCommand();
+        found
+    };
+    // SAFETY: reads shared memory state. (The launcher never runs during recovery; a worker
+    // started just before a crash and restart into recovery must not try to write.)
+    if !installed || unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let batch = settings::purge_batch();
+    loop {
+        pgrx::check_for_interrupts!();
+        let deleted = batch_in_transaction(batch);
+        stats::add(Counter::PurgedRows, deleted);
+        if deleted < batch as u64 {
+            break;
+        }
+    }
+    stats::purge_run_done();
+}
+
+/// One batch, in one transaction.
+fn batch_in_transaction(batch: i32) -> u64 {
+    // SAFETY: a transaction with a snapshot around the store's purge statement; an error
+    // aborts it and ends the worker (FATAL in a background worker), to be retried next pass.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        pg_sys::pgstat_report_activity(
+            pg_sys::BackendState::STATE_RUNNING,
+            c"idempotency purge batch".as_ptr(),
+        );
+    }
+    let deleted = crate::store::Records::open().and_then(|r| r.purge(now(), batch));
+    let deleted = match deleted {
+        Ok(n) => n,
+        Err(e) => {
+            let (message, detail, _) = e.texts();
+            pgrx::error!(
+                "{WORKER}: {message}{}",
+                detail.map(|d| format!(": {d}")).unwrap_or_default()
+            );
+        }
+    };
+    // SAFETY: ends what was started above.
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
+    }
+    deleted
+}
