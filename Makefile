@@ -145,8 +145,19 @@ bench-smoke: setup
 		BENCH_CLIENTS="1 4" BENCH_SCALES="1000 10000" BENCH_REPLAY_KEYS=1000 \
 		BENCH_PURGE=10000 BENCH_PURGE_SECONDS=5 BENCH_OUT=build/bench/smoke bash bench/run.sh
 
+# --- Operations (docs/operations.md): with the library in shared_preload_libraries ------------
+# the purge worker (under the torture load too), the counters (tests/ops), settings placed
+# where PostgreSQL does not check them, SIGHUP, kill -9, a standby and its promotion, the
+# Prometheus queries file: scripts/ops-test.sh on scratch clusters build/ops/{primary,replica},
+# ports OPS_PORT and OPS_PORT + 1.
+OPS_PORT ?= 54338
+.PHONY: test-ops-worker
+test-ops-worker: setup
+	$(MAKE) install PROFILE=debug
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/ops-test.sh $(OPS_PORT)
+
 test: setup test-core test-meta test-pg test-isolation test-regress test-vectors test-ops \
-	test-torture bench-smoke fuzz-smoke test-matrix
+	test-ops-worker test-torture bench-smoke fuzz-smoke test-matrix
 	@echo "make test: all suites passed"
 
 # The whole matrix: the core tests once, PostgreSQL 15's suites, then 13, 14, 16, 17, 18.

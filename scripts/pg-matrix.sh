@@ -39,6 +39,8 @@ SUITES=(
   "regress|REGRESS_DIR=\$PWD/build/matrix/reg\$PG_MAJOR REGRESS_PORT=\$PG_PORT bash scripts/regress.sh"
   # from every kept release to this one with ALTER EXTENSION UPDATE
   "upgrade|UPGRADE_DIR=\$PWD/build/matrix/upg\$PG_MAJOR bash scripts/upgrade-test.sh \$PG_PORT"
+  # preloaded: purge worker, counters, settings placed unchecked, standby, crashes (port and port + 1)
+  "ops|OPS_DIR=\$PWD/build/matrix/ops\$PG_MAJOR bash scripts/ops-test.sh \$PG_PORT"
 )
 
 MATRIX_VERSIONS=${MATRIX_VERSIONS:-"13 14 15 16 17 18"}

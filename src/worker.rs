@@ -63,6 +63,7 @@ pub extern "C-unwind" fn idem_purge_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(None, None);
     let mut interval = settings::purge_interval();
+    let mut last_batch = settings::purge_batch();
     log_schedule("started", &interval);
     // The first pass right after start (or a restart after a crash); then every interval.
     let mut next = now();
@@ -77,8 +78,10 @@ pub extern "C-unwind" fn idem_purge_launcher_main(_arg: pg_sys::Datum) {
                 pg_sys::ConfigReloadPending = 0;
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
+            let batch = settings::purge_batch();
             let changed = settings::purge_interval();
-            if format!("{changed:?}") != format!("{interval:?}") {
+            if format!("{changed:?}") != format!("{interval:?}") || batch != last_batch {
+                last_batch = batch;
                 log_schedule("reloaded", &changed);
                 // The new interval counts from now.
                 if let Ok(m) = changed {
@@ -112,7 +115,12 @@ pub extern "C-unwind" fn idem_purge_launcher_main(_arg: pg_sys::Datum) {
         };
         sleep_until(wake);
     }
+    // Exit code 1: the postmaster starts the launcher again after RESTART, so that a
+    // pg_terminate_backend() is a restart, not a silent end of purging (purge_interval = 0
+    // turns purging off); at shutdown nothing is restarted.
     pgrx::log!("{LAUNCHER} stopping");
+    // SAFETY: ends this background worker.
+    unsafe { pg_sys::proc_exit(1) }
 }
 
 fn log_schedule(what: &str, interval: &Result<i64, crate::errors::IdemError>) {
