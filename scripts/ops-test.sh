@@ -71,11 +71,14 @@ wait_for() {
 }
 # The server log from a mark on: log_mark, then log_wait REGEX (polls, at most 60 s).
 log_mark() { MARK=$(wc -l <"$P/server.log"); }
+# (log_since is read whole before grep: with pipefail, a grep -q that stops early would fail
+# the pipeline.)
 log_since() { tail -n +"$((MARK + 1))" "$P/server.log"; }
+log_has() { local since; since=$(log_since); grep -Eq -- "$1" <<<"$since"; }
 log_wait() {
   local i
   for i in $(seq 1 300); do
-    log_since | grep -Eq "$1" && return 0
+    log_has "$1" && return 0
     sleep 0.2
   done
   tail -n 30 "$P/server.log" >&2
@@ -199,12 +202,13 @@ rc=0
 if [ $rc -ne 0 ]; then cat "$BASE/regress/regression.diffs" >&2 || true; fail "tests/ops/sql/stats.sql"; fi
 fp1=$(q ops_stats "SELECT encode(idem_fingerprint('{\"amount\": 1}'), 'hex')")
 fp2=$(q ops_stats "SELECT encode(idem_fingerprint('{\"amount\": 2}'), 'hex')")
-log_since | grep -A1 'LOG:  idempotency key "new" was reused with a different command' \
-  | grep -q "DETAIL:  Scope \"st\", key \"new\": stored command fingerprint $fp1, this request's $fp2." \
+since=$(log_since)
+grep -A1 'LOG:  idempotency key "new" was reused with a different command' <<<"$since" \
+  | grep -c "DETAIL:  Scope \"st\", key \"new\": stored command fingerprint $fp1, this request's $fp2." >/dev/null \
   || fail "no IK001 LOG line with both fingerprints"
-log_since | grep -q 'LOG:  idempotency key "lapse" was taken over at attempt 2' \
+log_has 'LOG:  idempotency key "lapse" was taken over at attempt 2' \
   || fail "no takeover LOG line for key \"lapse\""
-log_since | grep -A1 'idempotency key "lapse" was taken over' | grep -q 'DETAIL:  Scope "st", key "lapse": the lease of attempt 1 ran out at ' \
+grep -A1 'idempotency key "lapse" was taken over' <<<"$since" | grep -c 'DETAIL:  Scope "st", key "lapse": the lease of attempt 1 ran out at ' >/dev/null \
   || fail "the takeover LOG line has no DETAIL with the lapsed lease"
 
 # --- 3. the purge worker --------------------------------------------------------------------
@@ -323,7 +327,7 @@ for _ in $(seq 1 50); do [ -d "/proc/$pm" ] || break; sleep 0.2; done
 if [ -d "/proc/$pm" ]; then as_owner rm -f "$P/data/postmaster.pid" "$P/.s.PGSQL.$PORT.lock"; fi
 log_mark
 start
-log_since | grep -Eq 'database system was interrupted|was not properly shut down' || fail "no crash recovery after kill -9 of the postmaster"
+log_has 'database system was interrupted|was not properly shut down' || fail "no crash recovery after kill -9 of the postmaster"
 wait_for "a launcher after the restart" "launcher_pid | grep -c ." 1
 expect_eq "the counters start again at zero (new shared memory)" "$(stat "'w1'" purged_rows)" 0
 add_expired w1 50 after-restart
@@ -332,7 +336,11 @@ expect_eq "and counting" "$(stat "'w1'" purged_rows)" 50
 
 step "a hot standby: no launcher, nothing purged; at promotion the launcher starts"
 [ "$(id -u)" -ne 0 ] || chown postgres: "$R"
-as_owner "$PG_BINDIR/pg_basebackup" -h "$P" -p "$PORT" -U postgres -D "$R/data" -R -X stream -c fast
+as_owner "$PG_BINDIR/pg_basebackup" -h "$P" -p "$PORT" -U postgres -D "$R/data" -X stream -c fast
+# The replica's settings by hand rather than -R: pg_basebackup 17+ writes connection options
+# (sslnegotiation) that an older libpq in the server's walreceiver may not know.
+echo "primary_conninfo = 'host=$P port=$PORT user=postgres'" | as_owner tee -a "$R/data/postgresql.auto.conf" >/dev/null
+as_owner touch "$R/data/standby.signal"
 opsconf "${BASE_CONF[@]}" "idempotency.purge_interval = 0"
 reload
 "$ROOT/scripts/pgcluster.sh" start "$R" "$PORT2" >/dev/null

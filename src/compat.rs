@@ -5,7 +5,10 @@
 //! - a library reserves its setting prefix with `MarkGUCPrefixReserved` from 15 on (unknown
 //!   `idempotency.*` names are then refused), with `EmitWarningsOnPlaceholders` (a WARNING)
 //!   before;
-//! - a signal handler is installed with `pqsignal_be` in 18, `pqsignal` before.
+//! - a signal handler is installed with `pqsignal_be` in 18, `pqsignal` before;
+//! - a setting's check-hook "extra" is freed with `free` before 16 and with `pfree` (in
+//!   PostgreSQL's GUC memory context) from 16 on, so it must come from `malloc` or from
+//!   `guc_malloc` accordingly.
 
 use std::ffi::CStr;
 
@@ -92,5 +95,23 @@ pub fn sigterm_dies() {
         pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(die));
         #[cfg(not(feature = "pg18"))]
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
+    }
+}
+
+/// Memory for a setting's check-hook "extra", of the kind PostgreSQL frees it as; NULL when
+/// out of memory.
+pub fn guc_extra_alloc(size: usize) -> *mut std::ffi::c_void {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+    {
+        unsafe extern "C" {
+            fn malloc(size: usize) -> *mut std::ffi::c_void;
+        }
+        // SAFETY: libc's allocator, which PostgreSQL before 16 frees extras with.
+        unsafe { malloc(size) }
+    }
+    #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+    // SAFETY: PostgreSQL's own allocator for GUC data (LOG: returns NULL when out of memory).
+    unsafe {
+        pg_sys::guc_malloc(pg_sys::LOG as i32, size)
     }
 }

@@ -495,8 +495,10 @@ unsafe extern "C-unwind" {
 }
 const PERCENT_S: &CStr = c"%s";
 
-/// Writes a LOG line (server log only, as PostgreSQL's own LOG messages) with a SQLSTATE, so
-/// that `%e` in log_line_prefix shows it. Returns normally.
+/// Writes a LOG line (to the server log, and to a client whose client_min_messages is log or
+/// lower) with a SQLSTATE, so that `%e` in log_line_prefix shows it. Returns normally.
+/// (Not pgrx's `log!`: on PostgreSQL 13 pgrx compares log levels numerically and drops LOG
+/// lines whenever log_min_messages is warning, the default.)
 pub fn log(sqlstate: c_int, message: &str, detail: Option<&str>, funcname: &'static CStr) {
     let message = std::ffi::CString::new(message.replace('\0', "")).unwrap_or_default();
     let detail = detail.map(|d| std::ffi::CString::new(d.replace('\0', "")).unwrap_or_default());
@@ -508,7 +510,7 @@ pub fn log(sqlstate: c_int, message: &str, detail: Option<&str>, funcname: &'sta
             if let Some(d) = &detail {
                 errdetail_internal(PERCENT_S.as_ptr(), d.as_ptr());
             }
-            errfinish(c"src/api.rs".as_ptr(), 0, funcname.as_ptr());
+            errfinish(c"idempotency".as_ptr(), 0, funcname.as_ptr());
         }
     }
 }

@@ -189,15 +189,11 @@ static mut TEXTS: [*mut c_char; 4] = [std::ptr::null_mut(); 4];
 /// set before the library was loaded, and would only WARN about an invalid one.
 static DEFINING: AtomicBool = AtomicBool::new(false);
 
-/// What the check hook hands the assign hook (GUC "extra", malloc'd: PostgreSQL frees it).
+/// What the check hook hands the assign hook (GUC "extra": PostgreSQL frees it).
 #[repr(C)]
 struct Checked {
     micros: Micros,
     invalid_from: u32,
-}
-
-unsafe extern "C" {
-    fn malloc(size: usize) -> *mut c_void;
 }
 
 /// Whether an invalid value from `source` must be kept (marked invalid) rather than refused,
@@ -248,9 +244,9 @@ unsafe extern "C-unwind" fn check_duration<const I: usize>(
             return false;
         }
     };
-    // SAFETY: a malloc'd block of the right size, handed to PostgreSQL as the GUC's extra.
+    // SAFETY: a block of the right size, handed to PostgreSQL as the GUC's extra.
     unsafe {
-        let p = malloc(std::mem::size_of::<Checked>()).cast::<Checked>();
+        let p = crate::compat::guc_extra_alloc(std::mem::size_of::<Checked>()).cast::<Checked>();
         if p.is_null() {
             return false;
         }

@@ -118,19 +118,21 @@ pub extern "C-unwind" fn idem_purge_launcher_main(_arg: pg_sys::Datum) {
     // Exit code 1: the postmaster starts the launcher again after RESTART, so that a
     // pg_terminate_backend() is a restart, not a silent end of purging (purge_interval = 0
     // turns purging off); at shutdown nothing is restarted.
-    pgrx::log!("{LAUNCHER} stopping");
+    log(&format!("{LAUNCHER} stopping"));
     // SAFETY: ends this background worker.
     unsafe { pg_sys::proc_exit(1) }
 }
 
 fn log_schedule(what: &str, interval: &Result<i64, crate::errors::IdemError>) {
     match interval {
-        Ok(0) => pgrx::log!("{LAUNCHER} {what}: purging is off (idempotency.purge_interval = 0)"),
-        Ok(m) => pgrx::log!(
+        Ok(0) => log(&format!(
+            "{LAUNCHER} {what}: purging is off (idempotency.purge_interval = 0)"
+        )),
+        Ok(m) => log(&format!(
             "{LAUNCHER} {what}: purging every {} s in batches of {}",
             *m as f64 / 1e6,
             settings::purge_batch()
-        ),
+        )),
         Err(e) => {
             let (message, detail, _) = e.texts();
             pgrx::warning!(
@@ -139,6 +141,10 @@ fn log_schedule(what: &str, interval: &Result<i64, crate::errors::IdemError>) {
             );
         }
     }
+}
+
+fn log(message: &str) {
+    crate::errors::log(0, message, None, c"idem_purge_launcher_main");
 }
 
 /// Waits on the latch until `at` (or a signal); exits if the postmaster died.
