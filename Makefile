@@ -12,7 +12,7 @@ PROFILE   ?= release
 .PHONY: setup install test test-core test-pg test-isolation test-regress demo clean \
 	test-upgrade test-standby test-dump test-ops test-vectors fuzz fuzz-smoke \
 	torture crash test-torture package test-meta test-matrix matrix-init test-all \
-	bench bench-smoke
+	bench bench-smoke test-citus bench-citus
 
 setup:
 	@bash scripts/setup.sh
@@ -104,6 +104,17 @@ test-torture: setup
 	$(MAKE) install PROFILE=debug
 	$(TORTURE) load --connections 32 --requests 10000 --keys 16
 	$(TORTURE) crash --cycles 6 --workers 8
+
+# Scale-out on Citus (scripts/citus-test.sh, docs/scale-out.md): a coordinator and two workers
+# on 127.0.0.1 (ports CITUS_PORT and the next two), idem_distribute(), the contract, where the
+# key's lock is, purging per shard, the torture load through the coordinator and through every
+# node, and a worker killed under load. It installs nothing: Citus (from its packages) and this
+# extension (make install PG_CONFIG=...) must be installed in the PostgreSQL of CITUS_PG_CONFIG.
+# Without CITUS_PG_CONFIG it prints SKIPPED and build/citus/status says SKIPPED, not PASSED.
+CITUS_PG_CONFIG ?=
+CITUS_PORT ?= 54360
+test-citus:
+	CITUS_PG_CONFIG="$(CITUS_PG_CONFIG)" CITUS_PORT=$(CITUS_PORT) bash scripts/citus-test.sh
 
 # --- Installing and the PostgreSQL version matrix (13..18) ---------------------------------
 # A binary tree to copy onto a machine with the same PostgreSQL: target/<profile>/idempotency-pgNN/

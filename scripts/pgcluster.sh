@@ -11,6 +11,8 @@
 # initdb and postgres refuse to run as root, so as root the server runs as the `postgres`
 # user (via sudo); otherwise as the current user.
 # PG_BINDIR picks the PostgreSQL binaries (default: Debian's PostgreSQL 15).
+# PGCLUSTER_SETTINGS: more postgresql.conf lines for this start, after (so overriding) the
+# defaults below; e.g. scripts/citus-test.sh's nodes listen on 127.0.0.1 and preload Citus.
 set -euo pipefail
 
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
@@ -116,6 +118,9 @@ log_min_messages = warning
 log_lock_waits = on
 deadlock_timeout = '1s'
 EOF
+  if [ -n "${PGCLUSTER_SETTINGS:-}" ]; then
+    printf '%s\n' "$PGCLUSTER_SETTINGS" | as_owner tee -a "$DIR/data/pgcluster.conf" >/dev/null
+  fi
   if ! as_owner grep -q "^include_if_exists = 'pgcluster.conf'" "$DIR/data/postgresql.conf"; then
     echo "include_if_exists = 'pgcluster.conf'" | as_owner tee -a "$DIR/data/postgresql.conf" >/dev/null
   fi

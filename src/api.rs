@@ -148,6 +148,7 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let lease = a.duration(4, "lease", settings::lease(), 1)?;
     let wait = a.duration(5, "wait", settings::wait(), 0)?;
     prevent_if_read_only(c"idem_begin()")?;
+    crate::citus::require_shard_here("idem_begin()", scope_d)?;
     let fingerprint = idempotency_core::fingerprint(command)?;
     let at = || KeyRef::new(scope, key);
     let caller = caller();
@@ -352,6 +353,7 @@ fn settle<T>(
     let (key_d, key) = a.key_text(1, "key")?;
     let attempt = a.i32(attempt_arg);
     prevent_if_read_only(function)?;
+    crate::citus::require_shard_here(function.to_str().unwrap_or("this function"), scope_d)?;
     let caller = caller();
     KeyLock::new(scope, key).acquire();
     let store = Store::open()?;
@@ -562,6 +564,10 @@ fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         });
     }
     prevent_if_read_only(c"idem_purge()")?;
+    // Distributed by Citus: shard by shard, each on its own node (citus.rs).
+    if crate::citus::distributed()? {
+        return Ok(pg_sys::Datum::from(crate::citus::purge(max_rows)?));
+    }
     let store = Store::open()?;
     let deleted = store.purge(now(), max_rows)?;
     Ok(pg_sys::Datum::from(deleted as i64))
@@ -571,6 +577,7 @@ fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let (scope_d, scope) = a.key_text(0, "scope")?;
     let (key_d, key) = a.key_text(1, "key")?;
     prevent_if_read_only(c"idem_forget()")?;
+    crate::citus::require_shard_here("idem_forget()", scope_d)?;
     let caller = caller();
     // Waits for a transaction that holds the key, so that a claim in flight is not pulled
     // from under it.

@@ -31,6 +31,7 @@ const NULL_VALUE_NOT_ALLOWED: c_int = sqlstate(b"22004");
 const INVALID_PARAMETER_VALUE: c_int = sqlstate(b"22023");
 const INSUFFICIENT_PRIVILEGE: c_int = sqlstate(b"42501");
 const READ_ONLY_SQL_TRANSACTION: c_int = sqlstate(b"25006");
+const FEATURE_NOT_SUPPORTED: c_int = sqlstate(b"0A000");
 const DATA_CORRUPTED: c_int = sqlstate(b"XX001");
 const INTERNAL_ERROR: c_int = sqlstate(b"XX000");
 
@@ -92,6 +93,13 @@ pub enum IdemError {
         message: String,
         detail: Option<String>,
     },
+    /// 0A000: a call in a form or place that cannot keep the contract (on Citus: a call that
+    /// runs on a node without the key's shard, see `citus.rs`).
+    Unsupported {
+        message: String,
+        detail: Option<String>,
+        hint: Option<String>,
+    },
     /// XX001: a jsonb value that does not follow PostgreSQL's format.
     Corrupted(FormatError),
     /// XX000: something that cannot happen did.
@@ -130,6 +138,7 @@ impl IdemError {
             IdemError::DuringRecovery { .. } => READ_ONLY_SQL_TRANSACTION,
             IdemError::NullArgument { .. } => NULL_VALUE_NOT_ALLOWED,
             IdemError::InvalidArgument { .. } => INVALID_PARAMETER_VALUE,
+            IdemError::Unsupported { .. } => FEATURE_NOT_SUPPORTED,
             IdemError::Corrupted(_) => DATA_CORRUPTED,
             IdemError::Internal(_) => INTERNAL_ERROR,
         }
@@ -214,6 +223,11 @@ impl IdemError {
             IdemError::InvalidArgument { message, detail } => {
                 (message.clone(), detail.clone(), None)
             }
+            IdemError::Unsupported {
+                message,
+                detail,
+                hint,
+            } => (message.clone(), detail.clone(), hint.clone()),
             IdemError::Corrupted(e) => (format!("malformed jsonb value: {e}"), None, None),
             IdemError::Internal(m) => (format!("idempotency internal error: {m}"), None, None),
         }

@@ -11,11 +11,13 @@
 //! - `lock`: the per-key lock that makes uncommitted claims visible without blocking;
 //! - `fmgr`: the C calling convention (arguments, NULLs, results);
 //! - `errors`: every error and its SQLSTATE;
-//! - `settings`: the GUCs.
+//! - `settings`: the GUCs;
+//! - `citus`: what changes when the records are distributed by Citus (docs/scale-out.md).
 //!
 //! The SQL objects are declared in `sql/idempotency.sql`.
 
 mod api;
+mod citus;
 mod errors;
 mod fmgr;
 mod lock;
