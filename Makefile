@@ -116,6 +116,11 @@ CITUS_PORT ?= 54360
 test-citus:
 	CITUS_PG_CONFIG="$(CITUS_PG_CONFIG)" CITUS_PORT=$(CITUS_PORT) bash scripts/citus-test.sh
 
+# TPS of the idempotent one-transaction payment through a Citus coordinator against one plain
+# node of the same PostgreSQL, side by side (bench/citus.sh; results in build/bench-citus).
+bench-citus:
+	CITUS_PG_CONFIG="$(CITUS_PG_CONFIG)" bash bench/citus.sh
+
 # --- Installing and the PostgreSQL version matrix (13..18) ---------------------------------
 # A binary tree to copy onto a machine with the same PostgreSQL: target/<profile>/idempotency-pgNN/
 # mirrors the paths that PG_CONFIG reports (pkglibdir and sharedir/extension).

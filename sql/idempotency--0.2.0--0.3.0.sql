@@ -262,6 +262,31 @@ BEGIN
                   DETAIL = 'Citus delegates a function call only to a worker that has the metadata; elsewhere the call would take the key''s lock on the wrong node.',
                   HINT = 'Run SELECT start_metadata_sync_to_node(nodename, nodeport) for each, or wait until citus_add_node() has finished syncing.';
     END IF;
+    -- Citus crashes a node that plans a delegated call whose distribution argument is NULL
+    -- (hashtext on a NULL pointer); this extension's planner hook answers such a call with its
+    -- 22004 first, in every session where the library was loaded before the first query.
+    SELECT pg_catalog.string_agg(pg_catalog.format('%s:%s', n.nodename, n.nodeport), ', ' ORDER BY n.nodeid)
+      INTO missing
+      FROM pg_catalog.run_command_on_all_nodes($cmd$
+             SELECT pg_catalog.array_position(s, 'idempotency') OPERATOR(pg_catalog.>)
+                        COALESCE(pg_catalog.array_position(s, 'citus'), 0)
+                    OR 'idempotency' OPERATOR(pg_catalog.=) ANY (l)
+               FROM (SELECT pg_catalog.string_to_array(pg_catalog.regexp_replace(
+                                pg_catalog.current_setting('shared_preload_libraries'),
+                                '[\s"]|\$libdir/', '', 'g'), ',') AS s,
+                            pg_catalog.string_to_array(pg_catalog.regexp_replace(
+                                pg_catalog.current_setting('session_preload_libraries') OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||)
+                                pg_catalog.current_setting('local_preload_libraries'),
+                                '[\s"]|\$libdir/', '', 'g'), ',') AS l) AS settings
+           $cmd$) AS r
+      JOIN pg_catalog.pg_dist_node n ON n.nodeid OPERATOR(pg_catalog.=) r.nodeid
+     WHERE NOT r.success OR r.result OPERATOR(pg_catalog.<>) 't';
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'the idempotency library is not preloaded on Citus nodes %', missing
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Citus 13.2 crashes the node that plans a delegated call whose distribution argument is NULL; the library''s planner hook answers idem_begin(NULL, ...) with 22004 before Citus plans it, in a session where the library is loaded before the first query.',
+                  HINT = pg_catalog.format('On every node: shared_preload_libraries = ''citus,idempotency'' (idempotency after citus) and a restart, or ALTER DATABASE %I SET session_preload_libraries = ''idempotency''.', pg_catalog.current_database());
+    END IF;
     IF pg_catalog.current_setting('citus.shard_replication_factor')::integer OPERATOR(pg_catalog.<>) 1 THEN
         RAISE EXCEPTION 'idem_distribute does not support replicated shards'
             USING ERRCODE = 'feature_not_supported',

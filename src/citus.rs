@@ -348,3 +348,173 @@ impl Drop for Spi {
         }
     }
 }
+
+/// The planner hook that keeps a NULL scope from crashing a Citus node.
+///
+/// Citus 13.2 (and earlier) delegates a call of a distributed function in its planner: for
+/// `SELECT f(...)` or `SELECT ... FROM f(...)` it hashes the distribution argument to find the
+/// shard, without checking for NULL, and a NULL text crashes the backend in `hashtext`, which
+/// makes the postmaster restart every backend of the node (crash recovery). So a client that
+/// sends `idem_begin(NULL, ...)` (the contract's 22004) to any node would take the node down.
+/// This hook runs before Citus's (the library is loaded after Citus: listed after it in
+/// `shared_preload_libraries`, or in `session_preload_libraries`; `idem_distribute` checks)
+/// and answers such a call with the function's own 22004 before Citus plans it. It looks
+/// only at the two forms Citus delegates, folds the scope argument with the bound parameters
+/// (as the planner will: `NULL`, `$1` bound to NULL in a custom plan, `lower(NULL)`), and acts
+/// only for this extension's functions on distributed records; anything else plans as before.
+static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
+
+pub fn install_planner_hook() {
+    // SAFETY: called once from _PG_init; chains to the hook that was there.
+    unsafe {
+        PREV_PLANNER = pg_sys::planner_hook;
+        pg_sys::planner_hook = Some(planner);
+    }
+}
+
+/// The functions distributed by scope (argument 0), as `idem_distribute` distributes them.
+const DELEGATED: [&str; 6] = [
+    "idem_begin",
+    "idem_complete",
+    "idem_fail",
+    "idem_checkpoint",
+    "idem_check",
+    "idem_forget",
+];
+
+unsafe extern "C-unwind" fn planner(
+    parse: *mut pg_sys::Query,
+    query_string: *const std::ffi::c_char,
+    cursor_options: std::ffi::c_int,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    let mut pending = crate::errors::Pending::default();
+    // SAFETY: the guard turns PostgreSQL errors and panics inside into PostgreSQL errors.
+    unsafe {
+        pg_sys::submodules::panic::pgrx_extern_c_guard(|| {
+            if let Some(function) = null_scope_call(parse, bound_params) {
+                pending.set(&IdemError::NullArgument {
+                    function,
+                    argument: "scope",
+                });
+            }
+        });
+        // Only plain values are alive here: the raise leaves by longjmp.
+        pending.raise_if_set(c"idempotency planner hook");
+        match PREV_PLANNER {
+            Some(prev) => prev(parse, query_string, cursor_options, bound_params),
+            None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
+        }
+    }
+}
+
+/// The name of this extension's function that `parse` calls in a form Citus delegates, with a
+/// scope that folds to NULL, on distributed records; None otherwise.
+fn null_scope_call(
+    parse: *mut pg_sys::Query,
+    bound_params: pg_sys::ParamListInfo,
+) -> Option<&'static str> {
+    use pgrx::{is_a, PgList};
+    // SAFETY: `parse` is the query being planned; only read here, the argument is copied.
+    unsafe {
+        let q = parse.as_ref()?;
+        if q.commandType != pg_sys::CmdType::CMD_SELECT || q.jointree.is_null() {
+            return None;
+        }
+        let jointree = &*q.jointree;
+        if !jointree.quals.is_null() {
+            return None;
+        }
+        let from = PgList::<pg_sys::Node>::from_pg(jointree.fromlist);
+        let targets = PgList::<pg_sys::TargetEntry>::from_pg(q.targetList);
+        let call: *mut pg_sys::FuncExpr = match from.len() {
+            // SELECT f(...)
+            0 if targets.len() == 1 => {
+                let expr = (*targets.get_ptr(0)?).expr as *mut pg_sys::Node;
+                if !is_a(expr, pg_sys::NodeTag::T_FuncExpr) {
+                    return None;
+                }
+                expr.cast()
+            }
+            // SELECT ... FROM f(...)
+            1 => {
+                let item = from.get_ptr(0)?;
+                if !is_a(item, pg_sys::NodeTag::T_RangeTblRef) {
+                    return None;
+                }
+                let index = (*(item as *mut pg_sys::RangeTblRef)).rtindex;
+                let rtes = PgList::<pg_sys::RangeTblEntry>::from_pg(q.rtable);
+                let rte = &*rtes.get_ptr(usize::try_from(index).ok()?.checked_sub(1)?)?;
+                if rte.rtekind != pg_sys::RTEKind::RTE_FUNCTION {
+                    return None;
+                }
+                let functions = PgList::<pg_sys::RangeTblFunction>::from_pg(rte.functions);
+                if functions.len() != 1 {
+                    return None;
+                }
+                let expr = (*functions.get_ptr(0)?).funcexpr;
+                if !is_a(expr, pg_sys::NodeTag::T_FuncExpr) {
+                    return None;
+                }
+                expr.cast()
+            }
+            _ => return None,
+        };
+        // The scope: the first positional argument, or the one named for position 0.
+        let args = PgList::<pg_sys::Node>::from_pg((*call).args);
+        let mut scope = None;
+        for (i, arg) in args.iter_ptr().enumerate() {
+            if is_a(arg, pg_sys::NodeTag::T_NamedArgExpr) {
+                let named = &*(arg as *mut pg_sys::NamedArgExpr);
+                if named.argnumber == 0 {
+                    scope = Some(named.arg as *mut pg_sys::Node);
+                }
+            } else if i == 0 {
+                scope = Some(arg);
+            }
+        }
+        let folded = fold(scope?, bound_params);
+        if !is_a(folded, pg_sys::NodeTag::T_Const) || !(*(folded as *mut pg_sys::Const)).constisnull
+        {
+            return None;
+        }
+        // Only now (rarely) the catalog: is it one of this extension's functions?
+        let ext = pg_sys::get_extension_oid(c"idempotency".as_ptr(), true);
+        if ext == pg_sys::InvalidOid
+            || pg_sys::getExtensionOfObject(pg_sys::ProcedureRelationId, (*call).funcid) != ext
+        {
+            return None;
+        }
+        let name = pg_sys::get_func_name((*call).funcid);
+        if name.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(name).to_str().ok()?;
+        let function = DELEGATED.iter().find(|f| **f == name)?;
+        // A plain server answers the call itself (with the same 22004); act only where Citus
+        // would plan it.
+        if !distributed().ok()? {
+            return None;
+        }
+        Some(function)
+    }
+}
+
+/// A copy of `node` with constants folded as the planner will, bound parameters included.
+///
+/// # Safety
+/// `node` is an expression of the query being planned.
+unsafe fn fold(node: *mut pg_sys::Node, bound_params: pg_sys::ParamListInfo) -> *mut pg_sys::Node {
+    unsafe {
+        let glob = pg_sys::palloc0(std::mem::size_of::<pg_sys::PlannerGlobal>())
+            as *mut pg_sys::PlannerGlobal;
+        (*glob).type_ = pg_sys::NodeTag::T_PlannerGlobal;
+        (*glob).boundParams = bound_params;
+        let root =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::PlannerInfo>()) as *mut pg_sys::PlannerInfo;
+        (*root).type_ = pg_sys::NodeTag::T_PlannerInfo;
+        (*root).glob = glob;
+        let copy = pg_sys::copyObjectImpl(node.cast()) as *mut pg_sys::Node;
+        pg_sys::eval_const_expressions(root, copy)
+    }
+}

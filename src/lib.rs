@@ -32,6 +32,7 @@ mod store;
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    citus::install_planner_hook();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

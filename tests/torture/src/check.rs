@@ -160,14 +160,16 @@ const CHECKS: &[(&str, &str)] = &[
 
 /// The errors a client gets through a Citus coordinator when the worker that holds the key's
 /// shard went away (killed, restarting, in crash recovery): Citus reports a lost or refused
-/// connection to a node as 08006; the node's own refusals while it shuts down or starts up
-/// are 57P01..57P03.
-pub const NODE_FAILURE: &str =
-    "coalesce(sqlstate IN ('08000', '08001', '08003', '08006', '57P01', '57P02', '57P03'), false)";
+/// connection to a node as 08006 (the node's own refusals while it shuts down or starts up are
+/// 57P01..57P03), and a COMMIT that the node did not acknowledge as XX000 "could not commit
+/// transaction for shard ... on at least one active node" (accepted only in the COMMIT: the
+/// extension raises XX000 only for a broken invariant, and never at COMMIT).
+pub const NODE_FAILURE: &str = "(coalesce(sqlstate IN ('08000', '08001', '08003', '08006', \
+     '57P01', '57P02', '57P03'), false) OR (sqlstate = 'XX000' AND stage = 'commit'))";
 
 /// A request whose COMMIT failed that way: it may or may not have committed.
-const IN_DOUBT: &str = "(stage = 'commit' AND coalesce(sqlstate IN ('08000', '08001', '08003', \
-     '08006', '57P01', '57P02', '57P03'), false))";
+const IN_DOUBT: &str = "(stage = 'commit' AND (coalesce(sqlstate IN ('08000', '08001', '08003', \
+     '08006', '57P01', '57P02', '57P03'), false) OR sqlstate = 'XX000'))";
 
 pub fn run(opts: &Opts) -> Result<u64, String> {
     let citus = opts.str("citus", "no") == "yes";

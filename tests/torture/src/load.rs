@@ -345,8 +345,10 @@ fn one_transaction(
     o.answer = util::begin(&mut tx, &o.scope, &o.key, &cmd, None, wait)?;
     o.answered = true;
     if o.answer.outcome != "execute" {
+        o.stage = Some("commit".into());
+        tx.commit()?;
         o.stage = None;
-        return tx.commit();
+        return Ok(());
     }
     let attempt = o.answer.attempt.unwrap_or(0);
     match kind {
@@ -364,8 +366,10 @@ fn one_transaction(
                     o.request_id,
                 )?;
             }
+            o.stage = Some("rollback".into());
+            tx.rollback()?;
             o.stage = None;
-            tx.rollback()
+            Ok(())
         }
         Kind::FailRetry | Kind::FailFinal => {
             o.stage = Some("fail".into());
