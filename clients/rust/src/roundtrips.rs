@@ -137,25 +137,35 @@ impl AsyncWrite for Socket {
     }
 }
 
+/// Tries the configuration's hosts in order, as tokio-postgres does.
 async fn open(cfg: &Config) -> Socket {
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let r = match cfg.get_hosts().first() {
-        Some(Host::Tcp(h)) => tokio::net::TcpStream::connect((h.as_str(), port))
-            .await
-            .map(|s| {
-                let _ = s.set_nodelay(true);
-                Socket::Tcp(s)
-            }),
-        Some(Host::Unix(dir)) => {
-            tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
-                .await
-                .map(Socket::Unix)
-        }
-        None => tokio::net::UnixStream::connect(format!("/var/run/postgresql/.s.PGSQL.{port}"))
-            .await
-            .map(Socket::Unix),
+    let ports = cfg.get_ports();
+    let port = |i: usize| match ports.len() {
+        0 => 5432,
+        1 => ports[0],
+        _ => ports.get(i).copied().unwrap_or(5432),
     };
-    r.unwrap_or_else(|e| Socket::Failed(Some(e)))
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no host to connect to");
+    for (i, host) in cfg.get_hosts().iter().enumerate() {
+        let r = match host {
+            Host::Tcp(h) => tokio::net::TcpStream::connect((h.as_str(), port(i)))
+                .await
+                .map(|s| {
+                    let _ = s.set_nodelay(true);
+                    Socket::Tcp(s)
+                }),
+            Host::Unix(dir) => {
+                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{}", port(i))))
+                    .await
+                    .map(Socket::Unix)
+            }
+        };
+        match r {
+            Ok(s) => return s,
+            Err(e) => last = e,
+        }
+    }
+    Socket::Failed(Some(last))
 }
 
 impl CountingConnect {
