@@ -2,7 +2,7 @@
 # `make bench-http`: the payments service under load, over HTTP on loopback. Not a test.
 #
 # A release build of payments-api (in-process mock processor) on a scratch PostgreSQL with
-# pg_stat_statements (build/bench-http, port BENCH_HTTP_PG_PORT, default 54501; the service
+# pg_stat_statements (build/bench-http, port BENCH_HTTP_PG_PORT, default 54505; the service
 # on 127.0.0.1:BENCH_HTTP_PORT, default 18090). wrk (Debian's package, installed when
 # missing) drives POST /v1/payments with bench/http/payments.lua:
 #   new     every request a new key: claim, charge, checkpoint, payment + completion
@@ -16,7 +16,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd -P)
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-PG_PORT=${BENCH_HTTP_PG_PORT:-54501}
+PG_PORT=${BENCH_HTTP_PG_PORT:-54505}
 PORT=${BENCH_HTTP_PORT:-18090}
 SECONDS_PER_RUN=${BENCH_HTTP_SECONDS:-15}
 CLIENTS=${BENCH_HTTP_CLIENTS:-"1 16 64"}

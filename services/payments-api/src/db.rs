@@ -86,10 +86,27 @@ pub fn pool(url: &str, size: usize, counting: Option<CountingConnect>) -> Result
         })
         .post_create(Hook::async_fn(|c, _| {
             Box::pin(async move {
-                // Statements on the service's tables are prepared on first use and cached.
+                // Every statement a request uses, prepared once per connection in one round
+                // trip each batch (the pool makes connections only once the schema is there).
                 idempotency_client::calls::prepare_statements(c)
                     .await
-                    .map_err(|e| HookError::message(e.to_string()))
+                    .map_err(|e| HookError::message(e.to_string()))?;
+                // On a hot standby a write cannot even be planned (it would lock the table):
+                // only the reads are prepared there.
+                let standby: bool = c
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .map_err(|e| HookError::message(e.to_string()))?
+                    .get(0);
+                let own: &[&str] = if standby {
+                    &[SQL_PAYMENT, SQL_REFUND]
+                } else {
+                    &[SQL_PAYMENT, SQL_REFUND, SQL_INSERT_PAYMENT, SQL_LOCK_PAYMENT, SQL_INSERT_REFUND]
+                };
+                for r in futures_util::future::join_all(own.iter().map(|q| c.prepare_cached(q))).await {
+                    r.map_err(|e| HookError::message(e.to_string()))?;
+                }
+                Ok(())
             })
         }))
         .build()
