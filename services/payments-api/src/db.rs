@@ -101,9 +101,17 @@ pub fn pool(url: &str, size: usize, counting: Option<CountingConnect>) -> Result
                 let own: &[&str] = if standby {
                     &[SQL_PAYMENT, SQL_REFUND]
                 } else {
-                    &[SQL_PAYMENT, SQL_REFUND, SQL_INSERT_PAYMENT, SQL_LOCK_PAYMENT, SQL_INSERT_REFUND]
+                    &[
+                        SQL_PAYMENT,
+                        SQL_REFUND,
+                        SQL_INSERT_PAYMENT,
+                        SQL_LOCK_PAYMENT,
+                        SQL_INSERT_REFUND,
+                    ]
                 };
-                for r in futures_util::future::join_all(own.iter().map(|q| c.prepare_cached(q))).await {
+                for r in
+                    futures_util::future::join_all(own.iter().map(|q| c.prepare_cached(q))).await
+                {
                     r.map_err(|e| HookError::message(e.to_string()))?;
                 }
                 Ok(())
@@ -124,12 +132,22 @@ pub async fn migrate(url: &str) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let task = tokio::spawn(conn);
-    let r = c
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL client_min_messages = warning; {SCHEMA} COMMIT;"
-        ))
-        .await
-        .map_err(|e| e.to_string());
+    let text = |e: tokio_postgres::Error| match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    };
+    // A hot standby cannot run DDL: its primary has created everything (there only the reads
+    // can succeed; writes answer 503).
+    let r = match c.query_one("SELECT pg_is_in_recovery()", &[]).await {
+        Err(e) => Err(text(e)),
+        Ok(row) if row.get::<_, bool>(0) => Ok(()),
+        Ok(_) => c
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL client_min_messages = warning; {SCHEMA} COMMIT;"
+            ))
+            .await
+            .map_err(text),
+    };
     drop(c);
     let _ = task.await;
     r

@@ -153,6 +153,8 @@ mod tests {
             parse_key_value(b"a.b_c~d:e+f/g=h"),
             Ok("a.b_c~d:e+f/g=h".into())
         );
+        // An sf byte sequence is spelled with bare-key characters only: it is that bare key.
+        assert_eq!(parse_key_value(b":aGVsbG8=:"), Ok(":aGVsbG8=:".into()));
     }
 
     #[test]
