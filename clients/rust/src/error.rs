@@ -16,7 +16,7 @@ use tokio_postgres::error::SqlState;
 #[derive(Debug)]
 pub enum Error {
     /// `IK001`: the key was already used with a different command. Answer 422.
-    KeyReused(KeyReused),
+    KeyReused(Box<KeyReused>),
     /// `IK002`: complete, fail or checkpoint on a key that is not in progress (absent, expired,
     /// completed, failed): the caller's own sequence is wrong, or an operator forgot the key.
     NotInProgress(DbText),
@@ -168,9 +168,9 @@ impl Error {
         };
         match db.code().code() {
             "IK001" => match db.detail().and_then(|d| KeyReused::parse(d, key)) {
-                Some(r) => Error::KeyReused(r),
+                Some(r) => Error::KeyReused(Box::new(r)),
                 // The code decides; a DETAIL of an unknown layout still is IK001.
-                None => Error::KeyReused(KeyReused {
+                None => Error::KeyReused(Box::new(KeyReused {
                     scope: key.map(|k| k.0.to_owned()).unwrap_or_default(),
                     key: key.map(|k| k.1.to_owned()).unwrap_or_default(),
                     first_used: String::new(),
@@ -178,7 +178,7 @@ impl Error {
                     stored_fingerprint: String::new(),
                     given_fingerprint: String::new(),
                     detail: db.detail().unwrap_or_default().to_owned(),
-                }),
+                })),
             },
             "IK002" => Error::NotInProgress(text_of(db)),
             "IK003" => Error::LeaseLost(LeaseLost::parse(text_of(db))),

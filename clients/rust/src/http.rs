@@ -262,10 +262,10 @@ mod tests {
     #[test]
     fn errors_map_by_sqlstate_variant() {
         let t = DbText::default();
-        let reused = Error::KeyReused(KeyReused::parse(
+        let reused = Error::KeyReused(Box::new(KeyReused::parse(
             "Scope \"s\", key \"k\" was first used at 2026-01-01 00:00:00+00 with command fingerprint 00000000; this request's fingerprint is 11111111.",
             None,
-        ).unwrap());
+        ).unwrap()));
         let cases: Vec<(Error, u16, &str, Option<u64>)> = vec![
             (reused, 422, "idempotency_key_reused", None),
             (
