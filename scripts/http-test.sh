@@ -29,7 +29,7 @@ export HTTP_PROFILE=${HTTP_PROFILE:-debug}
 export HTTP_DIR=$ROOT/build/http-test
 FUZZ_EXAMPLES=${HTTP_FUZZ_EXAMPLES:-200}
 VENV=$ROOT/build/venv-http
-BIN=$ROOT/target/$HTTP_PROFILE/payments-api
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$HTTP_PROFILE/payments-api
 PROCESSOR_PORT=$((HTTP_PORT + 1))
 FAULT_PORT=$((HTTP_PORT + 2))
 STANDBY_PORT=$((HTTP_PORT + 3))
@@ -72,7 +72,7 @@ wait_gone() {
 }
 
 if [ "${1:-}" = restart-fault ]; then
-  BIN=$ROOT/target/$HTTP_PROFILE/payments-api
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$HTTP_PROFILE/payments-api
   start_fault_service
   exit 0
 fi

@@ -10,7 +10,7 @@ PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PORT=${SERVE_PG_PORT:-54510}
 LISTEN=${SERVE_LISTEN:-127.0.0.1:8080}
 DIR=$ROOT/build/serve
-BIN=$ROOT/target/debug/payments-api
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/payments-api
 
 sharedir=$("$PG_BINDIR/pg_config" --sharedir)
 [ -f "$sharedir/extension/idempotency.control" ] || {

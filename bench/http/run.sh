@@ -23,7 +23,7 @@ CLIENTS=${BENCH_HTTP_CLIENTS:-"1 16 64"}
 REPLAY_KEYS=${BENCH_HTTP_REPLAY_KEYS:-100}
 OUT=${BENCH_HTTP_OUT:-$ROOT/bench/http/results.md}
 DIR=$ROOT/build/bench-http
-BIN=$ROOT/target/release/payments-api
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/payments-api
 URL=http://127.0.0.1:$PORT
 
 log() { printf '[bench-http] %s\n' "$*" >&2; }
