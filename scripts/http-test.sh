@@ -97,6 +97,11 @@ mkdir -p "$HTTP_DIR"
 cd "$ROOT"
 
 # --- 1. build and the Python environment -----------------------------------------------------
+if ! command -v curl >/dev/null; then
+  [ "$(id -u)" -eq 0 ] || die "curl is missing (apt-get install curl)"
+  log "installing curl (Debian)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+fi
 log "building payments-api ($HTTP_PROFILE)"
 cargo build -p payments-api $([ "$HTTP_PROFILE" = release ] && echo --release)
 if ! "$VENV/bin/python" -c 'import httpx, pytest, schemathesis' 2>/dev/null; then
