@@ -65,6 +65,12 @@ def proxy() -> Iterator[RoundTripProxy]:
 
 
 @pytest.fixture
+def counted_dsn(proxy: RoundTripProxy) -> str:
+    """The test database through the counting proxy (TCP to 127.0.0.1)."""
+    return f"host=127.0.0.1 port={proxy.port} user=postgres dbname={DBNAME}"
+
+
+@pytest.fixture
 def counted(proxy: RoundTripProxy, dsn: str) -> Iterator[tuple[psycopg.Connection, RoundTripProxy]]:
     """A connection through the counting proxy (TCP to 127.0.0.1), counter at 0."""
     url = dsn.replace(f"host={HOST}", "host=127.0.0.1").replace(f"port={PORT}", f"port={proxy.port}")

@@ -111,6 +111,18 @@ SAVEPOINT_SQL = "SAVEPOINT idempotency_work"
 ROLLBACK_TO_SAVEPOINT_SQL = "ROLLBACK TO SAVEPOINT idempotency_work"
 
 
+def begin_command(isolation_level: Any, read_only: bool | None, deferrable: bool | None) -> str:
+    """BEGIN with the connection's transaction characteristics, as psycopg would start it."""
+    parts = ["BEGIN"]
+    if isolation_level is not None:
+        parts.append("ISOLATION LEVEL " + isolation_level.name.replace("_", " "))
+    if read_only is not None:
+        parts.append("READ ONLY" if read_only else "READ WRITE")
+    if deferrable is not None:
+        parts.append("DEFERRABLE" if deferrable else "NOT DEFERRABLE")
+    return " ".join(parts)
+
+
 def jsonb(value: JSON) -> Jsonb | None:
     """A JSON value as a jsonb parameter; None stays SQL NULL (the functions' "none")."""
     return None if value is None else Jsonb(value)

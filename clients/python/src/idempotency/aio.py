@@ -205,7 +205,7 @@ class _Unit:
             self._pipe = await self._pipe_cm.__aenter__()
         # Without autocommit psycopg itself starts the transaction before the first statement.
         if self.conn.autocommit:
-            await self.conn.execute("BEGIN")
+            await self.conn.execute(m.begin_command(self.conn.isolation_level, self.conn.read_only, self.conn.deferrable))
 
     async def _sync(self) -> None:
         if self._pipe is not None:

@@ -204,7 +204,7 @@ class _Unit:
             self._pipe = self._pipe_cm.__enter__()
         # Without autocommit psycopg itself starts the transaction before the first statement.
         if self.conn.autocommit:
-            self.conn.execute("BEGIN")
+            self.conn.execute(m.begin_command(self.conn.isolation_level, self.conn.read_only, self.conn.deferrable))
 
     def _sync(self) -> None:
         if self._pipe is not None:
