@@ -12,7 +12,7 @@ PROFILE   ?= release
 .PHONY: setup install test test-core test-pg test-isolation test-regress demo clean \
 	test-upgrade test-standby test-dump test-ops test-vectors fuzz fuzz-smoke \
 	torture crash test-torture package test-meta test-matrix matrix-init test-all \
-	bench bench-smoke
+	bench bench-smoke test-http serve bench-http
 
 setup:
 	@bash scripts/setup.sh
@@ -145,8 +145,26 @@ bench-smoke: setup
 		BENCH_CLIENTS="1 4" BENCH_SCALES="1000 10000" BENCH_REPLAY_KEYS=1000 \
 		BENCH_PURGE=10000 BENCH_PURGE_SECONDS=5 BENCH_OUT=build/bench/smoke bash bench/run.sh
 
+# --- The HTTP boundary (clients/rust, services/payments-api, tests/conformance; docs/http.md) --
+#   test-http   the client crate's tests on a scratch PostgreSQL, then the conformance suite over
+#               loopback against payments-api (core, full, crash with fault injection), a
+#               schemathesis run against /openapi.json (scripts/http-test.sh; ports 54500,
+#               18080-18082; Python packages into build/venv-http when missing)
+#   serve       a scratch PostgreSQL with the extension and payments-api on 127.0.0.1:8080 in
+#               the foreground (scripts/serve.sh); Ctrl-C stops both
+#   bench-http  new payments and replays at 1, 16 and 64 clients over HTTP, release build
+#               (bench/http/run.sh; results in bench/http/results.md)
+test-http: install
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/http-test.sh
+
+serve: install
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/serve.sh
+
+bench-http: install
+	PG_BINDIR="$(PG_BINDIR)" bash bench/http/run.sh
+
 test: setup test-core test-meta test-pg test-isolation test-regress test-vectors test-ops \
-	test-torture bench-smoke fuzz-smoke test-matrix
+	test-torture bench-smoke fuzz-smoke test-matrix test-http
 	@echo "make test: all suites passed"
 
 # The whole matrix: the core tests once, PostgreSQL 15's suites, then 13, 14, 16, 17, 18.
