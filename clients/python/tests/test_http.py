@@ -24,7 +24,7 @@ def begin(outcome: Outcome, state: State, status: int | None = None, response: o
 
 @pytest.mark.parametrize("header, key", [
     ('"k-123"', "k-123"), ("k-123", "k-123"), ('"a\\"b\\\\c"', 'a"b\\c'), ("tok_visa.1~2:3+4/5=", "tok_visa.1~2:3+4/5="),
-    ('  "k-1"  ', "k-1"), ('"k-1";x=1', "k-1"), ('"with space"', "with space"), ("123", "123"), ("x" * 255, "x" * 255),
+    ('  "k-1"  ', "k-1"), ('"with space"', "with space"), ("123", "123"), ("x" * 255, "x" * 255),
 ])
 def test_keys_accepted(header: str, key: str) -> None:
     assert parse_idempotency_key([header]) == key
@@ -32,7 +32,7 @@ def test_keys_accepted(header: str, key: str) -> None:
 
 @pytest.mark.parametrize("values", [
     [""], ['"'], ['"unterminated'], ['""'], ["with space"], ['"k"garbage'], ["x" * 256], ['"' + "x" * 256 + '"'],
-    ["k,1"], ["k-1", "k-2"], ['"\\x"'], ["ké"], ['"ké"'], ["?q"], ["(k)"], ['"k-1", "k-2"'], ["k\t1"],
+    ["k,1"], ["k-1", "k-2"], ['"\\x"'], ["ké"], ['"ké"'], ["?q"], ["(k)"], ['"k-1", "k-2"'], ["k\t1"], ['"k-1";x=1'], ["k;x=1"],
 ])
 def test_keys_refused(values: list[str]) -> None:
     with pytest.raises(Problem) as e:

@@ -88,7 +88,7 @@ function invalidKey(detail: string): Problem {
 
 /**
  * The key from the `Idempotency-Key` header (undefined: missing; an array: several headers).
- * An RFC 8941 sf-string (parsed with a structured-field parser, parameters ignored) or a
+ * An RFC 8941 sf-string (parsed with a structured-field parser, no parameters) or a
  * bare token `[A-Za-z0-9._~:+/=-]+` name the same key; 1 to 255 bytes, no control characters.
  */
 export function parseIdempotencyKey(header: string | string[] | undefined): string {
@@ -101,12 +101,14 @@ export function parseIdempotencyKey(header: string | string[] | undefined): stri
   let key: string
   if (raw.startsWith('"')) {
     let value: unknown
+    let params: Map<string, unknown>
     try {
-      ;[value] = parseItem(raw)
+      ;[value, params] = parseItem(raw)
     } catch {
       throw invalidKey('the Idempotency-Key is not a valid sf-string')
     }
     if (typeof value !== 'string') throw invalidKey('the Idempotency-Key is not a valid sf-string')
+    if (params.size > 0) throw invalidKey('the Idempotency-Key takes no parameters')
     key = value
   } else if (BARE_TOKEN.test(raw)) {
     key = raw

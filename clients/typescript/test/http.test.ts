@@ -12,7 +12,7 @@ function begin(outcome: Outcome, state: State, httpStatus: number | null = null,
 test('keys accepted', () => {
   for (const [header, key] of [
     ['"k-123"', 'k-123'], ['k-123', 'k-123'], ['"a\\"b\\\\c"', 'a"b\\c'], ['tok_visa.1~2:3+4/5=', 'tok_visa.1~2:3+4/5='],
-    ['  "k-1"  ', 'k-1'], ['"k-1";x=1', 'k-1'], ['"with space"', 'with space'], ['123', '123'], ['x'.repeat(255), 'x'.repeat(255)],
+    ['  "k-1"  ', 'k-1'], ['"with space"', 'with space'], ['123', '123'], ['x'.repeat(255), 'x'.repeat(255)],
   ]) {
     assert.equal(http.parseIdempotencyKey(header), key, header)
     assert.equal(http.parseIdempotencyKey([header]), key, header)
@@ -22,7 +22,7 @@ test('keys accepted', () => {
 test('keys refused', () => {
   for (const values of [
     [''], ['"'], ['"unterminated'], ['""'], ['with space'], ['"k"garbage'], ['x'.repeat(256)], ['"' + 'x'.repeat(256) + '"'],
-    ['k,1'], ['k-1', 'k-2'], ['"\\x"'], ['ké'], ['"ké"'], ['?q'], ['(k)'], ['"k-1", "k-2"'], ['k\t1'],
+    ['k,1'], ['k-1', 'k-2'], ['"\\x"'], ['ké'], ['"ké"'], ['?q'], ['(k)'], ['"k-1", "k-2"'], ['k\t1'], ['"k-1";x=1'], ['k;x=1'],
   ]) {
     assert.throws(() => http.parseIdempotencyKey(values), (e: unknown) => e instanceof http.Problem && e.status === 400 && e.code === 'idempotency_key_invalid', JSON.stringify(values))
   }

@@ -34,6 +34,7 @@ import psycopg
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -41,6 +42,7 @@ from starlette.routing import Route
 from idempotency import Begin, State, aio
 from idempotency.http import (
     CARD_DECLINED,
+    IDEMPOTENCY_KEY_INVALID,
     INVALID_REQUEST,
     NOT_FOUND,
     PROCESSOR_UNAVAILABLE,
@@ -114,9 +116,16 @@ def _amount(body: Any) -> Decimal:
     return Decimal(amount)
 
 
-def validate_payment(body: Any) -> None:
+def _members(body: Any, allowed: set[str]) -> None:
     if not isinstance(body, dict):
         raise _invalid("the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise _invalid(f"unknown member {unknown[0]!r}")
+
+
+def validate_payment(body: Any) -> None:
+    _members(body, {"amount", "currency", "card", "description"})
     _amount(body)
     if not isinstance(body.get("currency"), str) or not CURRENCY.fullmatch(body["currency"]):
         raise _invalid('"currency" must be 3 upper-case letters')
@@ -127,8 +136,7 @@ def validate_payment(body: Any) -> None:
 
 
 def validate_refund(body: Any) -> None:
-    if not isinstance(body, dict):
-        raise _invalid("the body must be a JSON object")
+    _members(body, {"amount"})
     _amount(body)
 
 
@@ -277,6 +285,8 @@ def make_app(database_url: str, lease: timedelta) -> Starlette:
         except Problem as p:
             return problem_response(p)
         key = request.path_params["key"]
+        if not 1 <= len(key.encode()) <= 255 or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+            return problem_response(Problem(400, IDEMPOTENCY_KEY_INVALID, "a key is 1 to 255 bytes without control characters"))
         async with pool.connection() as conn:
             c = await aio.check(conn, tenant, key)
         if c.state is State.ABSENT:
@@ -305,7 +315,15 @@ def make_app(database_url: str, lease: timedelta) -> Starlette:
         yield
         await pool.close()
 
+    async def http_problem(request: Request, exc: Exception) -> Response:
+        # Unknown routes and methods: problem documents too, not Starlette's plain text.
+        status = getattr(exc, "status_code", 500)
+        code = NOT_FOUND if status == 404 else INVALID_REQUEST  # 405 too, as the reference service answers
+        return problem_response(Problem(status, code, str(getattr(exc, "detail", "")) or "error",
+                                        headers=dict(getattr(exc, "headers", None) or {})))
+
     return Starlette(
+        exception_handlers={HTTPException: http_problem},
         routes=[
             Route("/healthz", healthz),
             Route("/v1/payments", create_payment, methods=["POST"]),

@@ -111,8 +111,7 @@ _TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 def parse_idempotency_key(values: list[str]) -> str:
     """The key from the `Idempotency-Key` header's values (one header expected).
 
-    An RFC 8941 sf-string (`"k-123"`, parsed with a structured-field parser, parameters
-    ignored) or a bare token `[A-Za-z0-9._~:+/=-]+` name the same key; 1 to 255 bytes, no
+    An RFC 8941 sf-string (`"k-123"`, parsed with a structured-field parser, no parameters) or a bare token `[A-Za-z0-9._~:+/=-]+` name the same key; 1 to 255 bytes, no
     control characters. Missing: 400 `idempotency_key_missing`; anything else that is not
     such a key: 400 `idempotency_key_invalid`.
     """
@@ -129,6 +128,8 @@ def parse_idempotency_key(values: list[str]) -> str:
             raise _invalid_key("the Idempotency-Key is not a valid sf-string") from None
         if not isinstance(item.value, str) or isinstance(item.value, Token):
             raise _invalid_key("the Idempotency-Key is not a valid sf-string")
+        if len(item.params):
+            raise _invalid_key("the Idempotency-Key takes no parameters")
         key = str(item.value)
     elif _BARE_TOKEN.fullmatch(raw):
         key = raw

@@ -82,8 +82,14 @@ function amountOf(body: Json): string {
   return a
 }
 
-function validatePayment(body: Json): void {
+function members(body: Json, allowed: string[]): asserts body is Obj {
   if (!isObject(body)) throw invalid('the body must be a JSON object')
+  const unknown = Object.keys(body).filter((k) => !allowed.includes(k))
+  if (unknown.length) throw invalid(`unknown member ${JSON.stringify(unknown[0])}`)
+}
+
+function validatePayment(body: Json): void {
+  members(body, ['amount', 'currency', 'card', 'description'])
   amountOf(body)
   if (typeof body.currency !== 'string' || !CURRENCY.test(body.currency)) throw invalid('"currency" must be 3 upper-case letters')
   if (typeof body.card !== 'string' || body.card === '') throw invalid('"card" must be a non-empty token')
@@ -91,7 +97,7 @@ function validatePayment(body: Json): void {
 }
 
 function validateRefund(body: Json): void {
-  if (!isObject(body)) throw invalid('the body must be a JSON object')
+  members(body, ['amount'])
   amountOf(body)
 }
 
@@ -216,6 +222,9 @@ export function makeApp(pool: pg.Pool, lease: number): express.Express {
       return send(res, problemReply(e as http.Problem))
     }
     const key = req.params.key as string
+    if (Buffer.byteLength(key) < 1 || Buffer.byteLength(key) > 255 || /[\x00-\x1f\x7f]/.test(key)) {
+      return send(res, problemReply(new http.Problem(400, http.code.IDEMPOTENCY_KEY_INVALID, 'a key is 1 to 255 bytes without control characters')))
+    }
     const c = await pool.connect()
     try {
       const k = await check(c, tenant, key)
@@ -234,6 +243,13 @@ export function makeApp(pool: pg.Pool, lease: number): express.Express {
     await pool.query('SELECT 1')
     send(res, { status: 200, body: { status: 'ok' } })
   })
+
+  // Unknown routes and methods: problem documents too, not Express's HTML page.
+  const routes = ['/v1/payments', '/v1/payments/:id', '/v1/payments/:id/refunds', '/v1/refunds/:id', '/v1/idempotency-keys/:key', '/healthz']
+  for (const route of routes) {
+    app.all(route, (_req: Request, res: Response) => send(res, problemReply(new http.Problem(405, http.code.INVALID_REQUEST, 'this method is not allowed on this route'))))
+  }
+  app.use((_req: Request, res: Response) => send(res, notFound()))
 
   // Anything unexpected: a problem document, not Express's HTML page.
   app.use((err: unknown, _req: Request, res: Response, _next: express.NextFunction) => {
