@@ -12,7 +12,8 @@ PROFILE   ?= release
 .PHONY: setup install test test-core test-pg test-isolation test-regress demo clean \
 	test-upgrade test-standby test-dump test-ops test-vectors fuzz fuzz-smoke \
 	torture crash test-torture package test-meta test-matrix matrix-init test-all \
-	bench bench-smoke test-http serve bench-http
+	bench bench-smoke test-http serve bench-http \
+	test-client-python test-client-typescript test-http-examples
 
 setup:
 	@bash scripts/setup.sh
@@ -163,8 +164,28 @@ serve: install
 bench-http: install
 	PG_BINDIR="$(PG_BINDIR)" bash bench/http/run.sh
 
+# --- The client libraries (clients/python, clients/typescript; docs/clients.md) -------------
+#   test-client-python      the Python package's tests (pytest) on a scratch PostgreSQL, then
+#                           mypy --strict (scripts/client-python-test.sh; port 54521; PyPI
+#                           packages into build/venv-clients when missing)
+#   test-client-typescript  the npm package's tests (tsc, node --test) on a scratch PostgreSQL
+#                           (scripts/client-typescript-test.sh; port 54522, HTTP 18110; npm ci
+#                           from the committed package-lock.json when missing)
+#   test-http-examples      the example payments services of both libraries against the
+#                           conformance suite's core set (scripts/http-examples-test.sh; port
+#                           54523, HTTP 18120-18121)
+test-client-python: install
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/client-python-test.sh
+
+test-client-typescript: install
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/client-typescript-test.sh
+
+test-http-examples: install
+	PG_BINDIR="$(PG_BINDIR)" bash scripts/http-examples-test.sh
+
 test: setup test-core test-meta test-pg test-isolation test-regress test-vectors test-ops \
-	test-torture bench-smoke fuzz-smoke test-matrix test-http
+	test-torture bench-smoke fuzz-smoke test-matrix test-http \
+	test-client-python test-client-typescript test-http-examples
 	@echo "make test: all suites passed"
 
 # The whole matrix: the core tests once, PostgreSQL 15's suites, then 13, 14, 16, 17, 18.
