@@ -89,10 +89,11 @@ def test_forget_and_purge(conn: psycopg.Connection, scope: str) -> None:
     conn.commit()
     assert idem.forget(conn, scope, "k") is True
     assert idem.forget(conn, scope, "k") is False
-    idem.begin(conn, scope, "short", CMD, ttl=timedelta(milliseconds=1))
+    # A ttl long enough for complete to find the key live even on a loaded machine.
+    idem.begin(conn, scope, "short", CMD, ttl=timedelta(seconds=1))
     idem.complete(conn, scope, "short")
     conn.commit()
-    time.sleep(0.01)
+    time.sleep(1.1)
     assert idem.purge(conn, 100000) >= 1
     assert idem.purge(conn, 100000) == 0
     conn.commit()
@@ -395,7 +396,7 @@ def test_phased_in_progress_reports_the_lease(conn: psycopg.Connection, conn2: p
     other = idem.claim(conn2, scope, "k", CMD)
     assert other.outcome is Outcome.IN_PROGRESS
     lease = other.lease()
-    assert lease.lease_expires_at is not None and 29 <= lease.retry_after <= 30
+    assert lease.lease_expires_at is not None and 20 <= lease.retry_after <= 30
     a = answer_for_begin(other.begin, lease=lease)
     assert a is not None and (a.status, a.headers["Retry-After"]) == (409, str(lease.retry_after))
 

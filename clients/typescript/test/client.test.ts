@@ -87,9 +87,10 @@ test('forget and purge', async () => {
   await complete(c, s, 'k', { response: { ok: true } })
   assert.equal(await forget(c, s, 'k'), true)
   assert.equal(await forget(c, s, 'k'), false)
-  await begin(c, s, 'short', CMD, { ttl: 200 })
+  // A ttl long enough for complete to find the key live even on a loaded machine.
+  await begin(c, s, 'short', CMD, { ttl: 1000 })
   await complete(c, s, 'short')
-  await sleep(300)
+  await sleep(1100)
   assert.ok((await purge(c, 100000)) >= 1)
   assert.equal(await purge(c, 100000), 0)
 })
@@ -378,7 +379,7 @@ test('phased: in_progress reports the lease', async () => {
   const other = await claim(c2, { scope: s, key: 'k', command: CMD })
   assert.equal(other.outcome, 'in_progress')
   const l = await other.lease()
-  assert.ok(l.leaseExpiresAt !== null && l.retryAfter >= 29 && l.retryAfter <= 30, String(l.retryAfter))
+  assert.ok(l.leaseExpiresAt !== null && l.retryAfter >= 20 && l.retryAfter <= 30, String(l.retryAfter))
   const a = http.answerForBegin(other.begin, { lease: l })!
   assert.deepEqual([a.status, a.headers['Retry-After']], [409, String(l.retryAfter)])
 })
