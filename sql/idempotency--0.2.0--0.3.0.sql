@@ -1,0 +1,7 @@
+-- idempotency 0.2.0 -> 0.3.0 (run by ALTER EXTENSION idempotency UPDATE).
+--
+-- Every statement that changes an object of 0.2.0 (sql/releases/idempotency--0.2.0.sql) into
+-- its 0.3.0 form (the SQL that `cargo pgrx install` generates for 0.3.0 from
+-- sql/idempotency.sql) goes here, so that an upgraded database ends up with exactly the
+-- objects of a fresh CREATE EXTENSION; scripts/upgrade-test.sh compares the two catalogs.
+-- Records are data: a change of the table keeps every row and its meaning.
