@@ -30,7 +30,8 @@ export PG_BINDIR
 .PHONY: setup install package demo clean check test \
 	test-core test-meta test-pg test-regress test-isolation test-vectors test-upgrade \
 	test-standby test-dump test-torture test-crash test-bench test-fuzz test-matrix \
-	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http
+	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
+	test-client-python test-client-typescript test-http-examples
 
 setup:
 	@bash scripts/setup.sh
@@ -64,7 +65,8 @@ check: test-core test-pg test-regress test-isolation
 	@echo "make check: passed"
 
 test: check test-meta test-vectors test-upgrade test-standby test-dump test-torture test-crash \
-	test-bench test-fuzz test-matrix test-http
+	test-bench test-fuzz test-matrix test-http test-client-python test-client-typescript \
+	test-http-examples
 	@echo "make test: every suite passed"
 
 # The pure core: unit, property and vector tests, no PostgreSQL.
@@ -150,6 +152,25 @@ bench-http: $(STAMP).release
 # The full benchmark on a release build; it writes bench/results/ (bench/README.md).
 bench: $(STAMP).release
 	BENCH_PROFILE=release BENCH_COMMAND="make bench PG_CONFIG=$(PG_CONFIG)" bash bench/run.sh
+
+# --- The client libraries (clients/python, clients/typescript; docs/clients.md) -------------
+#   test-client-python      the Python package's tests (pytest) on a scratch PostgreSQL, then
+#                           mypy --strict (scripts/client-python-test.sh; port 54521; PyPI
+#                           packages into build/venv-clients when missing)
+#   test-client-typescript  the npm package's tests (tsc, node --test) on a scratch PostgreSQL
+#                           (scripts/client-typescript-test.sh; port 54522, HTTP 18110; npm ci
+#                           from the committed package-lock.json when missing)
+#   test-http-examples      the example payments services of both libraries against the
+#                           conformance suite's core set (scripts/http-examples-test.sh; port
+#                           54523, HTTP 18120-18121)
+test-client-python: $(STAMP).debug
+	bash scripts/client-python-test.sh
+
+test-client-typescript: $(STAMP).debug
+	bash scripts/client-typescript-test.sh
+
+test-http-examples: $(STAMP).debug
+	bash scripts/http-examples-test.sh
 
 clean:
 	cargo clean
