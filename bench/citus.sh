@@ -6,15 +6,18 @@
 # Citus's own cost. pgbench -M prepared over TCP on 127.0.0.1, interleaved rounds, the median.
 #
 #   CITUS_PG_CONFIG      pg_config of a PostgreSQL with Citus and this extension installed
-#   BENCH_CITUS_PORT     the coordinator's port (default 54365; workers +1, +2; plain node +3)
+#   BENCH_CITUS_PORT     the coordinator's port (default: scripts/lib.sh port_of bench-citus,
+#                        54363; workers +1, +2; the plain node +3)
 #   BENCH_SECONDS (20)   per pgbench run; BENCH_CLIENTS ("1 16"); BENCH_ROUNDS (3)
 # Results: build/bench-citus/results.md (and the pgbench logs beside it).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
+NAME=bench-citus
 : "${CITUS_PG_CONFIG:?set CITUS_PG_CONFIG to the pg_config of a PostgreSQL with Citus and this extension installed}"
 PG_BINDIR=$("$CITUS_PG_CONFIG" --bindir)
-PORT=${BENCH_CITUS_PORT:-54365}
+# shellcheck source=../scripts/lib.sh
+. "$(dirname "$0")/../scripts/lib.sh"
+PORT=${BENCH_CITUS_PORT:-$(port_of bench-citus)}
 PLAIN_PORT=$((PORT + 3))
 SECONDS_EACH=${BENCH_SECONDS:-20}
 CLIENTS=${BENCH_CLIENTS:-"1 16"}
@@ -24,18 +27,18 @@ OUT=$BASE/results.md
 # shellcheck source=../scripts/citus-cluster.sh
 . "$ROOT/scripts/citus-cluster.sh"
 
-log() { printf '[bench-citus %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 psql() { "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d bench "$@"; }
 mkdir -p "$BASE"
-trap 'citus_cluster_stop "$BASE"; "$ROOT/scripts/pgcluster.sh" stop "$BASE/plain"' EXIT
+trap 'citus_cluster_stop "$BASE"; cluster_stop "$BASE/plain"' EXIT
 
 log "a coordinator and two workers on $PORT..$((PORT + 2)), one plain node on $PLAIN_PORT"
 citus_cluster_start "$BASE" "$PORT" bench
-"$ROOT/scripts/pgcluster.sh" stop "$BASE/plain" || true
+cluster_stop "$BASE/plain"
 rm -rf "$BASE/plain"
+mkdir -p "$BASE/plain"
 # The plain node: the same settings without Citus.
 PGCLUSTER_SETTINGS=$(citus_settings | grep -v -e citus -e shared_preload_libraries) \
-  "$ROOT/scripts/pgcluster.sh" start "$BASE/plain" "$PLAIN_PORT"
+  cluster_start "$BASE/plain" "$PLAIN_PORT"
 "$PG_BINDIR/psql" -X -q -h 127.0.0.1 -U postgres -p "$PLAIN_PORT" -d postgres -c "CREATE DATABASE bench"
 
 TABLE='CREATE TABLE payments (tenant text COLLATE "C" NOT NULL, id bigserial, amount integer NOT NULL,

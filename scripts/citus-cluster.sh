@@ -1,7 +1,7 @@
 # A Citus cluster on one host for scripts/citus-test.sh and bench/citus.sh: a coordinator and
-# two workers, each a scripts/pgcluster.sh cluster listening on 127.0.0.1. Sourced, not run.
-# The caller sets ROOT and PG_BINDIR (the PostgreSQL where Citus and this extension are
-# installed) first.
+# two workers, each a scratch cluster of scripts/lib.sh (cluster_start) listening on 127.0.0.1.
+# Sourced after scripts/lib.sh, with PG_BINDIR the PostgreSQL where Citus and this extension
+# are installed.
 #
 #   citus_cluster_start BASE PORT DB   nodes BASE/coordinator, BASE/worker1, BASE/worker2 on
 #                                      PORT, PORT+1, PORT+2 (fresh data directories); database
@@ -32,7 +32,7 @@ EOF
 citus_cluster_stop() {
   local d
   for d in "$1/coordinator" "$1/worker1" "$1/worker2"; do
-    "$ROOT/scripts/pgcluster.sh" stop "$d" || true
+    cluster_stop "$d" || true
   done
 }
 
@@ -43,7 +43,8 @@ citus_cluster_start() {
   rm -rf "$base/coordinator" "$base/worker1" "$base/worker2"
   i=0
   for node in coordinator worker1 worker2; do
-    PGCLUSTER_SETTINGS=$(citus_settings) "$ROOT/scripts/pgcluster.sh" start "$base/$node" $((port + i))
+    mkdir -p "$base/$node"
+    PGCLUSTER_SETTINGS=$(citus_settings) cluster_start "$base/$node" $((port + i))
     "${psql[@]}" -p $((port + i)) -d postgres -c "CREATE DATABASE $db" >/dev/null
     "${psql[@]}" -p $((port + i)) -d "$db" -c "CREATE EXTENSION citus" >/dev/null
     i=$((i + 1))

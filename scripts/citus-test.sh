@@ -23,15 +23,19 @@
 # (the status file says what ran: PASSED, FAILED or SKIPPED).
 #
 #   CITUS_PG_CONFIG  pg_config of that PostgreSQL
-#   CITUS_PORT       the coordinator's port (default 54360); the workers use the next two
+#   CITUS_PORT       the coordinator's port (default: scripts/lib.sh port_of citus, 54360 with
+#                    the default TEST_PORT_BASE); the workers use the next two
 #   CITUS_REQUESTS   requests of each torture run (default 20000); CITUS_CONNECTIONS (32)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
 NAME=test-citus
+[ -z "${CITUS_PG_CONFIG:-}" ] || PG_BINDIR=$("$CITUS_PG_CONFIG" --bindir)
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 BASE=$ROOT/build/citus
 STATUS=$BASE/status
 mkdir -p "$BASE"
+step() { printf '%s: %s\n' "$NAME" "$*"; }
 
 if [ -z "${CITUS_PG_CONFIG:-}" ]; then
   echo SKIPPED >"$STATUS"
@@ -41,16 +45,11 @@ if [ -z "${CITUS_PG_CONFIG:-}" ]; then
   exit 0
 fi
 echo FAILED >"$STATUS"
-[ -x "$CITUS_PG_CONFIG" ] || { echo "test-citus: FAILED: $CITUS_PG_CONFIG is not executable" >&2; exit 1; }
-PG_BINDIR=$("$CITUS_PG_CONFIG" --bindir)
-export PG_BINDIR
-# shellcheck source=testlib.sh
-. "$ROOT/scripts/testlib.sh"
 [ -f "$("$CITUS_PG_CONFIG" --sharedir)/extension/citus.control" ] \
-  || fail "Citus is not installed in $("$CITUS_PG_CONFIG" --sharedir)/extension (install Citus from its packages first)"
+  || die "Citus is not installed in $("$CITUS_PG_CONFIG" --sharedir)/extension (install Citus from its packages first)"
 require_installed
 
-P0=${CITUS_PORT:-54360}
+P0=${CITUS_PORT:-$(port_of citus)}
 P1=$((P0 + 1))
 P2=$((P0 + 2))
 REQUESTS=${CITUS_REQUESTS:-20000}
@@ -91,7 +90,7 @@ session_wait() { # NAME: waits until the session has run everything sent, prints
     grep -qx -- "$mark" "${SESS_OUT[$name]}" && break
     sleep 0.05
   done
-  grep -qx -- "$mark" "${SESS_OUT[$name]}" || fail "session $name did not answer within 30 s"
+  grep -qx -- "$mark" "${SESS_OUT[$name]}" || die "session $name did not answer within 30 s"
   awk -v m="$mark" '$0 == m { printf "%s", buf; exit }
                     /^--mark-[0-9]+-[0-9]+--$/ { buf = ""; next }
                     { buf = buf $0 "\n" }' "${SESS_OUT[$name]}"
@@ -114,7 +113,7 @@ q() { sql $H "$1" $DB "$2"; }          # PORT SQL
 qs() {
   if ! OUT=$(psql_at $H "$1" $DB -At -F '|' 2>&1); then
     printf '%s\n' "$OUT" >&2
-    fail "the psql script above failed on port $1"
+    die "the psql script above failed on port $1"
   fi
 }
 qdb() { sql $H "$1" "$2" "$3"; }       # PORT DB SQL
@@ -123,15 +122,15 @@ qdb() { sql $H "$1" "$2" "$3"; }       # PORT DB SQL
 err() {
   local out first
   if out=$(psql_at $H "$1" $DB -At -v VERBOSITY=verbose -c "$3" 2>&1); then
-    fail "expected SQLSTATE $2, but it succeeded: $3 (output: $out)"
+    die "expected SQLSTATE $2, but it succeeded: $3 (output: $out)"
   fi
   first=$(grep -m1 '^ERROR:' <<<"$out" || true)
   case "$first" in
     "ERROR:  $2: "*) ;;
-    *) fail "expected SQLSTATE $2 from: $3; got: $out" ;;
+    *) die "expected SQLSTATE $2 from: $3; got: $out" ;;
   esac
   if [ -n "${4:-}" ] && ! grep -Eq -- "$4" <<<"$out"; then
-    fail "SQLSTATE $2 as expected, but '$out' does not match /$4/"
+    die "SQLSTATE $2 as expected, but '$out' does not match /$4/"
   fi
 }
 # The node (port) that holds the shard of a scope.
@@ -219,7 +218,7 @@ for n in $(seq 2 40); do
 done
 PA=$(port_of "$SA")
 PB=$(port_of "$SB")
-[ "$PA" != "$PB" ] || fail "no two tenants on different workers"
+[ "$PA" != "$PB" ] || die "no two tenants on different workers"
 step "scope $SA lives on $PA, $SB on $PB"
 
 # --- 2. the contract through the coordinator ---------------------------------------------------
@@ -335,7 +334,7 @@ INSERT INTO invoices (tenant_id) VALUES (7), (8), (9), (10);
 SELECT idem_complete('$SA', 'k-2pc', resource => 'invoices');
 COMMIT;
 SQL
-[ "$(two_pc)" -gt "$before" ] || fail "a transaction that wrote the records and invoices on several nodes did not use two-phase commit"
+[ "$(two_pc)" -gt "$before" ] || die "a transaction that wrote the records and invoices on several nodes did not use two-phase commit"
 expect_eq "and it committed" "$(q "$P0" "SELECT state FROM idem_check('$SA', 'k-2pc')")" completed
 step "contract through the coordinator: passed"
 
@@ -410,7 +409,7 @@ w1=$(q "$P1" "SELECT idempotency.purge_local(100)")
 w2=$(q "$P2" "SELECT idempotency.purge_local(100)")
 expect_eq "idempotency.purge_local on each node purges its own shards (coordinator: none)" \
   "$(q "$P0" "SELECT idempotency.purge_local(100)"),$((w1 + w2))" "0,12"
-[ "$w1" -gt 0 ] && [ "$w2" -gt 0 ] || fail "purge_local: $w1 on worker 1, $w2 on worker 2: expected both > 0"
+[ "$w1" -gt 0 ] && [ "$w2" -gt 0 ] || die "purge_local: $w1 on worker 1, $w2 on worker 2: expected both > 0"
 SHARD=$(q "$P0" "SELECT get_shard_id_for_distribution_column('idempotency.records', '$SA')")
 err "$(other_worker "$PA")" 22023 "SELECT idempotency.purge_shard($SHARD)" "shard $SHARD of idempotency.records is not placed on this node"
 expect_eq "idempotency.purge_shard on the shard's node" "$(q "$PA" "SELECT idempotency.purge_shard($SHARD, 10)")" 0
@@ -425,10 +424,10 @@ BIN=$ROOT/target/debug/idempotency-torture
 torture() { "$BIN" load --host $H --dbname $DB --citus yes --scopes 16 --keys 16 \
   --connections "$CONNECTIONS" --requests "$REQUESTS" "$@"; }
 t=$(date +%s)
-torture --port "$P0" || fail "torture through the coordinator"
+torture --port "$P0" || die "torture through the coordinator"
 step "torture through the coordinator: passed in $(( $(date +%s) - t )) s"
 t=$(date +%s)
-torture --port "$P0,$P1,$P2" --seed 2 || fail "torture through all three nodes"
+torture --port "$P0,$P1,$P2" --seed 2 || die "torture through all three nodes"
 step "torture through the coordinator and both workers: passed in $(( $(date +%s) - t )) s"
 
 # --- 6. kill -9 of a worker under load --------------------------------------------------------
@@ -438,7 +437,7 @@ t=$(date +%s)
 torture --port "$P0" --seed 3 --node-failures yes >"$BASE/crash-load.log" 2>&1 &
 load=$!
 sleep 4
-kill -0 "$load" 2>/dev/null || { cat "$BASE/crash-load.log"; fail "the load ended before the kill"; }
+kill -0 "$load" 2>/dev/null || { cat "$BASE/crash-load.log"; die "the load ended before the kill"; }
 procs=$(pgrep -P "$pm" | tr '\n' ' ')
 kill -9 "$pm" $procs
 step "kill -9 of worker 1 (postmaster $pm and its $(wc -w <<<"$procs") processes) under load"
@@ -454,20 +453,20 @@ done
 # operator would remove it once no process of it is left.
 rm -f "$VICTIM/data/postmaster.pid"
 sleep 2
-PGCLUSTER_SETTINGS=$(citus_settings) "$ROOT/scripts/pgcluster.sh" start "$VICTIM" "$P1"
+PGCLUSTER_SETTINGS=$(citus_settings) cluster_start "$VICTIM" "$P1"
 grep -q "database system was interrupted\|not properly shut down" "$VICTIM/server.log" \
-  || fail "worker 1 did not run crash recovery"
+  || die "worker 1 did not run crash recovery"
 step "worker 1 restarted and recovered"
 rc=0
 wait "$load" || rc=$?
 cat "$BASE/crash-load.log"
-[ $rc = 0 ] || fail "torture with a worker killed: exit $rc"
+[ $rc = 0 ] || die "torture with a worker killed: exit $rc"
 q "$P0" "SELECT recover_prepared_transactions()" >/dev/null
 expect_eq "no prepared transaction left on any node" \
   "$(q "$P0" "SELECT string_agg(result, ',') FROM run_command_on_all_nodes('SELECT count(*) FROM pg_prepared_xacts')")" "0,0,0"
 step "kill -9 of a worker under load: passed in $(( $(date +%s) - t )) s"
 
 ! grep -n "terminated by signal" "$BASE"/*/server.log \
-  || fail "a server process crashed (see the lines above)"
+  || die "a server process crashed (see the lines above)"
 echo PASSED >"$STATUS"
 step "passed in $(( $(date +%s) - T0 )) s"

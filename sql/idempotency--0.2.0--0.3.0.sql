@@ -4,6 +4,7 @@
 -- its 0.3.0 form (the SQL that `cargo pgrx install` generates for 0.3.0 from
 -- sql/idempotency.sql) goes here, so that an upgraded database ends up with exactly the
 -- objects of a fresh CREATE EXTENSION; scripts/upgrade-test.sh compares the two catalogs.
+-- Records are data: a change of the table keeps every row and its meaning.
 -- Each part of the release keeps its statements in a block of its own, marked BEGIN/END.
 
 -- ============================================================================================

@@ -13,14 +13,15 @@
 //!    claim and the caller's business write commit or vanish together; one that wrote nothing
 //!    gives its acquisition back at once.
 
-use idempotency_core::decision::{self, Begin, Execute, Micros, State, Stored};
+use idempotency_core::decision::{self, Begin, Execute, Existing, Micros, State};
 use pgrx::pg_sys;
 
-use crate::errors::{Found, IdemError, KeyRef, RefusalContext};
+use crate::errors::{IdemError, KeyRef};
 use crate::fmgr::{bytea, sql_functions, text, Args};
 use crate::lock::KeyLock;
 use crate::settings;
-use crate::store::{Claim, Outcome, Record, Store};
+use crate::signature as sig;
+use crate::store::{Claim, Outcome, Records, Row};
 
 sql_functions! {
     idem_begin, pg_finfo_idem_begin => begin;
@@ -62,11 +63,13 @@ fn prevent_if_read_only(function: &'static std::ffi::CStr) -> Result<(), IdemErr
     Ok(())
 }
 
-fn stored(r: &Record, caller: pg_sys::Oid) -> Stored {
-    Stored {
+/// What the decision needs to know of a row, for this caller.
+fn existing(r: &Row, caller: pg_sys::Oid) -> Existing {
+    Existing {
         state: r.state,
         fingerprint: r.fingerprint,
         attempt: r.attempt,
+        created_at: r.created_at,
         expires_at: r.expires_at,
         lease_expires_at: r.lease_expires_at,
         caller_is_owner: owns(caller, r.owner),
@@ -97,64 +100,26 @@ fn require_owner(
     }
 }
 
-/// The detail a refusal's message needs about the record.
-fn refusal_context(
-    r: Option<&Record>,
-    now: Micros,
-    given_fingerprint: [u8; 32],
-    given_attempt: Option<i32>,
-) -> RefusalContext {
-    RefusalContext {
-        first_used: r
-            .map(|r| timestamptz_text(r.created_at))
-            .unwrap_or_default(),
-        stored_fingerprint: r.map(|r| r.fingerprint).unwrap_or_default(),
-        given_fingerprint,
-        found: match r {
-            None => Found::Absent,
-            Some(r) if now >= r.expires_at => Found::Expired,
-            Some(r) => match r.state {
-                State::InProgress => Found::Absent, // not reached: in progress is no refusal
-                State::Completed => Found::Completed,
-                State::Failed { .. } => Found::Failed,
-            },
-        },
-        given_attempt: given_attempt.unwrap_or_default(),
-        current_attempt: r.map(|r| r.attempt).unwrap_or_default(),
-    }
-}
-
-/// A timestamp as the session shows it (DateStyle, TimeZone).
-fn timestamptz_text(t: Micros) -> String {
-    // SAFETY: the type output function of timestamptz on a timestamptz value.
-    unsafe {
-        let mut out = pg_sys::InvalidOid;
-        let mut varlena = false;
-        pg_sys::getTypeOutputInfo(pg_sys::TIMESTAMPTZOID, &mut out, &mut varlena);
-        let s = pg_sys::OidOutputFunctionCall(out, pg_sys::Datum::from(t));
-        std::ffi::CStr::from_ptr(s).to_string_lossy().into_owned()
-    }
-}
-
 fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
-    let (scope_d, scope) = a.key_text(0, "scope")?;
-    let (key_d, key) = a.key_text(1, "key")?;
-    let command = a.jsonb(2, "command", Some(settings::max_command_bytes()))?;
-    let (_, command) = command.ok_or(IdemError::NullArgument {
-        function: "idem_begin",
-        argument: "command",
-    })?;
-    let ttl = a.duration(3, "ttl", settings::ttl(), 1)?;
-    let lease = a.duration(4, "lease", settings::lease(), 1)?;
-    let wait = a.duration(5, "wait", settings::wait(), 0)?;
+    let p = sig::idem_begin::PARAMS;
+    let (scope_d, scope) = a.key_text(p.scope)?;
+    let (key_d, key) = a.key_text(p.key)?;
+    let (_, command) = a
+        .jsonb(p.command, Some(settings::max_command_size()))?
+        .ok_or(IdemError::NullArgument {
+            function: a.function(),
+            argument: p.command.name,
+        })?;
+    let ttl = a.duration(p.ttl, settings::ttl(), 1)?;
+    let lease = a.duration(p.lease, settings::lease(), 1)?;
+    let wait = a.duration(p.wait, settings::wait(), 0)?;
     prevent_if_read_only(c"idem_begin()")?;
     crate::citus::require_shard_here("idem_begin()", scope_d)?;
     let fingerprint = idempotency_core::fingerprint(command)?;
-    let at = || KeyRef::new(scope, key);
     let caller = caller();
     let lock = KeyLock::new(scope, key);
 
-    let store = Store::open()?;
+    let records = Records::open()?;
     let mut holds_lock = lock.try_acquire();
     let mut now = now();
     let request = |holds_lock: bool, now: Micros| decision::BeginRequest {
@@ -184,32 +149,29 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             lease_expires_at,
         })) = decision::begin(None, &request(holds_lock, now))
         {
-            if store.insert(&claim(now, expires_at, lease_expires_at))? {
-                drop(store);
-                return BeginRow::execute(1, None, None, fingerprint, expires_at).into_datum(a);
+            if records.insert(&claim(now, expires_at, lease_expires_at))? {
+                drop(records);
+                return a.row(executes(1, None, None, fingerprint, expires_at).values());
             }
         }
     }
-    let mut record = store.lookup(scope_d, key_d, false)?;
-    let decide = |record: Option<&Record>, holds_lock: bool, now: Micros| {
-        let request = request(holds_lock, now);
-        decision::begin(record.map(|r| stored(r, caller)).as_ref(), &request).map_err(|refusal| {
-            IdemError::from_refusal(
-                refusal,
-                at(),
-                &refusal_context(record, now, fingerprint, None),
-            )
-        })
+    let mut row = records.lookup(scope_d, key_d, false)?;
+    let decide = |row: Option<&Row>, holds_lock: bool, now: Micros| {
+        decision::begin(
+            row.map(|r| existing(r, caller)).as_ref(),
+            &request(holds_lock, now),
+        )
+        .map_err(|refusal| IdemError::from_refusal(refusal, KeyRef::new(scope, key)))
     };
-    let mut outcome = decide(record.as_ref(), holds_lock, now)?;
+    let mut outcome = decide(row.as_ref(), holds_lock, now)?;
     if outcome == Begin::InProgress && !holds_lock && wait > 0 {
         holds_lock = lock.acquire_within(wait);
-        record = store.lookup(scope_d, key_d, false)?;
+        row = records.lookup(scope_d, key_d, false)?;
         now = self::now();
-        outcome = decide(record.as_ref(), holds_lock, now)?;
+        outcome = decide(row.as_ref(), holds_lock, now)?;
     }
 
-    let row = match outcome {
+    let out = match outcome {
         Begin::Execute(Execute::Claim {
             expires_at,
             lease_expires_at,
@@ -217,27 +179,27 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             let claim = claim(now, expires_at, lease_expires_at);
             // An expired row is reused; if idem_purge deleted it meanwhile, insert. Holding
             // the lock, no other request can have inserted one in between.
-            let claimed = (record.is_some() && store.reclaim(&claim)?) || store.insert(&claim)?;
+            let claimed = (row.is_some() && records.reclaim(&claim)?) || records.insert(&claim)?;
             if !claimed {
                 return Err(IdemError::Internal(format!(
                     "the record of key \"{key}\" in scope \"{scope}\" changed while its lock was held"
                 )));
             }
-            BeginRow::execute(1, None, None, fingerprint, expires_at)
+            executes(1, None, None, fingerprint, expires_at)
         }
         Begin::Execute(Execute::Resume {
             attempt,
             lease_expires_at,
         }) => {
-            let r = record
+            let r = row
                 .as_ref()
                 .ok_or_else(|| IdemError::Internal("resume without a record".into()))?;
-            if !store.resume(scope_d, key_d, attempt, lease_expires_at, lease)? {
+            if !records.resume(scope_d, key_d, attempt, lease_expires_at, lease)? {
                 return Err(IdemError::Internal(format!(
                     "the record of key \"{key}\" vanished while its lock was held"
                 )));
             }
-            BeginRow::execute(
+            executes(
                 attempt,
                 r.recovery_point,
                 r.recovery_data,
@@ -246,232 +208,185 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             )
         }
         Begin::Replay => {
-            let r = record
+            let r = row
                 .as_ref()
                 .ok_or_else(|| IdemError::Internal("replay without a record".into()))?;
-            BeginRow {
-                outcome: "replay",
-                state: r.state.as_str(),
-                attempt: Some(r.attempt),
+            sig::idem_begin::Out {
+                outcome: Some(text("replay")),
+                state: Some(text(r.state.as_str())),
+                attempt: Some(r.attempt.into()),
                 recovery_point: None,
                 recovery_data: None,
-                http_status: r.http_status,
+                http_status: r.http_status.map(pg_sys::Datum::from),
                 response: r.response,
                 resource: r.resource,
-                fingerprint,
-                expires_at: Some(r.expires_at),
+                fingerprint: Some(bytea(&fingerprint)),
+                expires_at: Some(r.expires_at.into()),
             }
         }
         Begin::InProgress => {
-            let live = record.as_ref().filter(|r| now < r.expires_at);
-            BeginRow {
-                outcome: "in_progress",
-                state: State::InProgress.as_str(),
-                attempt: live.map(|r| r.attempt),
+            let live = row.as_ref().filter(|r| now < r.expires_at);
+            sig::idem_begin::Out {
+                outcome: Some(text("in_progress")),
+                state: Some(text(State::InProgress.as_str())),
+                attempt: live.map(|r| r.attempt.into()),
                 recovery_point: None,
                 recovery_data: None,
-                http_status: Some(HTTP_CONFLICT),
+                http_status: Some(HTTP_CONFLICT.into()),
                 response: None,
                 resource: None,
-                fingerprint,
-                expires_at: live.map(|r| r.expires_at),
+                fingerprint: Some(bytea(&fingerprint)),
+                expires_at: live.map(|r| r.expires_at.into()),
             }
         }
     };
     if holds_lock && !matches!(outcome, Begin::Execute(_)) {
         lock.release();
     }
-    drop(store);
-    row.into_datum(a)
+    drop(records);
+    a.row(out.values())
 }
 
-/// The row `idem_begin` returns.
-struct BeginRow {
-    outcome: &'static str,
-    state: &'static str,
-    attempt: Option<i32>,
+/// The row of `idem_begin` that answers `execute`.
+fn executes(
+    attempt: i32,
     recovery_point: Option<pg_sys::Datum>,
     recovery_data: Option<pg_sys::Datum>,
-    http_status: Option<i32>,
-    response: Option<pg_sys::Datum>,
-    resource: Option<pg_sys::Datum>,
     fingerprint: [u8; 32],
-    expires_at: Option<Micros>,
-}
-
-impl BeginRow {
-    fn execute(
-        attempt: i32,
-        recovery_point: Option<pg_sys::Datum>,
-        recovery_data: Option<pg_sys::Datum>,
-        fingerprint: [u8; 32],
-        expires_at: Micros,
-    ) -> Self {
-        BeginRow {
-            outcome: "execute",
-            state: State::InProgress.as_str(),
-            attempt: Some(attempt),
-            recovery_point,
-            recovery_data,
-            http_status: None,
-            response: None,
-            resource: None,
-            fingerprint,
-            expires_at: Some(expires_at),
-        }
-    }
-
-    fn into_datum(self, a: &Args) -> Result<pg_sys::Datum, IdemError> {
-        a.composite(&[
-            Some(text(self.outcome)),
-            Some(text(self.state)),
-            self.attempt.map(pg_sys::Datum::from),
-            self.recovery_point,
-            self.recovery_data,
-            self.http_status.map(pg_sys::Datum::from),
-            self.response,
-            self.resource,
-            Some(bytea(&self.fingerprint)),
-            self.expires_at.map(pg_sys::Datum::from),
-        ])
+    expires_at: Micros,
+) -> sig::idem_begin::Out {
+    sig::idem_begin::Out {
+        outcome: Some(text("execute")),
+        state: Some(text(State::InProgress.as_str())),
+        attempt: Some(attempt.into()),
+        recovery_point,
+        recovery_data,
+        http_status: None,
+        response: None,
+        resource: None,
+        fingerprint: Some(bytea(&fingerprint)),
+        expires_at: Some(expires_at.into()),
     }
 }
 
-/// What `idem_complete`, `idem_fail` and `idem_checkpoint` share: lock the key (waiting like
-/// any row lock would), read it, and check it is the caller's, live, in progress and, given
-/// an attempt, at that attempt.
-/// `fast`, if given, tries the write in one statement that checks the guard itself (see
-/// `Store::complete_owned`); when it writes nothing, the record is read and the guard decides.
-fn settle<T>(
-    a: &Args,
-    function: &'static std::ffi::CStr,
-    attempt_arg: usize,
-    fast: Option<FastPath<T>>,
-    write: impl FnOnce(&Store, pg_sys::Datum, pg_sys::Datum, &Record, Micros) -> Result<T, IdemError>,
-) -> Result<T, IdemError> {
-    let (scope_d, scope) = a.key_text(0, "scope")?;
-    let (key_d, key) = a.key_text(1, "key")?;
-    let attempt = a.i32(attempt_arg);
-    prevent_if_read_only(function)?;
-    crate::citus::require_shard_here(function.to_str().unwrap_or("this function"), scope_d)?;
-    let caller = caller();
-    KeyLock::new(scope, key).acquire();
-    let store = Store::open()?;
-    let now = now();
-    if let Some(fast) = fast {
-        let done = fast(
-            &store,
-            Fast {
-                scope: scope_d,
-                key: key_d,
-                caller,
-                attempt,
-                now,
-            },
-        )?;
-        if let Some(done) = done {
-            return Ok(done);
-        }
+/// A key that `idem_complete`, `idem_fail` or `idem_checkpoint` acts on: locked (waiting like
+/// any row lock would), with the table open.
+struct Settling<'a> {
+    scope_d: pg_sys::Datum,
+    key_d: pg_sys::Datum,
+    scope: &'a str,
+    key: &'a str,
+    caller: pg_sys::Oid,
+    attempt: Option<i32>,
+    now: Micros,
+    records: Records,
+}
+
+impl<'a> Settling<'a> {
+    fn lock(
+        a: &'a Args,
+        scope: sig::Param,
+        key: sig::Param,
+        attempt: sig::Param,
+        function: &'static std::ffi::CStr,
+    ) -> Result<Self, IdemError> {
+        let (scope_d, scope) = a.key_text(scope)?;
+        let (key_d, key) = a.key_text(key)?;
+        let attempt = a.i32(attempt);
+        prevent_if_read_only(function)?;
+        crate::citus::require_shard_here(function.to_str().unwrap_or("this function"), scope_d)?;
+        let caller = caller();
+        KeyLock::new(scope, key).acquire();
+        Ok(Settling {
+            scope_d,
+            key_d,
+            scope,
+            key,
+            caller,
+            attempt,
+            now: now(),
+            records: Records::open()?,
+        })
     }
-    let record = store.lookup(scope_d, key_d, false)?;
-    decision::settle(
-        record.as_ref().map(|r| stored(r, caller)).as_ref(),
-        now,
-        attempt,
-    )
-    .map_err(|refusal| {
-        let at = KeyRef::new(scope, key);
-        IdemError::from_refusal(
-            refusal,
-            at,
-            &refusal_context(record.as_ref(), now, [0; 32], attempt),
+
+    /// Reads the record and checks that it is the caller's, live, in progress and, given an
+    /// attempt, at that attempt (`decision::settle`).
+    fn guard(&self) -> Result<Row, IdemError> {
+        let row = self.records.lookup(self.scope_d, self.key_d, false)?;
+        decision::settle(
+            row.as_ref().map(|r| existing(r, self.caller)).as_ref(),
+            self.now,
+            self.attempt,
         )
-    })?;
-    let record = record.ok_or_else(|| IdemError::Internal("settled without a record".into()))?;
-    write(&store, scope_d, key_d, &record, now)
+        .map_err(|refusal| IdemError::from_refusal(refusal, KeyRef::new(self.scope, self.key)))?;
+        row.ok_or_else(|| IdemError::Internal("settled without a record".into()))
+    }
 }
 
 fn complete(a: &Args) -> Result<pg_sys::Datum, IdemError> {
-    let limit = settings::max_response_bytes();
-    let response = a.jsonb(2, "response", Some(limit))?.map(|(d, _)| d);
-    let resource = a.text(3, "resource", limit)?;
-    let http_status = a.http_status(4)?;
+    let p = sig::idem_complete::PARAMS;
+    let limit = settings::max_response_size();
+    let response = a.jsonb(p.response, Some(limit))?.map(|(d, _)| d);
+    let resource = a.text(p.resource, limit)?;
+    let http_status = a.http_status(p.http_status)?;
     let outcome = Outcome {
         state: State::Completed,
         http_status,
         response,
         resource,
     };
-    let fast = |store: &Store, f: Fast| {
-        Ok(store
-            .complete_owned(f.scope, f.key, &outcome, f.now, f.caller, f.attempt)?
-            .then_some(()))
-    };
-    settle(
-        a,
-        c"idem_complete()",
-        5,
-        Some(&fast),
-        |store, scope, key, _, _| written(store.finish(scope, key, &outcome)?),
-    )?;
+    let s = Settling::lock(a, p.scope, p.key, p.attempt, c"idem_complete()")?;
+    // The common case in one statement that checks the guard itself (the caller's own live
+    // claim at the given attempt); when it writes nothing, the guard says why, or a member of
+    // the owner's role completes through the general path.
+    if !s
+        .records
+        .complete_owned(s.scope_d, s.key_d, &outcome, s.now, s.caller, s.attempt)?
+    {
+        s.guard()?;
+        written(s.records.finish(s.scope_d, s.key_d, &outcome)?)?;
+    }
     Ok(pg_sys::Datum::from(0))
 }
 
 fn fail(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+    let p = sig::idem_fail::PARAMS;
     let error = a
-        .jsonb(2, "error", Some(settings::max_response_bytes()))?
+        .jsonb(p.error, Some(settings::max_response_size()))?
         .map(|(d, _)| d);
-    let retryable = a.bool(3).ok_or(IdemError::NullArgument {
-        function: "idem_fail",
-        argument: "retryable",
-    })?;
-    let http_status = a.http_status(4)?;
-    settle(a, c"idem_fail()", 5, None, |store, scope, key, _, _| {
-        let outcome = Outcome {
-            state: State::Failed { retryable },
-            http_status,
-            response: error,
-            resource: None,
-        };
-        written(store.finish(scope, key, &outcome)?)
-    })?;
+    let retryable = a.bool(p.retryable)?;
+    let http_status = a.http_status(p.http_status)?;
+    let s = Settling::lock(a, p.scope, p.key, p.attempt, c"idem_fail()")?;
+    s.guard()?;
+    let outcome = Outcome {
+        state: State::Failed { retryable },
+        http_status,
+        response: error,
+        resource: None,
+    };
+    written(s.records.finish(s.scope_d, s.key_d, &outcome)?)?;
     Ok(pg_sys::Datum::from(0))
 }
 
 fn checkpoint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
-    let limit = settings::max_response_bytes();
+    let p = sig::idem_checkpoint::PARAMS;
+    let limit = settings::max_response_size();
     let point = a
-        .text(2, "recovery_point", limit)?
+        .text(p.recovery_point, limit)?
         .ok_or(IdemError::NullArgument {
-            function: "idem_checkpoint",
-            argument: "recovery_point",
+            function: a.function(),
+            argument: p.recovery_point.name,
         })?;
-    let data = a.jsonb(3, "data", Some(limit))?.map(|(d, _)| d);
-    let lease_expires_at = settle(
-        a,
-        c"idem_checkpoint()",
-        4,
-        None,
-        |store, scope, key, record, now| {
-            // The lease is renewed by the length the claim was made with.
-            let lease_expires_at = decision::later(now, record.lease);
-            written(store.checkpoint(scope, key, point, data, lease_expires_at)?)?;
-            Ok(lease_expires_at)
-        },
+    let data = a.jsonb(p.data, Some(limit))?.map(|(d, _)| d);
+    let s = Settling::lock(a, p.scope, p.key, p.attempt, c"idem_checkpoint()")?;
+    let row = s.guard()?;
+    // The lease is renewed by the length the claim was made with.
+    let lease_expires_at = decision::later(s.now, row.lease);
+    written(
+        s.records
+            .checkpoint(s.scope_d, s.key_d, point, data, lease_expires_at)?,
     )?;
     Ok(pg_sys::Datum::from(lease_expires_at))
-}
-
-/// A write that checks the guard itself, tried before the record is read.
-type FastPath<'a, T> = &'a dyn Fn(&Store, Fast) -> Result<Option<T>, IdemError>;
-
-/// What a fast path of `settle` is given.
-struct Fast {
-    scope: pg_sys::Datum,
-    key: pg_sys::Datum,
-    caller: pg_sys::Oid,
-    attempt: Option<i32>,
-    now: Micros,
 }
 
 /// A write under the key's lock finds the row it just read.
@@ -486,65 +401,67 @@ fn written(found: bool) -> Result<(), IdemError> {
 }
 
 fn check(a: &Args) -> Result<pg_sys::Datum, IdemError> {
-    let (scope_d, scope) = a.key_text(0, "scope")?;
-    let (key_d, key) = a.key_text(1, "key")?;
-    let command = a.jsonb(2, "command", Some(settings::max_command_bytes()))?;
+    let p = sig::idem_check::PARAMS;
+    let (scope_d, scope) = a.key_text(p.scope)?;
+    let (key_d, key) = a.key_text(p.key)?;
+    let command = a.jsonb(p.command, Some(settings::max_command_size()))?;
     let given = command
         .map(|(_, bytes)| idempotency_core::fingerprint(bytes))
         .transpose()?;
     let caller = caller();
-    let store = Store::open()?;
-    let record = store.lookup(scope_d, key_d, true)?;
-    drop(store);
+    let records = Records::open()?;
+    let row = records.lookup(scope_d, key_d, true)?;
+    drop(records);
     let now = now();
-    let Some(r) = record.filter(|r| now < r.expires_at) else {
-        return a.composite(&[
-            Some(text("absent")),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        ]);
+    let Some(r) = row.filter(|r| now < r.expires_at) else {
+        return a.row(
+            sig::idem_check::Out {
+                state: Some(text("absent")),
+                matches: None,
+                attempt: None,
+                recovery_point: None,
+                http_status: None,
+                response: None,
+                resource: None,
+                created_at: None,
+                expires_at: None,
+                lease_expires_at: None,
+            }
+            .values(),
+        );
     };
     require_owner(caller, r.owner, scope, key)?;
-    a.composite(&[
-        Some(text(r.state.as_str())),
-        given.map(|fp| pg_sys::Datum::from(fp == r.fingerprint)),
-        Some(pg_sys::Datum::from(r.attempt)),
-        r.recovery_point,
-        r.http_status.map(pg_sys::Datum::from),
-        r.response,
-        r.resource,
-        Some(pg_sys::Datum::from(r.created_at)),
-        Some(pg_sys::Datum::from(r.expires_at)),
-        r.lease_expires_at
-            .filter(|_| r.state == State::InProgress)
-            .map(pg_sys::Datum::from),
-    ])
+    a.row(
+        sig::idem_check::Out {
+            state: Some(text(r.state.as_str())),
+            matches: given.map(|fp| pg_sys::Datum::from(fp == r.fingerprint)),
+            attempt: Some(r.attempt.into()),
+            recovery_point: r.recovery_point,
+            http_status: r.http_status.map(pg_sys::Datum::from),
+            response: r.response,
+            resource: r.resource,
+            created_at: Some(r.created_at.into()),
+            expires_at: Some(r.expires_at.into()),
+            lease_expires_at: r
+                .lease_expires_at
+                .filter(|_| r.state == State::InProgress)
+                .map(pg_sys::Datum::from),
+        }
+        .values(),
+    )
 }
 
 fn fingerprint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
-    let (_, command) = a
-        .jsonb(0, "command", None)?
-        .ok_or(IdemError::NullArgument {
-            function: "idem_fingerprint",
-            argument: "command",
-        })?;
+    // SAFETY: a jsonb argument of a STRICT function.
+    let (_, command) =
+        unsafe { crate::fmgr::jsonb_bytes(a.strict(sig::idem_fingerprint::PARAMS.command)) };
     Ok(bytea(&idempotency_core::fingerprint(command)?))
 }
 
 fn canonical(a: &Args) -> Result<pg_sys::Datum, IdemError> {
-    let (_, command) = a
-        .jsonb(0, "command", None)?
-        .ok_or(IdemError::NullArgument {
-            function: "idem_canonical",
-            argument: "command",
-        })?;
+    // SAFETY: a jsonb argument of a STRICT function.
+    let (_, command) =
+        unsafe { crate::fmgr::jsonb_bytes(a.strict(sig::idem_canonical::PARAMS.command)) };
     let text = idempotency_core::canonical(command)?;
     // SAFETY: copies the bytes into a text value in the current memory context.
     Ok(pg_sys::Datum::from(unsafe {
@@ -553,9 +470,10 @@ fn canonical(a: &Args) -> Result<pg_sys::Datum, IdemError> {
 }
 
 fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
-    let max_rows = a.i32(0).ok_or(IdemError::NullArgument {
-        function: "idem_purge",
-        argument: "max_rows",
+    let p = sig::idem_purge::PARAMS;
+    let max_rows = a.i32(p.max_rows).ok_or(IdemError::NullArgument {
+        function: a.function(),
+        argument: p.max_rows.name,
     })?;
     if max_rows < 1 {
         return Err(IdemError::InvalidArgument {
@@ -568,27 +486,28 @@ fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     if crate::citus::distributed()? {
         return Ok(pg_sys::Datum::from(crate::citus::purge(max_rows)?));
     }
-    let store = Store::open()?;
-    let deleted = store.purge(now(), max_rows)?;
+    let records = Records::open()?;
+    let deleted = records.purge(now(), max_rows)?;
     Ok(pg_sys::Datum::from(deleted as i64))
 }
 
 fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
-    let (scope_d, scope) = a.key_text(0, "scope")?;
-    let (key_d, key) = a.key_text(1, "key")?;
+    let p = sig::idem_forget::PARAMS;
+    let (scope_d, scope) = a.key_text(p.scope)?;
+    let (key_d, key) = a.key_text(p.key)?;
     prevent_if_read_only(c"idem_forget()")?;
     crate::citus::require_shard_here("idem_forget()", scope_d)?;
     let caller = caller();
     // Waits for a transaction that holds the key, so that a claim in flight is not pulled
     // from under it.
     KeyLock::new(scope, key).acquire();
-    let store = Store::open()?;
-    let Some(r) = store
+    let records = Records::open()?;
+    let Some(r) = records
         .lookup(scope_d, key_d, false)?
         .filter(|r| now() < r.expires_at)
     else {
         return Ok(pg_sys::Datum::from(false));
     };
     require_owner(caller, r.owner, scope, key)?;
-    Ok(pg_sys::Datum::from(store.forget(scope_d, key_d)?))
+    Ok(pg_sys::Datum::from(records.forget(scope_d, key_d)?))
 }

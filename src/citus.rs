@@ -393,14 +393,17 @@ unsafe extern "C-unwind" fn planner(
     unsafe {
         pg_sys::submodules::panic::pgrx_extern_c_guard(|| {
             if let Some(function) = null_scope_call(parse, bound_params) {
-                pending.set(&IdemError::NullArgument {
-                    function,
-                    argument: "scope",
-                });
+                pending.set(
+                    &IdemError::NullArgument {
+                        function,
+                        argument: "scope",
+                    },
+                    c"idempotency planner hook",
+                );
             }
         });
         // Only plain values are alive here: the raise leaves by longjmp.
-        pending.raise_if_set(c"idempotency planner hook");
+        pending.raise_if_set();
         match PREV_PLANNER {
             Some(prev) => prev(parse, query_string, cursor_options, bound_params),
             None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),

@@ -6,12 +6,19 @@
 //! any code it does not know into XX000. So errors are reported here through PostgreSQL's
 //! `errstart`/`errcode`/`errmsg_internal`/`errfinish` directly, from the outermost frame of
 //! each SQL function (see `fmgr.rs`), where no Rust value that needs dropping is alive.
+//!
+//! Errors that PostgreSQL raises inside a call (a lock timeout, a cancel, a serialization
+//! failure, another extension's error) reach the client as PostgreSQL raised them: pgrx
+//! catches them at its FFI boundary and unwinds, and [`Pending::set_caught`] raises them again
+//! with their own SQLSTATE, message, DETAIL and HINT, without the Rust backtrace pgrx would add.
 
+use std::any::Any;
 use std::ffi::{c_char, c_int, CStr, CString};
 
-use idempotency_core::decision::Refusal;
+use idempotency_core::decision::{Found, Micros, Refusal};
 use idempotency_core::jsonb::FormatError;
 use pgrx::pg_sys;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReportWithLevel};
 
 /// Builds PostgreSQL's integer form of a five-character SQLSTATE (MAKE_SQLSTATE).
 const fn sqlstate(code: &[u8; 5]) -> c_int {
@@ -32,6 +39,7 @@ const INVALID_PARAMETER_VALUE: c_int = sqlstate(b"22023");
 const INSUFFICIENT_PRIVILEGE: c_int = sqlstate(b"42501");
 const READ_ONLY_SQL_TRANSACTION: c_int = sqlstate(b"25006");
 const FEATURE_NOT_SUPPORTED: c_int = sqlstate(b"0A000");
+const OBJECT_NOT_IN_PREREQUISITE_STATE: c_int = sqlstate(b"55000");
 const DATA_CORRUPTED: c_int = sqlstate(b"XX001");
 const INTERNAL_ERROR: c_int = sqlstate(b"XX000");
 
@@ -51,21 +59,12 @@ impl KeyRef {
     }
 }
 
-/// What a complete, fail or checkpoint found instead of an in-progress record.
-#[derive(Debug, Clone, Copy)]
-pub enum Found {
-    Absent,
-    Expired,
-    Completed,
-    Failed,
-}
-
 #[derive(Debug)]
 pub enum IdemError {
     /// IK001: the key is live and was first used with a different command.
     CommandMismatch {
         at: KeyRef,
-        first_used: String,
+        first_used: Micros,
         /// The first 8 hex digits of each fingerprint: enough to tell two commands apart.
         stored: String,
         given: String,
@@ -100,6 +99,21 @@ pub enum IdemError {
         detail: Option<String>,
         hint: Option<String>,
     },
+    /// 22023: a value over the size limit that `setting` sets.
+    TooLarge {
+        function: &'static str,
+        argument: &'static str,
+        size: usize,
+        limit: usize,
+        setting: &'static str,
+    },
+    /// 55000: the SQL objects declare a function with another number of arguments than this
+    /// library does: they were created by another version of the extension.
+    VersionMismatch {
+        function: &'static str,
+        given: usize,
+        declared: usize,
+    },
     /// XX001: a jsonb value that does not follow PostgreSQL's format.
     Corrupted(FormatError),
     /// XX000: something that cannot happen did.
@@ -107,25 +121,22 @@ pub enum IdemError {
 }
 
 impl IdemError {
-    /// The error for a refusal of the decision, given what the record held.
-    pub fn from_refusal(refusal: Refusal, at: KeyRef, record: &RefusalContext) -> Self {
+    /// The error for a refusal of the decision about the key `at`.
+    pub fn from_refusal(refusal: Refusal, at: KeyRef) -> Self {
         match refusal {
             Refusal::NotOwner => IdemError::NotOwner { at },
-            Refusal::CommandMismatch => IdemError::CommandMismatch {
+            Refusal::CommandMismatch {
+                first_used,
+                stored,
+                given,
+            } => IdemError::CommandMismatch {
                 at,
-                first_used: record.first_used.clone(),
-                stored: hex8(&record.stored_fingerprint),
-                given: hex8(&record.given_fingerprint),
+                first_used,
+                stored: hex8(&stored),
+                given: hex8(&given),
             },
-            Refusal::NotInProgress => IdemError::NotInProgress {
-                at,
-                found: record.found,
-            },
-            Refusal::LeaseLost => IdemError::LeaseLost {
-                at,
-                given: record.given_attempt,
-                current: record.current_attempt,
-            },
+            Refusal::NotInProgress(found) => IdemError::NotInProgress { at, found },
+            Refusal::LeaseLost { given, current } => IdemError::LeaseLost { at, given, current },
         }
     }
 
@@ -137,7 +148,10 @@ impl IdemError {
             IdemError::NotOwner { .. } => INSUFFICIENT_PRIVILEGE,
             IdemError::DuringRecovery { .. } => READ_ONLY_SQL_TRANSACTION,
             IdemError::NullArgument { .. } => NULL_VALUE_NOT_ALLOWED,
-            IdemError::InvalidArgument { .. } => INVALID_PARAMETER_VALUE,
+            IdemError::InvalidArgument { .. } | IdemError::TooLarge { .. } => {
+                INVALID_PARAMETER_VALUE
+            }
+            IdemError::VersionMismatch { .. } => OBJECT_NOT_IN_PREREQUISITE_STATE,
             IdemError::Unsupported { .. } => FEATURE_NOT_SUPPORTED,
             IdemError::Corrupted(_) => DATA_CORRUPTED,
             IdemError::Internal(_) => INTERNAL_ERROR,
@@ -160,7 +174,11 @@ impl IdemError {
                 Some(format!(
                     "Scope \"{}\", key \"{}\" was first used at {} with command fingerprint {}; \
                      this request's fingerprint is {}.",
-                    at.scope, at.key, first_used, stored, given
+                    at.scope,
+                    at.key,
+                    crate::fmgr::timestamptz_text(*first_used),
+                    stored,
+                    given
                 )),
                 Some(
                     "Use a new idempotency key for a different command; a retry must repeat \
@@ -228,20 +246,43 @@ impl IdemError {
                 detail,
                 hint,
             } => (message.clone(), detail.clone(), hint.clone()),
+            IdemError::TooLarge {
+                function,
+                argument,
+                size,
+                limit,
+                setting,
+            } => (
+                format!("{argument} of {function} is too large"),
+                Some(format!("It is {size} bytes; the limit is {limit} bytes.")),
+                Some(format!(
+                    "Raise idempotency.{setting}, or pass a smaller value."
+                )),
+            ),
+            IdemError::VersionMismatch {
+                function,
+                given,
+                declared,
+            } => (
+                format!(
+                    "{function} was called with {given} arguments, but the extension's library \
+                     declares {declared}"
+                ),
+                Some(
+                    "The extension's SQL objects were created by another version of the \
+                     extension than the installed library."
+                        .into(),
+                ),
+                Some(
+                    "Run ALTER EXTENSION idempotency UPDATE, or install the library of the \
+                     extension's version."
+                        .into(),
+                ),
+            ),
             IdemError::Corrupted(e) => (format!("malformed jsonb value: {e}"), None, None),
             IdemError::Internal(m) => (format!("idempotency internal error: {m}"), None, None),
         }
     }
-}
-
-/// What the message of a refusal needs to know about the record and the request.
-pub struct RefusalContext {
-    pub first_used: String,
-    pub stored_fingerprint: [u8; 32],
-    pub given_fingerprint: [u8; 32],
-    pub found: Found,
-    pub given_attempt: i32,
-    pub current_attempt: i32,
 }
 
 impl From<FormatError> for IdemError {
@@ -254,14 +295,20 @@ fn hex8(fp: &[u8; 32]) -> String {
     fp[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An error waiting to be raised: plain pointers to palloc'd strings, nothing to drop, so that
-/// raising it (which does not return) leaves no Rust value behind.
+/// An error waiting to be raised: plain pointers, nothing to drop, so that raising it (which
+/// does not return) leaves no Rust value behind.
 #[derive(Clone, Copy)]
 pub struct Pending {
     sqlstate: c_int,
     message: *mut c_char,
     detail: *mut c_char,
     hint: *mut c_char,
+    /// Where the error was raised, for the server log's LOCATION: PostgreSQL keeps these
+    /// pointers without copying them, so they point at strings that live as long as the
+    /// backend (see [`interned`]).
+    filename: *const c_char,
+    lineno: c_int,
+    funcname: *const c_char,
 }
 
 impl Default for Pending {
@@ -271,18 +318,63 @@ impl Default for Pending {
             message: std::ptr::null_mut(),
             detail: std::ptr::null_mut(),
             hint: std::ptr::null_mut(),
+            filename: std::ptr::null(),
+            lineno: 0,
+            funcname: std::ptr::null(),
         }
     }
 }
 
 impl Pending {
-    /// Copies the error's texts into palloc'd memory of the current memory context.
-    pub fn set(&mut self, e: &IdemError) {
+    /// One of the extension's own errors, raised by `function`. Copies the texts into
+    /// palloc'd memory of the current memory context.
+    pub fn set(&mut self, e: &IdemError, function: &'static CStr) {
         let (message, detail, hint) = e.texts();
-        self.sqlstate = e.sqlstate();
-        self.message = pstrdup(&message);
-        self.detail = detail.as_deref().map_or(std::ptr::null_mut(), pstrdup);
-        self.hint = hint.as_deref().map_or(std::ptr::null_mut(), pstrdup);
+        *self = Pending {
+            sqlstate: e.sqlstate(),
+            message: pstrdup(&message),
+            detail: detail.as_deref().map_or(std::ptr::null_mut(), pstrdup),
+            hint: hint.as_deref().map_or(std::ptr::null_mut(), pstrdup),
+            filename: c"src/api.rs".as_ptr(),
+            lineno: 0,
+            funcname: function.as_ptr(),
+        };
+    }
+
+    /// What unwound out of a call: an error that PostgreSQL (or another extension) raised
+    /// inside it, which pgrx caught at the FFI boundary and turned into a panic, is raised
+    /// again as it was raised: its SQLSTATE, message, DETAIL, HINT and location, and never
+    /// the Rust backtrace that pgrx would add to its DETAIL. Anything else is a bug of this
+    /// extension: XX000 with the panic's message.
+    pub fn set_caught(&mut self, payload: Box<dyn Any + Send>, function: &'static CStr) {
+        let report = match payload.downcast::<CaughtError>() {
+            Ok(caught) => match *caught {
+                CaughtError::PostgresError(r)
+                | CaughtError::ErrorReport(r)
+                | CaughtError::RustPanic { ereport: r, .. } => r,
+            },
+            Err(payload) => match payload.downcast::<ErrorReportWithLevel>() {
+                Ok(r) => *r,
+                Err(payload) => {
+                    let what = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".into());
+                    self.set(&IdemError::Internal(format!("panic: {what}")), function);
+                    return;
+                }
+            },
+        };
+        *self = Pending {
+            sqlstate: report.sql_error_code() as c_int,
+            message: pstrdup(report.message()),
+            detail: report.detail().map_or(std::ptr::null_mut(), pstrdup),
+            hint: report.hint().map_or(std::ptr::null_mut(), pstrdup),
+            filename: interned(report.file()),
+            lineno: report.line_number() as c_int,
+            funcname: report.function_name().map_or(function.as_ptr(), interned),
+        };
     }
 
     /// Raises the error if one is pending; does not return then.
@@ -290,7 +382,7 @@ impl Pending {
     /// # Safety
     /// Call it from the outermost frame of a function that PostgreSQL called, with no Rust
     /// value alive that needs dropping: `errfinish` leaves by longjmp.
-    pub unsafe fn raise_if_set(self, function: &'static CStr) {
+    pub unsafe fn raise_if_set(self) {
         if self.message.is_null() {
             return;
         }
@@ -315,11 +407,7 @@ impl Pending {
                 if !self.hint.is_null() {
                     errhint(PERCENT_S.as_ptr(), self.hint);
                 }
-                errfinish(
-                    c"src/errors.rs".as_ptr(),
-                    line!() as c_int,
-                    function.as_ptr(),
-                );
+                errfinish(self.filename, self.lineno, self.funcname);
             }
             // errstart returns false only below the reporting threshold, never for ERROR.
             unreachable_error();
@@ -331,6 +419,23 @@ fn pstrdup(s: &str) -> *mut c_char {
     let c = CString::new(s.replace('\0', "\\0")).unwrap_or_default();
     // SAFETY: pstrdup copies the NUL-terminated string into the current memory context.
     unsafe { pg_sys::pstrdup(c.as_ptr()) }
+}
+
+/// A C string that lives as long as the backend, one per distinct text: source file and
+/// function names of re-raised errors (a handful per backend).
+fn interned(s: &str) -> *const c_char {
+    thread_local! {
+        static KEPT: std::cell::RefCell<Vec<CString>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    KEPT.with_borrow_mut(|kept| {
+        if let Some(c) = kept.iter().find(|c| c.to_bytes() == s.as_bytes()) {
+            return c.as_ptr();
+        }
+        let c = CString::new(s.replace('\0', "")).unwrap_or_default();
+        let ptr = c.as_ptr();
+        kept.push(c);
+        ptr
+    })
 }
 
 #[cold]

@@ -3,15 +3,23 @@
 //! (raised from the outermost frame, see `errors.rs`), NULL arguments answered with 22004
 //! (so the functions cannot be STRICT), and jsonb read in its binary form without pgrx
 //! converting it to serde_json first.
+//!
+//! Each function's arguments and result columns are those its declaration in `signature`
+//! names: [`Args`] reads an argument by its [`Param`], checks the call's argument count
+//! against the declaration, and builds result rows from the declared columns.
+
+use std::ffi::CStr;
 
 use idempotency_core::decision::Micros;
 use pgrx::{pg_sys, IntoDatum};
 
 use crate::errors::IdemError;
+use crate::signature::{Param, Signature, Type};
 use crate::store::{text_str, varlena_bytes};
 
-/// Declares SQL-callable functions: for each, the `pg_finfo_` record and the entry point that
-/// runs the body under pgrx's guard and raises its error, if any, after everything is dropped.
+/// Declares the SQL-callable functions: for each, the `pg_finfo_` record and the entry point
+/// that runs the body with the call's [`Args`] and raises its error, if any, after everything
+/// the body owned is dropped. The signature is `signature::<name>::SIGNATURE`.
 macro_rules! sql_functions {
     ($($name:ident, $finfo:ident => $body:path;)*) => {$(
         #[no_mangle]
@@ -25,77 +33,121 @@ macro_rules! sql_functions {
         /// Called by PostgreSQL's function manager only.
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
-            const NAME: &::std::ffi::CStr =
-                match ::std::ffi::CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
-                    Ok(name) => name,
-                    Err(_) => panic!("function name"),
-                };
-            let mut pending = $crate::errors::Pending::default();
-            // SAFETY: the guard turns panics and PostgreSQL errors raised inside into
-            // PostgreSQL errors; the closure owns nothing that outlives it.
-            let datum = unsafe {
-                ::pgrx::pg_sys::submodules::panic::pgrx_extern_c_guard(|| {
-                    let args = $crate::fmgr::Args::new(fcinfo, stringify!($name));
-                    match $body(&args) {
-                        Ok(datum) => datum,
-                        Err(e) => {
-                            pending.set(&e);
-                            ::pgrx::pg_sys::Datum::from(0)
-                        }
-                    }
-                })
-            };
-            // Only `pending` (plain pointers) and `datum` are alive here.
-            unsafe { pending.raise_if_set(NAME) };
-            datum
+            // SAFETY: called by the function manager with this function's call info.
+            unsafe { $crate::fmgr::call(fcinfo, &$crate::signature::$name::SIGNATURE, $body) }
         }
     )*};
 }
 pub(crate) use sql_functions;
 
+/// Runs one call of a SQL function: the body's errors and whatever unwinds out of it (errors
+/// PostgreSQL raised inside, which pgrx turns into panics) are raised as PostgreSQL errors
+/// once the body and everything it owned are gone.
+///
+/// # Safety
+/// `fcinfo` is the call info PostgreSQL passed to the function that `signature` declares.
+pub unsafe fn call(
+    fcinfo: pg_sys::FunctionCallInfo,
+    signature: &'static Signature,
+    body: fn(&Args) -> Result<pg_sys::Datum, IdemError>,
+) -> pg_sys::Datum {
+    let function = signature.c_name();
+    let mut pending = crate::errors::Pending::default();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        body(&Args::new(fcinfo, signature)?)
+    }));
+    let datum = match result {
+        Ok(Ok(datum)) => datum,
+        Ok(Err(e)) => {
+            pending.set(&e, function);
+            pg_sys::Datum::from(0)
+        }
+        Err(payload) => {
+            pending.set_caught(payload, function);
+            pg_sys::Datum::from(0)
+        }
+    };
+    // Only `pending` (plain pointers) and `datum` are alive here.
+    unsafe { pending.raise_if_set() };
+    datum
+}
+
 /// The arguments of one call.
 pub struct Args {
     fcinfo: pg_sys::FunctionCallInfo,
-    function: &'static str,
+    signature: &'static Signature,
 }
 
 const MICROS_PER_DAY: i128 = 86_400_000_000;
 
 impl Args {
-    pub fn new(fcinfo: pg_sys::FunctionCallInfo, function: &'static str) -> Self {
-        Args { fcinfo, function }
+    /// Refuses a call whose argument count is not the declared one: the SQL objects were
+    /// created by another version of the extension than this library's.
+    fn new(
+        fcinfo: pg_sys::FunctionCallInfo,
+        signature: &'static Signature,
+    ) -> Result<Self, IdemError> {
+        // SAFETY: the function manager's call info.
+        let nargs = usize::try_from(unsafe { (*fcinfo).nargs }).unwrap_or(0);
+        if nargs != signature.params.len() {
+            return Err(IdemError::VersionMismatch {
+                function: signature.name,
+                given: nargs,
+                declared: signature.params.len(),
+            });
+        }
+        Ok(Args { fcinfo, signature })
     }
 
-    /// The raw datum of argument `i`, or None for SQL NULL.
-    pub fn datum(&self, i: usize) -> Option<pg_sys::Datum> {
-        // SAFETY: `i` is below the function's declared argument count (callers pass their own
-        // signature's positions); defaults are filled in by PostgreSQL.
+    /// The function's name, for messages.
+    pub fn function(&self) -> &'static str {
+        self.signature.name
+    }
+
+    /// The raw datum of argument `p`, or None for SQL NULL.
+    pub fn datum(&self, p: Param) -> Option<pg_sys::Datum> {
+        debug_assert_eq!(
+            self.signature.params.get(p.pos).map(|q| q.name),
+            Some(p.name),
+            "{} has no argument {} at {}",
+            self.signature.name,
+            p.name,
+            p.pos
+        );
+        // SAFETY: `Args::new` checked that the call has as many arguments as the signature,
+        // and `p` is one of the signature's parameters; defaults are filled in by PostgreSQL.
         unsafe {
-            let arg = (*self.fcinfo).args.as_slice(i + 1)[i];
+            let args = (*self.fcinfo).args.as_slice(self.signature.params.len());
+            let arg = args[p.pos];
             (!arg.isnull).then_some(arg.value)
         }
     }
 
+    /// The datum of an argument of a STRICT function, which PostgreSQL never calls with NULL.
+    pub fn strict(&self, p: Param) -> pg_sys::Datum {
+        debug_assert!(self.signature.strict);
+        // SAFETY: as in `datum`.
+        unsafe { (*self.fcinfo).args.as_slice(self.signature.params.len())[p.pos].value }
+    }
+
     /// A required argument: SQL NULL is 22004.
-    pub fn required(&self, i: usize, name: &'static str) -> Result<pg_sys::Datum, IdemError> {
-        self.datum(i).ok_or(IdemError::NullArgument {
-            function: self.function,
-            argument: name,
+    pub fn required(&self, p: Param) -> Result<pg_sys::Datum, IdemError> {
+        self.datum(p).ok_or(IdemError::NullArgument {
+            function: self.function(),
+            argument: p.name,
         })
     }
 
     /// A scope or key: not NULL (22004), not empty, at most 255 bytes, no control characters
     /// (22023).
-    pub fn key_text(
-        &self,
-        i: usize,
-        name: &'static str,
-    ) -> Result<(pg_sys::Datum, &str), IdemError> {
-        let d = self.required(i, name)?;
+    pub fn key_text(&self, p: Param) -> Result<(pg_sys::Datum, &str), IdemError> {
+        debug_assert_eq!(p.ty, Type::Text);
+        let d = self.required(p)?;
         // SAFETY: a text argument.
         let s = unsafe { text_str(d) }?;
+        let name = p.name;
         let invalid = |why: String| IdemError::InvalidArgument {
-            message: format!("invalid {name} for {}", self.function),
+            message: format!("invalid {name} for {}", self.function()),
             detail: Some(why),
         };
         if s.is_empty() {
@@ -117,40 +169,40 @@ impl Args {
     }
 
     /// A jsonb argument's binary form (after its varlena header), refused with 22023 when its
-    /// uncompressed size is over `limit`.
+    /// uncompressed size is over the limit of `limit` (a size and the setting that sets it).
     pub fn jsonb(
         &self,
-        i: usize,
-        name: &'static str,
-        limit: Option<usize>,
+        p: Param,
+        limit: Option<(usize, &'static str)>,
     ) -> Result<Option<(pg_sys::Datum, &[u8])>, IdemError> {
-        let Some(d) = self.datum(i) else {
+        debug_assert_eq!(p.ty, Type::Jsonb);
+        let Some(d) = self.datum(p) else {
             return Ok(None);
         };
         if let Some(limit) = limit {
-            self.check_size(d, name, limit)?;
+            self.check_size(d, p, limit)?;
         }
         // SAFETY: a jsonb argument; detoasted in the function's memory context.
-        unsafe {
-            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-            let d = pg_sys::Datum::from(v);
-            Ok(Some((d, varlena_bytes(d))))
-        }
+        Ok(Some(unsafe { jsonb_bytes(d) }))
     }
 
-    /// Refuses a varlena argument larger than `limit` bytes (uncompressed), with 22023.
-    pub fn check_size(
+    /// Refuses a varlena argument larger than `limit` bytes (uncompressed), with 22023 and a
+    /// hint naming the setting.
+    fn check_size(
         &self,
         d: pg_sys::Datum,
-        name: &'static str,
-        limit: usize,
+        p: Param,
+        (limit, setting): (usize, &'static str),
     ) -> Result<(), IdemError> {
         // SAFETY: a varlena argument; reads its header (or toast pointer) only.
         let size = unsafe { pg_sys::toast_raw_datum_size(d) }.saturating_sub(pg_sys::VARHDRSZ);
         if size > limit {
-            return Err(IdemError::InvalidArgument {
-                message: format!("{name} of {} is too large", self.function),
-                detail: Some(format!("It is {size} bytes; the limit is {limit} bytes.")),
+            return Err(IdemError::TooLarge {
+                function: self.function(),
+                argument: p.name,
+                size,
+                limit,
+                setting,
             });
         }
         Ok(())
@@ -159,30 +211,34 @@ impl Args {
     /// An optional text argument with a size limit.
     pub fn text(
         &self,
-        i: usize,
-        name: &'static str,
-        limit: usize,
+        p: Param,
+        limit: (usize, &'static str),
     ) -> Result<Option<pg_sys::Datum>, IdemError> {
-        match self.datum(i) {
-            Some(d) => self.check_size(d, name, limit).map(|()| Some(d)),
+        debug_assert_eq!(p.ty, Type::Text);
+        match self.datum(p) {
+            Some(d) => self.check_size(d, p, limit).map(|()| Some(d)),
             None => Ok(None),
         }
     }
 
-    pub fn i32(&self, i: usize) -> Option<i32> {
-        self.datum(i).map(|d| d.value() as i32)
+    pub fn i32(&self, p: Param) -> Option<i32> {
+        debug_assert_eq!(p.ty, Type::Integer);
+        self.datum(p).map(|d| d.value() as i32)
     }
 
-    pub fn bool(&self, i: usize) -> Option<bool> {
-        self.datum(i).map(|d| d.value() != 0)
+    /// A required boolean: SQL NULL is 22004.
+    pub fn bool(&self, p: Param) -> Result<bool, IdemError> {
+        debug_assert_eq!(p.ty, Type::Boolean);
+        self.required(p).map(|d| d.value() != 0)
     }
 
     /// An HTTP status: required, 100 to 599.
-    pub fn http_status(&self, i: usize) -> Result<i32, IdemError> {
-        let status = self.required(i, "http_status")?.value() as i32;
+    pub fn http_status(&self, p: Param) -> Result<i32, IdemError> {
+        debug_assert_eq!(p.ty, Type::Integer);
+        let status = self.required(p)?.value() as i32;
         if !(100..=599).contains(&status) {
             return Err(IdemError::InvalidArgument {
-                message: format!("invalid http_status for {}", self.function),
+                message: format!("invalid http_status for {}", self.function()),
                 detail: Some(format!(
                     "It is {status}; an HTTP status is between 100 and 599."
                 )),
@@ -194,14 +250,9 @@ impl Args {
     /// An interval argument in microseconds (a month counts 30 days, a day 24 hours, as
     /// PostgreSQL's EXTRACT(EPOCH ...) does), or the setting's value when NULL. `min` is the
     /// smallest value accepted (1 for "positive", 0 for "not negative"); below it is 22023.
-    pub fn duration(
-        &self,
-        i: usize,
-        name: &'static str,
-        default: Micros,
-        min: Micros,
-    ) -> Result<Micros, IdemError> {
-        let Some(d) = self.datum(i) else {
+    pub fn duration(&self, p: Param, default: Micros, min: Micros) -> Result<Micros, IdemError> {
+        debug_assert_eq!(p.ty, Type::Interval);
+        let Some(d) = self.datum(p) else {
             return Ok(default);
         };
         // SAFETY: an interval argument is a pointer to a pg_sys::Interval.
@@ -211,8 +262,9 @@ impl Args {
             + i128::from(iv.time);
         let micros = micros.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         if micros < min {
+            let name = p.name;
             return Err(IdemError::InvalidArgument {
-                message: format!("invalid {name} for {}", self.function),
+                message: format!("invalid {name} for {}", self.function()),
                 detail: Some(if min > 0 {
                     format!("The {name} must be positive.")
                 } else {
@@ -223,16 +275,17 @@ impl Args {
         Ok(micros)
     }
 
-    /// The composite result of a function declared with OUT parameters.
-    pub fn composite(&self, values: &[Option<pg_sys::Datum>]) -> Result<pg_sys::Datum, IdemError> {
-        let mut datums: Vec<pg_sys::Datum> = values
-            .iter()
-            .map(|v| v.unwrap_or(pg_sys::Datum::from(0)))
-            .collect();
-        let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
-        let desc = self.result_desc(values.len())?;
-        // SAFETY: `desc` is a blessed descriptor of `values.len()` columns whose types match
-        // the datums (see the OUT parameters in sql/idempotency.sql).
+    /// The result row of a function declared with OUT parameters, its values in the order of
+    /// the declared columns (the `values()` of the function's `Out`).
+    pub fn row<const N: usize>(
+        &self,
+        values: [Option<pg_sys::Datum>; N],
+    ) -> Result<pg_sys::Datum, IdemError> {
+        let mut datums = values.map(|v| v.unwrap_or(pg_sys::Datum::from(0)));
+        let mut nulls = values.map(|v| v.is_none());
+        let desc = self.result_desc(N)?;
+        // SAFETY: `desc` is a blessed descriptor of N columns whose types are the declared
+        // ones (checked against pg_proc by the signature test).
         unsafe {
             let tuple = pg_sys::heap_form_tuple(desc, datums.as_mut_ptr(), nulls.as_mut_ptr());
             Ok(pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data))
@@ -268,7 +321,8 @@ impl Args {
             {
                 return Err(IdemError::Internal(format!(
                     "{} must return a record of {} columns",
-                    self.function, columns
+                    self.function(),
+                    columns
                 )));
             }
             let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
@@ -283,6 +337,18 @@ impl Args {
     }
 }
 
+/// A jsonb value's binary form after its varlena header, detoasted in the current memory
+/// context.
+///
+/// # Safety
+/// `d` must be a jsonb datum.
+pub unsafe fn jsonb_bytes<'a>(d: pg_sys::Datum) -> (pg_sys::Datum, &'a [u8]) {
+    unsafe {
+        let v = pg_sys::Datum::from(pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr()));
+        (v, varlena_bytes(v))
+    }
+}
+
 /// A text datum in the current memory context.
 pub fn text(s: &str) -> pg_sys::Datum {
     s.into_datum().unwrap_or(pg_sys::Datum::from(0))
@@ -291,4 +357,16 @@ pub fn text(s: &str) -> pg_sys::Datum {
 /// A bytea datum in the current memory context.
 pub fn bytea(b: &[u8]) -> pg_sys::Datum {
     b.into_datum().unwrap_or(pg_sys::Datum::from(0))
+}
+
+/// A timestamp as the session shows it (DateStyle, TimeZone).
+pub fn timestamptz_text(t: Micros) -> String {
+    // SAFETY: the type output function of timestamptz on a timestamptz value.
+    unsafe {
+        let mut out = pg_sys::InvalidOid;
+        let mut varlena = false;
+        pg_sys::getTypeOutputInfo(pg_sys::TIMESTAMPTZOID, &mut out, &mut varlena);
+        let s = pg_sys::OidOutputFunctionCall(out, pg_sys::Datum::from(t));
+        CStr::from_ptr(s).to_string_lossy().into_owned()
+    }
 }

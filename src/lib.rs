@@ -9,6 +9,8 @@
 //! - `api`: the SQL functions and the protocol of each;
 //! - `store`: the queries on the record table;
 //! - `lock`: the per-key lock that makes uncommitted claims visible without blocking;
+//! - `signature`: each SQL function's arguments and result, declared once and checked
+//!   against `pg_proc`;
 //! - `fmgr`: the C calling convention (arguments, NULLs, results);
 //! - `errors`: every error and its SQLSTATE;
 //! - `settings`: the GUCs;
@@ -22,6 +24,7 @@ mod errors;
 mod fmgr;
 mod lock;
 mod settings;
+mod signature;
 mod store;
 
 ::pgrx::pg_module_magic!();

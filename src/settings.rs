@@ -16,7 +16,7 @@ static MAX_RESPONSE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub fn register() {
     GucRegistry::define_int_guc(
         c"idempotency.ttl",
-        c"How long a key is remembered from its first use, when idem_begin's ttl is NULL.",
+        c"Sets how long a key is remembered from its first use when idem_begin's ttl is NULL.",
         c"An expired key counts as never used; idem_purge deletes expired records.",
         &TTL_S,
         1,
@@ -26,7 +26,7 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"idempotency.lease",
-        c"How long a committed in-progress claim holds, when idem_begin's lease is NULL.",
+        c"Sets how long a committed in-progress claim holds when idem_begin's lease is NULL.",
         c"After the lease runs out the next request for the key takes it over (attempt + 1).",
         &LEASE_MS,
         1,
@@ -36,7 +36,7 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"idempotency.wait",
-        c"How long idem_begin waits for a concurrent holder of the key, when its wait is NULL.",
+        c"Sets how long idem_begin waits for a concurrent holder of the key when its wait is NULL.",
         c"0 answers in_progress at once.",
         &WAIT_MS,
         0,
@@ -46,8 +46,8 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"idempotency.max_command_size",
-        c"The largest command idem_begin and idem_check accept, as stored jsonb.",
-        c"Measured as pg_column_size of the command; larger ones are refused with 22023.",
+        c"Sets the largest command that idem_begin and idem_check accept.",
+        c"The size is that of the uncompressed jsonb value; larger commands are refused with 22023.",
         &MAX_COMMAND_KB,
         1,
         i32::MAX / 1024,
@@ -56,8 +56,8 @@ pub fn register() {
     );
     GucRegistry::define_int_guc(
         c"idempotency.max_response_size",
-        c"The largest response, error, resource or recovery data that can be stored.",
-        c"Measured as the stored size of the value; larger ones are refused with 22023.",
+        c"Sets the largest response, error, resource, recovery point or recovery data that can be stored.",
+        c"The size is that of the uncompressed value; larger values are refused with 22023.",
         &MAX_RESPONSE_KB,
         1,
         i32::MAX / 1024,
@@ -78,10 +78,12 @@ pub fn wait() -> Micros {
     i64::from(WAIT_MS.get()) * 1_000
 }
 
-pub fn max_command_bytes() -> usize {
-    MAX_COMMAND_KB.get() as usize * 1024
+/// The size limit of a command in bytes, and the setting that sets it (for messages).
+pub fn max_command_size() -> (usize, &'static str) {
+    (MAX_COMMAND_KB.get() as usize * 1024, "max_command_size")
 }
 
-pub fn max_response_bytes() -> usize {
-    MAX_RESPONSE_KB.get() as usize * 1024
+/// The size limit of a stored value in bytes, and the setting that sets it (for messages).
+pub fn max_response_size() -> (usize, &'static str) {
+    (MAX_RESPONSE_KB.get() as usize * 1024, "max_response_size")
 }

@@ -1,5 +1,6 @@
 //! The record store: every query on `idempotency.records`, through SPI plans prepared once per
 //! backend and kept, run with the rights of the table's owner (callers have none on it).
+//! [`Records`] is the open table, [`Row`] one record as read.
 //!
 //! The store reads and writes what it is told; the decisions are in `idempotency_core::decision`
 //! and the protocol (locking, order of steps) in `api`. All SQL here is schema-qualified, its
@@ -13,9 +14,9 @@ use pgrx::{pg_sys, IntoDatum};
 
 use crate::errors::IdemError;
 
-/// A stored record as read, with its varlena values copied into the memory context that was
-/// current when the store was opened (the SQL function's), so they outlive the SPI connection.
-pub struct Record {
+/// A record as read, with its varlena values copied into the memory context that was current
+/// when the table was opened (the SQL function's), so they outlive the SPI connection.
+pub struct Row {
     pub owner: pg_sys::Oid,
     pub state: State,
     pub fingerprint: [u8; 32],
@@ -51,153 +52,119 @@ pub struct Outcome {
     pub resource: Option<pg_sys::Datum>,
 }
 
-const SELECT_COLUMNS: &str = "owner, state, retryable, fingerprint, attempt, created_at, \
-     expires_at, lease_expires_at, lease, http_status, response, resource, recovery_point, \
-     recovery_data";
-const WHERE_KEY: &str = "scope OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2";
+/// The columns a lookup reads, in this order: `Col::x as i32` is the number SPI gives column
+/// `x` of the lookup's result, and `lookup_select_list!()` the lookup's SELECT list.
+macro_rules! lookup_columns {
+    ($first:ident $(, $col:ident)*) => {
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy)]
+        enum Col { $first = 1 $(, $col)* }
 
-/// The statements, in the order of `Plans`' fields.
-fn statements() -> [(String, Vec<pg_sys::Oid>); 10] {
-    use pg_sys::{
-        BOOLOID, BYTEAOID, INT2OID, INT4OID, INT8OID, JSONBOID, REGROLEOID, TEXTOID, TIMESTAMPTZOID,
+        macro_rules! lookup_select_list {
+            () => { concat!(stringify!($first) $(, ", ", stringify!($col))*) };
+        }
     };
-    let key = || vec![TEXTOID, TEXTOID];
-    let with = |more: &[pg_sys::Oid]| [key(), more.to_vec()].concat();
-    [
-        (
-            format!("SELECT {SELECT_COLUMNS} FROM idempotency.records WHERE {WHERE_KEY}"),
-            key(),
-        ),
-        (
-            "INSERT INTO idempotency.records (scope, key, owner, state, fingerprint, attempt, \
-             created_at, expires_at, lease_expires_at, lease) \
-             VALUES ($1, $2, $3, 'p', $4, 1, $5, $6, $7, $8) \
-             ON CONFLICT (scope, key) DO NOTHING"
-                .into(),
-            with(&[
-                REGROLEOID,
-                BYTEAOID,
-                TIMESTAMPTZOID,
-                TIMESTAMPTZOID,
-                TIMESTAMPTZOID,
-                INT8OID,
-            ]),
-        ),
-        // Reuses the row of an expired record for a new claim.
-        (
-            format!(
-                "UPDATE idempotency.records SET owner = $3, state = 'p', retryable = NULL, \
+}
+lookup_columns!(
+    owner,
+    state,
+    retryable,
+    fingerprint,
+    attempt,
+    created_at,
+    expires_at,
+    lease_expires_at,
+    lease,
+    http_status,
+    response,
+    resource,
+    recovery_point,
+    recovery_data
+);
+
+macro_rules! where_key {
+    () => {
+        "scope OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2"
+    };
+}
+
+/// The statements, each prepared once per backend and kept: a field of `Plans` per statement,
+/// with its SQL and its parameter types side by side, so that no list can get out of order.
+macro_rules! plans {
+    ($($(#[$doc:meta])* $name:ident: ($($ty:ident),*) $sql:expr;)*) => {
+        #[derive(Clone, Copy)]
+        struct Plans { $($name: pg_sys::SPIPlanPtr),* }
+
+        impl Plans {
+            /// Not prepared yet.
+            const NONE: Plans = Plans { $($name: std::ptr::null_mut()),* };
+        }
+
+        /// Prepares and keeps every statement (inside an SPI connection).
+        fn prepare_all() -> Result<Plans, IdemError> {
+            Ok(Plans { $($name: prepare(stringify!($name), $sql, &mut [$(pg_sys::$ty),*])?),* })
+        }
+
+        /// What each statement is called in messages.
+        impl Plans {
+            fn name_of(&self, plan: pg_sys::SPIPlanPtr) -> &'static str {
+                $(if plan == self.$name { return stringify!($name); })*
+                "unknown"
+            }
+        }
+    };
+}
+
+plans! {
+    lookup: (TEXTOID, TEXTOID)
+        concat!("SELECT ", lookup_select_list!(), " FROM idempotency.records WHERE ", where_key!());
+    insert: (TEXTOID, TEXTOID, REGROLEOID, BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID)
+        "INSERT INTO idempotency.records (scope, key, owner, state, fingerprint, attempt, \
+         created_at, expires_at, lease_expires_at, lease) \
+         VALUES ($1, $2, $3, 'p', $4, 1, $5, $6, $7, $8) \
+         ON CONFLICT (scope, key) DO NOTHING";
+    /// Reuses the row of an expired record for a new claim.
+    reclaim: (TEXTOID, TEXTOID, REGROLEOID, BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID)
+        concat!("UPDATE idempotency.records SET owner = $3, state = 'p', retryable = NULL, \
                  fingerprint = $4, attempt = 1, created_at = $5, expires_at = $6, \
                  lease_expires_at = $7, lease = $8, http_status = NULL, response = NULL, \
                  resource = NULL, recovery_point = NULL, recovery_data = NULL \
-                 WHERE {WHERE_KEY} AND expires_at OPERATOR(pg_catalog.<=) $5"
-            ),
-            with(&[
-                REGROLEOID,
-                BYTEAOID,
-                TIMESTAMPTZOID,
-                TIMESTAMPTZOID,
-                TIMESTAMPTZOID,
-                INT8OID,
-            ]),
-        ),
-        // The next attempt: after a lease ran out or a retryable failure. Keeps the recovery point.
-        (
-            format!(
-                "UPDATE idempotency.records SET state = 'p', retryable = NULL, attempt = $3, \
+                 WHERE ", where_key!(), " AND expires_at OPERATOR(pg_catalog.<=) $5");
+    /// The next attempt: after a lease ran out or a retryable failure. Keeps the recovery point.
+    resume: (TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID)
+        concat!("UPDATE idempotency.records SET state = 'p', retryable = NULL, attempt = $3, \
                  lease_expires_at = $4, lease = $5, http_status = NULL, response = NULL, \
-                 resource = NULL WHERE {WHERE_KEY}"
-            ),
-            with(&[INT4OID, TIMESTAMPTZOID, INT8OID]),
-        ),
-        // A final outcome. A completion drops the recovery point (nothing will resume); a
-        // failure keeps it for the retry.
-        (
-            format!(
-                "UPDATE idempotency.records SET state = 'c', http_status = $3, response = $4, \
+                 resource = NULL WHERE ", where_key!());
+    /// A completion drops the recovery point (nothing will resume).
+    complete: (TEXTOID, TEXTOID, INT2OID, JSONBOID, TEXTOID)
+        concat!("UPDATE idempotency.records SET state = 'c', http_status = $3, response = $4, \
                  resource = $5, lease_expires_at = NULL, recovery_point = NULL, \
-                 recovery_data = NULL WHERE {WHERE_KEY}"
-            ),
-            with(&[INT2OID, JSONBOID, TEXTOID]),
-        ),
-        // The completion's fast path: one statement that both checks what `decision::settle`
-        // would (live, in progress, the caller's own, at the given attempt) and writes. When it
-        // finds no such row, `api` reads the record and lets the decision explain why.
-        (
-            format!(
-                "UPDATE idempotency.records SET state = 'c', http_status = $3, response = $4, \
+                 recovery_data = NULL WHERE ", where_key!());
+    /// The completion's fast path: one statement that both checks what `decision::settle`
+    /// would (live, in progress, the caller's own, at the given attempt) and writes. When it
+    /// finds no such row, `api` reads the record and lets the decision explain why.
+    complete_owned: (TEXTOID, TEXTOID, INT2OID, JSONBOID, TEXTOID, TIMESTAMPTZOID, REGROLEOID, INT4OID)
+        concat!("UPDATE idempotency.records SET state = 'c', http_status = $3, response = $4, \
                  resource = $5, lease_expires_at = NULL, recovery_point = NULL, \
-                 recovery_data = NULL WHERE {WHERE_KEY} \
-                 AND state OPERATOR(pg_catalog.=) 'p' AND expires_at OPERATOR(pg_catalog.>) $6 \
+                 recovery_data = NULL WHERE ", where_key!(),
+                " AND state OPERATOR(pg_catalog.=) 'p' AND expires_at OPERATOR(pg_catalog.>) $6 \
                  AND owner OPERATOR(pg_catalog.=) $7 \
-                 AND ($8 IS NULL OR attempt OPERATOR(pg_catalog.=) $8)"
-            ),
-            with(&[
-                INT2OID,
-                JSONBOID,
-                TEXTOID,
-                TIMESTAMPTZOID,
-                REGROLEOID,
-                INT4OID,
-            ]),
-        ),
-        (
-            format!(
-                "UPDATE idempotency.records SET state = 'f', retryable = $3, http_status = $4, \
-                 response = $5, lease_expires_at = NULL WHERE {WHERE_KEY}"
-            ),
-            with(&[BOOLOID, INT2OID, JSONBOID]),
-        ),
-        (
-            format!(
-                "UPDATE idempotency.records SET recovery_point = $3, recovery_data = $4, \
-                 lease_expires_at = $5 WHERE {WHERE_KEY}"
-            ),
-            with(&[TEXTOID, JSONBOID, TIMESTAMPTZOID]),
-        ),
-        (
-            format!("DELETE FROM idempotency.records WHERE {WHERE_KEY}"),
-            key(),
-        ),
-        // Expired rows in a bounded batch; rows that a live transaction has locked (a claim
-        // being made on an expired row) are skipped, never waited for.
-        (
-            "DELETE FROM idempotency.records WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(\
-             SELECT ctid FROM idempotency.records \
-             WHERE expires_at OPERATOR(pg_catalog.<=) $1 LIMIT $2 FOR UPDATE SKIP LOCKED))"
-                .into(),
-            vec![TIMESTAMPTZOID, INT8OID],
-        ),
-    ]
-}
-
-#[derive(Clone, Copy)]
-struct Plans {
-    lookup: pg_sys::SPIPlanPtr,
-    insert: pg_sys::SPIPlanPtr,
-    reclaim: pg_sys::SPIPlanPtr,
-    resume: pg_sys::SPIPlanPtr,
-    complete: pg_sys::SPIPlanPtr,
-    complete_owned: pg_sys::SPIPlanPtr,
-    fail: pg_sys::SPIPlanPtr,
-    checkpoint: pg_sys::SPIPlanPtr,
-    forget: pg_sys::SPIPlanPtr,
-    purge: pg_sys::SPIPlanPtr,
-}
-
-impl Plans {
-    const NONE: Plans = Plans {
-        lookup: std::ptr::null_mut(),
-        insert: std::ptr::null_mut(),
-        reclaim: std::ptr::null_mut(),
-        resume: std::ptr::null_mut(),
-        complete: std::ptr::null_mut(),
-        complete_owned: std::ptr::null_mut(),
-        fail: std::ptr::null_mut(),
-        checkpoint: std::ptr::null_mut(),
-        forget: std::ptr::null_mut(),
-        purge: std::ptr::null_mut(),
-    };
+                 AND ($8 IS NULL OR attempt OPERATOR(pg_catalog.=) $8)");
+    /// A failure keeps the recovery point for the retry.
+    fail: (TEXTOID, TEXTOID, BOOLOID, INT2OID, JSONBOID)
+        concat!("UPDATE idempotency.records SET state = 'f', retryable = $3, http_status = $4, \
+                 response = $5, lease_expires_at = NULL WHERE ", where_key!());
+    checkpoint: (TEXTOID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID)
+        concat!("UPDATE idempotency.records SET recovery_point = $3, recovery_data = $4, \
+                 lease_expires_at = $5 WHERE ", where_key!());
+    forget: (TEXTOID, TEXTOID)
+        concat!("DELETE FROM idempotency.records WHERE ", where_key!());
+    /// Expired rows in a bounded batch; rows that a live transaction has locked (a claim
+    /// being made on an expired row) are skipped, never waited for.
+    purge: (TIMESTAMPTZOID, INT8OID)
+        "DELETE FROM idempotency.records WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(\
+         SELECT ctid FROM idempotency.records \
+         WHERE expires_at OPERATOR(pg_catalog.<=) $1 LIMIT $2 FOR UPDATE SKIP LOCKED))";
 }
 
 thread_local! {
@@ -206,39 +173,42 @@ thread_local! {
     static PLANS: Cell<Option<Plans>> = const { Cell::new(None) };
 }
 
-fn prepare_all() -> Result<Plans, IdemError> {
-    let mut kept = Vec::with_capacity(10);
-    for (sql, types) in statements() {
-        let sql = std::ffi::CString::new(sql).map_err(|e| IdemError::Internal(e.to_string()))?;
-        let mut types = types;
-        // SAFETY: inside an SPI connection; the argument types match the statement.
-        let plan =
-            unsafe { pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr()) };
-        if plan.is_null() || unsafe { pg_sys::SPI_keepplan(plan) } != 0 {
-            return Err(IdemError::Internal(format!(
-                "could not prepare: {}",
-                sql.to_string_lossy()
-            )));
-        }
-        kept.push(plan);
+fn prepare(
+    name: &str,
+    sql: &str,
+    types: &mut [pg_sys::Oid],
+) -> Result<pg_sys::SPIPlanPtr, IdemError> {
+    let sql = std::ffi::CString::new(sql).map_err(|e| IdemError::Internal(e.to_string()))?;
+    // SAFETY: inside an SPI connection; the argument types match the statement.
+    let plan = unsafe { pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr()) };
+    if plan.is_null() {
+        return Err(IdemError::Internal(format!(
+            "could not prepare the {name} statement on idempotency.records: {}",
+            spi_result_text(unsafe { pg_sys::SPI_result })
+        )));
     }
-    Ok(Plans {
-        lookup: kept[0],
-        insert: kept[1],
-        reclaim: kept[2],
-        resume: kept[3],
-        complete: kept[4],
-        complete_owned: kept[5],
-        fail: kept[6],
-        checkpoint: kept[7],
-        forget: kept[8],
-        purge: kept[9],
-    })
+    // SAFETY: a plan SPI_prepare just made.
+    let rc = unsafe { pg_sys::SPI_keepplan(plan) };
+    if rc != 0 {
+        return Err(IdemError::Internal(format!(
+            "could not keep the {name} statement on idempotency.records: {}",
+            spi_result_text(rc)
+        )));
+    }
+    Ok(plan)
+}
+
+/// SPI's name of a result code (SPI_ERROR_ARGUMENT, ...).
+fn spi_result_text(rc: i32) -> String {
+    // SAFETY: SPI_result_code_string returns a static string for any code.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::SPI_result_code_string(rc)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// An open SPI connection running as the table's owner. Dropping it disconnects and gives the
 /// caller's identity back (an error does both through PostgreSQL's abort processing).
-pub struct Store {
+pub struct Records {
     outer: pg_sys::MemoryContext,
     plans: Plans,
     saved_user: pg_sys::Oid,
@@ -274,10 +244,10 @@ pub fn owner_of(relid: pg_sys::Oid) -> pg_sys::Oid {
     }
 }
 
-impl Store {
+impl Records {
     /// Connects to SPI and switches to the table owner's rights (without letting anything run
     /// under them but this store's own statements: SECURITY_RESTRICTED_OPERATION).
-    pub fn open() -> Result<Store, IdemError> {
+    pub fn open() -> Result<Records, IdemError> {
         let owner = owner_of(records_relid()?);
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_context = 0;
@@ -294,21 +264,23 @@ impl Store {
             );
             if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
                 pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
-                return Err(IdemError::Internal("SPI_connect failed".into()));
+                return Err(IdemError::Internal(
+                    "could not connect to SPI to reach idempotency.records".into(),
+                ));
             }
-            let mut store = Store {
+            let mut records = Records {
                 outer,
                 plans: PLANS.get().unwrap_or(Plans::NONE),
                 saved_user,
                 saved_context,
             };
-            // The store exists before preparing, so that a failure still disconnects and
+            // `records` exists before preparing, so that a failure still disconnects and
             // restores the caller's identity (Drop).
-            if store.plans.lookup.is_null() {
-                store.plans = prepare_all()?;
-                PLANS.set(Some(store.plans));
+            if records.plans.lookup.is_null() {
+                records.plans = prepare_all()?;
+                PLANS.set(Some(records.plans));
             }
-            Ok(store)
+            Ok(records)
         }
     }
 
@@ -328,7 +300,7 @@ impl Store {
             .iter()
             .map(|a| if a.is_some() { b' ' } else { b'n' } as c_char)
             .collect();
-        // SAFETY: the plan's argument count and types match `args` (see `statements`).
+        // SAFETY: the plan's argument count and types match `args` (see `plans!`).
         let rc = unsafe {
             pg_sys::SPI_execute_plan(
                 plan,
@@ -340,7 +312,9 @@ impl Store {
         };
         if rc < 0 {
             return Err(IdemError::Internal(format!(
-                "SPI_execute_plan returned {rc}"
+                "the {} statement on idempotency.records failed: {}",
+                self.plans.name_of(plan),
+                spi_result_text(rc)
             )));
         }
         // SAFETY: set by the execution above.
@@ -354,7 +328,7 @@ impl Store {
         scope: pg_sys::Datum,
         key: pg_sys::Datum,
         read_only: bool,
-    ) -> Result<Option<Record>, IdemError> {
+    ) -> Result<Option<Row>, IdemError> {
         if self.run(self.plans.lookup, &[Some(scope), Some(key)], read_only, 1)? == 0 {
             return Ok(None);
         }
@@ -363,39 +337,49 @@ impl Store {
             let table = pg_sys::SPI_tuptable;
             let tuple = *(*table).vals;
             let desc = (*table).tupdesc;
-            let col = |n: i32| -> Option<pg_sys::Datum> {
+            let col = |c: Col| -> Option<pg_sys::Datum> {
                 let mut is_null = false;
-                let d = pg_sys::SPI_getbinval(tuple, desc, n, &mut is_null);
+                let d = pg_sys::SPI_getbinval(tuple, desc, c as i32, &mut is_null);
                 (!is_null).then_some(d)
             };
-            let required =
-                |n: i32| col(n).ok_or_else(|| IdemError::Internal(format!("column {n} is null")));
-            let state = match required(2)?.value() as u8 {
+            let required = |c: Col| {
+                col(c).ok_or_else(|| {
+                    IdemError::Internal(format!(
+                        "column {} of idempotency.records is null",
+                        c as i32
+                    ))
+                })
+            };
+            let state = match required(Col::state)?.value() as u8 {
                 b'p' => State::InProgress,
                 b'c' => State::Completed,
                 b'f' => State::Failed {
-                    retryable: col(3).is_some_and(|d| d.value() != 0),
+                    retryable: col(Col::retryable).is_some_and(|d| d.value() != 0),
                 },
-                other => return Err(IdemError::Internal(format!("unknown state {other}"))),
+                other => {
+                    return Err(IdemError::Internal(format!(
+                        "unknown state {other} in idempotency.records"
+                    )))
+                }
             };
-            let fp = varlena_bytes(required(4)?);
-            let fingerprint: [u8; 32] = fp
-                .try_into()
-                .map_err(|_| IdemError::Internal("stored fingerprint is not 32 bytes".into()))?;
-            Ok(Some(Record {
-                owner: pg_sys::Oid::from(required(1)?.value() as u32),
+            let fp = varlena_bytes(required(Col::fingerprint)?);
+            let fingerprint: [u8; 32] = fp.try_into().map_err(|_| {
+                IdemError::Internal("a fingerprint in idempotency.records is not 32 bytes".into())
+            })?;
+            Ok(Some(Row {
+                owner: pg_sys::Oid::from(required(Col::owner)?.value() as u32),
                 state,
                 fingerprint,
-                attempt: required(5)?.value() as i32,
-                created_at: required(6)?.value() as i64,
-                expires_at: required(7)?.value() as i64,
-                lease_expires_at: col(8).map(|d| d.value() as i64),
-                lease: required(9)?.value() as i64,
-                http_status: col(10).map(|d| i32::from(d.value() as i16)),
-                response: col(11).map(|d| self.copy_out(d)),
-                resource: col(12).map(|d| self.copy_out(d)),
-                recovery_point: col(13).map(|d| self.copy_out(d)),
-                recovery_data: col(14).map(|d| self.copy_out(d)),
+                attempt: required(Col::attempt)?.value() as i32,
+                created_at: required(Col::created_at)?.value() as i64,
+                expires_at: required(Col::expires_at)?.value() as i64,
+                lease_expires_at: col(Col::lease_expires_at).map(|d| d.value() as i64),
+                lease: required(Col::lease)?.value() as i64,
+                http_status: col(Col::http_status).map(|d| i32::from(d.value() as i16)),
+                response: col(Col::response).map(|d| self.copy_out(d)),
+                resource: col(Col::resource).map(|d| self.copy_out(d)),
+                recovery_point: col(Col::recovery_point).map(|d| self.copy_out(d)),
+                recovery_data: col(Col::recovery_data).map(|d| self.copy_out(d)),
             }))
         }
     }
@@ -533,7 +517,7 @@ impl Store {
     }
 }
 
-impl Drop for Store {
+impl Drop for Records {
     fn drop(&mut self) {
         // SAFETY: closes the connection opened in `open` and restores the caller's identity.
         unsafe {

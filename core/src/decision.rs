@@ -1,8 +1,8 @@
 //! The state machine of an idempotency key, with no PostgreSQL in it.
 //!
 //! Given what is stored for a key (if anything), what the caller asks and the clock, these
-//! functions say what happens: the decision table of `CONTRACT.md` for `idem_begin`, and the
-//! guards that `idem_complete`, `idem_fail` and `idem_checkpoint` apply. The PostgreSQL shell
+//! functions say what happens: the decision table of `idem_begin` (README, "idem_begin"), and
+//! the guards that `idem_complete`, `idem_fail` and `idem_checkpoint` apply. The PostgreSQL shell
 //! reads the record, asks here, and writes what it is told; it decides nothing itself.
 //!
 //! Times are PostgreSQL `timestamptz` values: microseconds since 2000-01-01 UTC.
@@ -31,12 +31,14 @@ impl State {
     }
 }
 
-/// What the decision needs to know about a stored record.
+/// What the decision needs to know about the record that exists for a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stored {
+pub struct Existing {
     pub state: State,
     pub fingerprint: [u8; 32],
     pub attempt: i32,
+    /// The key's first use (for the message of a refusal).
+    pub created_at: Micros,
     pub expires_at: Micros,
     /// When the current holder's lease runs out; meaningful only while `InProgress`.
     pub lease_expires_at: Option<Micros>,
@@ -45,7 +47,7 @@ pub struct Stored {
     pub caller_is_owner: bool,
 }
 
-impl Stored {
+impl Existing {
     /// An expired record counts as none.
     pub fn is_live(&self, now: Micros) -> bool {
         now < self.expires_at
@@ -111,17 +113,30 @@ pub enum Begin {
     InProgress,
 }
 
-/// Why a request is refused outright.
+/// Why a request is refused outright, with what its message tells the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// The key is live and belongs to a role the caller is not a member of (42501).
     NotOwner,
     /// The key is live and was first used with a different command (IK001).
-    CommandMismatch,
+    CommandMismatch {
+        first_used: Micros,
+        stored: [u8; 32],
+        given: [u8; 32],
+    },
     /// complete, fail or checkpoint on a key that is not in progress (IK002).
-    NotInProgress,
+    NotInProgress(Found),
     /// The attempt given is not the record's attempt: the lease was taken over (IK003).
-    LeaseLost,
+    LeaseLost { given: i32, current: i32 },
+}
+
+/// What complete, fail or checkpoint found instead of an in-progress record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    Absent,
+    Expired,
+    Completed,
+    Failed,
 }
 
 /// The decision table of `idem_begin`.
@@ -129,8 +144,8 @@ pub enum Refusal {
 /// Order matters and is part of the contract: an expired record counts as none; ownership is
 /// checked before anything about the record is revealed; on a live record a different
 /// fingerprint is refused whatever the state.
-pub fn begin(stored: Option<&Stored>, req: &BeginRequest) -> Result<Begin, Refusal> {
-    let live = stored.filter(|s| s.is_live(req.now));
+pub fn begin(existing: Option<&Existing>, req: &BeginRequest) -> Result<Begin, Refusal> {
+    let live = existing.filter(|s| s.is_live(req.now));
     let Some(s) = live else {
         return Ok(if req.holds_lock {
             Begin::Execute(Execute::Claim {
@@ -147,7 +162,11 @@ pub fn begin(stored: Option<&Stored>, req: &BeginRequest) -> Result<Begin, Refus
         return Err(Refusal::NotOwner);
     }
     if s.fingerprint != req.fingerprint {
-        return Err(Refusal::CommandMismatch);
+        return Err(Refusal::CommandMismatch {
+            first_used: s.created_at,
+            stored: s.fingerprint,
+            given: req.fingerprint,
+        });
     }
     let resume = || {
         Begin::Execute(Execute::Resume {
@@ -170,20 +189,30 @@ pub fn begin(stored: Option<&Stored>, req: &BeginRequest) -> Result<Begin, Refus
 ///
 /// A stale holder whose attempt was superseded gets [`Refusal::LeaseLost`] even when the new
 /// holder has already finished: what it needs to learn is that it was fenced off.
-pub fn settle(stored: Option<&Stored>, now: Micros, attempt: Option<i32>) -> Result<(), Refusal> {
-    let s = stored
-        .filter(|s| s.is_live(now))
-        .ok_or(Refusal::NotInProgress)?;
+pub fn settle(
+    existing: Option<&Existing>,
+    now: Micros,
+    attempt: Option<i32>,
+) -> Result<(), Refusal> {
+    let s = match existing {
+        None => return Err(Refusal::NotInProgress(Found::Absent)),
+        Some(s) if !s.is_live(now) => return Err(Refusal::NotInProgress(Found::Expired)),
+        Some(s) => s,
+    };
     if !s.caller_is_owner {
         return Err(Refusal::NotOwner);
     }
-    if attempt.is_some_and(|a| a != s.attempt) {
-        return Err(Refusal::LeaseLost);
+    if let Some(given) = attempt.filter(|a| *a != s.attempt) {
+        return Err(Refusal::LeaseLost {
+            given,
+            current: s.attempt,
+        });
     }
-    if s.state != State::InProgress {
-        return Err(Refusal::NotInProgress);
+    match s.state {
+        State::InProgress => Ok(()),
+        State::Completed => Err(Refusal::NotInProgress(Found::Completed)),
+        State::Failed { .. } => Err(Refusal::NotInProgress(Found::Failed)),
     }
-    Ok(())
 }
 
 /// The 64-bit lock identity of a key within its scope: SHA-256 over the scope's length, the
@@ -222,11 +251,12 @@ mod tests {
         }
     }
 
-    fn stored(state: State) -> Stored {
-        Stored {
+    fn existing(state: State) -> Existing {
+        Existing {
             state,
             fingerprint: FP,
             attempt: 3,
+            created_at: NOW - 1,
             expires_at: NOW + 1,
             lease_expires_at: Some(NOW + 1),
             caller_is_owner: true,
@@ -254,9 +284,9 @@ mod tests {
         assert_eq!(later(NOW, Micros::MAX), Micros::MAX);
         assert_eq!(later(NOW, END_TIMESTAMP - NOW), Micros::MAX);
         assert_eq!(later(NOW, END_TIMESTAMP - NOW - 1), END_TIMESTAMP - 1);
-        let s = Stored {
+        let s = Existing {
             lease_expires_at: Some(NOW - 1),
-            ..stored(State::InProgress)
+            ..existing(State::InProgress)
         };
         assert_eq!(
             begin(Some(&s), &r),
@@ -285,11 +315,11 @@ mod tests {
             State::Completed,
             State::Failed { retryable: false },
         ] {
-            let s = Stored {
+            let s = Existing {
                 fingerprint: OTHER,
                 caller_is_owner: false,
                 expires_at: NOW,
-                ..stored(state)
+                ..existing(state)
             };
             assert!(matches!(
                 begin(Some(&s), &req(true)),
@@ -305,15 +335,15 @@ mod tests {
 
     #[test]
     fn answers_in_progress_while_committed_lease_holds() {
-        let s = stored(State::InProgress);
+        let s = existing(State::InProgress);
         assert_eq!(begin(Some(&s), &req(true)), Ok(Begin::InProgress));
     }
 
     #[test]
     fn takes_over_when_lease_ran_out() {
-        let s = Stored {
+        let s = Existing {
             lease_expires_at: Some(NOW),
-            ..stored(State::InProgress)
+            ..existing(State::InProgress)
         };
         assert_eq!(
             begin(Some(&s), &req(true)),
@@ -326,12 +356,12 @@ mod tests {
 
     #[test]
     fn does_not_take_over_while_another_transaction_holds_the_key() {
-        let s = Stored {
+        let s = Existing {
             lease_expires_at: Some(NOW),
-            ..stored(State::InProgress)
+            ..existing(State::InProgress)
         };
         assert_eq!(begin(Some(&s), &req(false)), Ok(Begin::InProgress));
-        let f = stored(State::Failed { retryable: true });
+        let f = existing(State::Failed { retryable: true });
         assert_eq!(begin(Some(&f), &req(false)), Ok(Begin::InProgress));
     }
 
@@ -339,7 +369,7 @@ mod tests {
     fn replays_completed_command() {
         for holds in [true, false] {
             assert_eq!(
-                begin(Some(&stored(State::Completed)), &req(holds)),
+                begin(Some(&existing(State::Completed)), &req(holds)),
                 Ok(Begin::Replay)
             );
         }
@@ -347,7 +377,7 @@ mod tests {
 
     #[test]
     fn retries_retryable_failure_as_next_attempt() {
-        let s = stored(State::Failed { retryable: true });
+        let s = existing(State::Failed { retryable: true });
         assert_eq!(
             begin(Some(&s), &req(true)),
             Ok(Begin::Execute(Execute::Resume {
@@ -359,7 +389,7 @@ mod tests {
 
     #[test]
     fn replays_final_failure() {
-        let s = stored(State::Failed { retryable: false });
+        let s = existing(State::Failed { retryable: false });
         assert_eq!(begin(Some(&s), &req(true)), Ok(Begin::Replay));
     }
 
@@ -371,57 +401,71 @@ mod tests {
             State::Failed { retryable: true },
             State::Failed { retryable: false },
         ] {
-            let s = Stored {
+            let s = Existing {
                 fingerprint: OTHER,
-                ..stored(state)
+                ..existing(state)
             };
             for holds in [true, false] {
-                assert_eq!(begin(Some(&s), &req(holds)), Err(Refusal::CommandMismatch));
+                assert_eq!(
+                    begin(Some(&s), &req(holds)),
+                    Err(Refusal::CommandMismatch {
+                        first_used: NOW - 1,
+                        stored: OTHER,
+                        given: FP
+                    })
+                );
             }
         }
     }
 
     #[test]
     fn refuses_other_role_before_revealing_the_command() {
-        let s = Stored {
+        let s = Existing {
             fingerprint: OTHER,
             caller_is_owner: false,
-            ..stored(State::Completed)
+            ..existing(State::Completed)
         };
         assert_eq!(begin(Some(&s), &req(true)), Err(Refusal::NotOwner));
     }
 
     #[test]
     fn settles_in_progress_record_with_or_without_attempt() {
-        let s = stored(State::InProgress);
+        let s = existing(State::InProgress);
         assert_eq!(settle(Some(&s), NOW, None), Ok(()));
         assert_eq!(settle(Some(&s), NOW, Some(3)), Ok(()));
     }
 
     #[test]
     fn settles_after_own_lease_ran_out_when_nobody_took_over() {
-        let s = Stored {
+        let s = Existing {
             lease_expires_at: Some(NOW - 1),
-            ..stored(State::InProgress)
+            ..existing(State::InProgress)
         };
         assert_eq!(settle(Some(&s), NOW, Some(3)), Ok(()));
     }
 
     #[test]
     fn refuses_to_settle_absent_expired_or_final_record() {
-        assert_eq!(settle(None, NOW, None), Err(Refusal::NotInProgress));
-        let expired = Stored {
+        assert_eq!(
+            settle(None, NOW, None),
+            Err(Refusal::NotInProgress(Found::Absent))
+        );
+        let expired = Existing {
             expires_at: NOW,
-            ..stored(State::InProgress)
+            ..existing(State::InProgress)
         };
         assert_eq!(
             settle(Some(&expired), NOW, None),
-            Err(Refusal::NotInProgress)
+            Err(Refusal::NotInProgress(Found::Expired))
         );
-        for state in [State::Completed, State::Failed { retryable: true }] {
+        for (state, found) in [
+            (State::Completed, Found::Completed),
+            (State::Failed { retryable: true }, Found::Failed),
+            (State::Failed { retryable: false }, Found::Failed),
+        ] {
             assert_eq!(
-                settle(Some(&stored(state)), NOW, Some(3)),
-                Err(Refusal::NotInProgress)
+                settle(Some(&existing(state)), NOW, Some(3)),
+                Err(Refusal::NotInProgress(found))
             );
         }
     }
@@ -430,17 +474,20 @@ mod tests {
     fn fences_stale_attempt_even_after_the_new_holder_finished() {
         for state in [State::InProgress, State::Completed] {
             assert_eq!(
-                settle(Some(&stored(state)), NOW, Some(2)),
-                Err(Refusal::LeaseLost)
+                settle(Some(&existing(state)), NOW, Some(2)),
+                Err(Refusal::LeaseLost {
+                    given: 2,
+                    current: 3
+                })
             );
         }
     }
 
     #[test]
     fn refuses_to_settle_another_roles_record() {
-        let s = Stored {
+        let s = Existing {
             caller_is_owner: false,
-            ..stored(State::InProgress)
+            ..existing(State::InProgress)
         };
         assert_eq!(settle(Some(&s), NOW, None), Err(Refusal::NotOwner));
     }
@@ -473,7 +520,7 @@ mod tests {
         ]
     }
 
-    fn any_stored() -> impl Strategy<Value = Stored> {
+    fn any_existing() -> impl Strategy<Value = Existing> {
         (
             any_state(),
             any::<bool>(),
@@ -482,10 +529,11 @@ mod tests {
             proptest::option::of(-10i64..10),
             any::<bool>(),
         )
-            .prop_map(|(state, same, attempt, exp, lease, owner)| Stored {
+            .prop_map(|(state, same, attempt, exp, lease, owner)| Existing {
                 state,
                 fingerprint: if same { FP } else { OTHER },
                 attempt,
+                created_at: NOW - 20,
                 expires_at: NOW + exp,
                 lease_expires_at: lease.map(|l| NOW + l),
                 caller_is_owner: owner,
@@ -494,22 +542,29 @@ mod tests {
 
     proptest! {
         #[test]
-        fn without_the_lock_begin_never_executes(s in proptest::option::of(any_stored())) {
+        fn without_the_lock_begin_never_executes(s in proptest::option::of(any_existing())) {
             let d = begin(s.as_ref(), &req(false));
             prop_assert!(!matches!(d, Ok(Begin::Execute(_))));
         }
 
         #[test]
-        fn live_record_with_other_command_is_always_refused(s in any_stored()) {
+        fn live_record_with_other_command_is_always_refused(s in any_existing()) {
             prop_assume!(s.is_live(NOW) && s.fingerprint != FP);
             for holds in [true, false] {
                 let d = begin(Some(&s), &req(holds));
-                prop_assert!(d == Err(Refusal::CommandMismatch) || d == Err(Refusal::NotOwner));
+                let refused = match d {
+                    Err(Refusal::CommandMismatch { stored, given, .. }) => {
+                        stored == s.fingerprint && given == FP
+                    }
+                    Err(Refusal::NotOwner) => true,
+                    _ => false,
+                };
+                prop_assert!(refused);
             }
         }
 
         #[test]
-        fn execute_resumes_with_exactly_the_next_attempt(s in any_stored()) {
+        fn execute_resumes_with_exactly_the_next_attempt(s in any_existing()) {
             if let Ok(Begin::Execute(Execute::Resume { attempt, lease_expires_at })) =
                 begin(Some(&s), &req(true))
             {
@@ -520,7 +575,7 @@ mod tests {
         }
 
         #[test]
-        fn replay_only_for_final_outcomes(s in any_stored(), holds in any::<bool>()) {
+        fn replay_only_for_final_outcomes(s in any_existing(), holds in any::<bool>()) {
             if begin(Some(&s), &req(holds)) == Ok(Begin::Replay) {
                 let final_outcome =
                     matches!(s.state, State::Completed | State::Failed { retryable: false });
@@ -530,7 +585,7 @@ mod tests {
 
         #[test]
         fn settle_succeeds_only_on_live_own_in_progress_same_attempt(
-            s in any_stored(), attempt in proptest::option::of(1..1000i32)
+            s in any_existing(), attempt in proptest::option::of(1..1000i32)
         ) {
             let ok = settle(Some(&s), NOW, attempt).is_ok();
             let expected = s.is_live(NOW)
