@@ -54,6 +54,7 @@ psql -p "$PLAIN_PORT" -c "CREATE EXTENSION idempotency" -c "$TABLE" >/dev/null
 CITUS=$(psql -p "$PORT" -At -c "SELECT citus_version()")
 PG=$("$PG_BINDIR/postgres" --version)
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A TPS=()
 run=$(date -u +%s)
 for round in $(seq 1 "$ROUNDS"); do
@@ -83,7 +84,9 @@ median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print (
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $PG, $CITUS."
   echo "Coordinator and two workers and the plain node on this one machine (127.0.0.1), the same"
   echo "PostgreSQL and settings (fsync and synchronous_commit on). pgbench -M prepared, ${SECONDS_EACH} s"
-  echo "per run, median of $ROUNDS interleaved rounds. Command: \`make bench-citus CITUS_PG_CONFIG=$CITUS_PG_CONFIG\`."
+  echo "per run, median of $ROUNDS interleaved rounds. Load average (1, 5, 15 min) at the start"
+  echo "$LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shows here)."
+  echo "Command: \`make bench-citus CITUS_PG_CONFIG=$CITUS_PG_CONFIG\`."
   echo
   echo "| case | clients | Citus TPS | plain TPS | Citus / plain |"
   echo "|---|---|---|---|---|"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Citus test (`make test-citus CITUS_PG_CONFIG=/path/to/pg_config`, docs/scale-out.md):
 # a coordinator and two workers on 127.0.0.1, `idem_distribute()`, then over real connections:
-#   1. the set-up and its refusals (no Citus, a worker, a tenant id of another type);
+#   1. the set-up and its refusals (no Citus, a worker, a tenant id of another type); the
+#      upgrade from the previous release with the records distributed;
 #   2. the contract through the coordinator: execute, replay, in_progress, IK001, IK002, IK003,
 #      42501, 22023, 22004; one transaction with the effect on the same node (no two-phase
 #      commit); phases with a takeover and fencing; idem_check; idem_forget;
@@ -220,6 +221,32 @@ PA=$(port_of "$SA")
 PB=$(port_of "$SB")
 [ "$PA" != "$PB" ] || die "no two tenants on different workers"
 step "scope $SA lives on $PA, $SB on $PB"
+
+# The upgrade on Citus: records of every state written by the previous release, the table
+# distributed by hand (as the earlier README's recipe did), ALTER EXTENSION UPDATE on the
+# coordinator, idem_distribute(), and the records behave as written (scripts/lib.sh).
+OLD=$(ls "$ROOT"/sql/releases/ | sed -n 's/^idempotency--\(.*\)\.sql$/\1/p' | sort -V | tail -n1)
+for p in "$P0" "$P1" "$P2"; do
+  qdb "$p" postgres "CREATE DATABASE upgrade" >/dev/null
+  qdb "$p" upgrade "CREATE EXTENSION citus" >/dev/null
+  qdb "$p" upgrade "ALTER DATABASE upgrade SET session_preload_libraries = 'idempotency'" >/dev/null
+done
+qdb "$P0" upgrade "SELECT citus_set_coordinator_host('$H', $P0)" >/dev/null
+qdb "$P0" upgrade "SELECT citus_add_node('$H', $P1)" >/dev/null
+qdb "$P0" upgrade "SELECT citus_add_node('$H', $P2)" >/dev/null
+qdb "$P0" upgrade "CREATE EXTENSION idempotency VERSION '$OLD'" >/dev/null
+write_records $H "$P0" upgrade up "" '2 seconds'
+qdb "$P0" upgrade "SELECT create_distributed_table('idempotency.records', 'scope')" >/dev/null
+qdb "$P0" upgrade "SELECT truncate_local_data_after_distributing_table('idempotency.records')" >/dev/null
+qdb "$P0" upgrade "ALTER EXTENSION idempotency UPDATE" >/dev/null
+expect_eq "ALTER EXTENSION UPDATE from $OLD reached every node" \
+  "$(qdb "$P0" upgrade "SELECT string_agg(result, ',' ORDER BY nodeid) FROM run_command_on_all_nodes(
+                \$\$SELECT extversion FROM pg_extension WHERE extname = 'idempotency'\$\$)")" \
+  "$(crate_version),$(crate_version),$(crate_version)"
+expect_eq "idem_distribute() on records distributed by hand" "$(qdb "$P0" upgrade "SELECT idem_distribute()")" \
+  "idempotency.records distributed by scope in 32 shards; 6 functions delegated by scope"
+check_records $H "$P0" upgrade up ""
+step "upgrade from $OLD on Citus: records kept, replayed, taken over"
 
 # --- 2. the contract through the coordinator ---------------------------------------------------
 C='{"amount": "10.00", "currency": "EUR"}'
