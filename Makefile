@@ -134,8 +134,7 @@ soak-fuzz:
 #   test-http   the client crate's tests on a scratch PostgreSQL, then the conformance suite over
 #               loopback against payments-api (core, full, crash with fault injection), a
 #               schemathesis run against /openapi.json, the key-state route on a hot standby
-#               (scripts/http-test.sh; ports 54500-54501, 18080-18083; Python packages into
-#               build/venv-http when missing)
+#               (scripts/http-test.sh; Python packages into build/venv-http when missing)
 #   serve       a scratch PostgreSQL with the extension and payments-api on 127.0.0.1:8080 in
 #               the foreground (scripts/serve.sh); Ctrl-C stops both
 #   bench-http  new payments and replays at 1, 16 and 64 clients over HTTP, release build
@@ -155,14 +154,13 @@ bench: $(STAMP).release
 
 # --- The client libraries (clients/python, clients/typescript; docs/clients.md) -------------
 #   test-client-python      the Python package's tests (pytest) on a scratch PostgreSQL, then
-#                           mypy --strict (scripts/client-python-test.sh; port 54521; PyPI
-#                           packages into build/venv-clients when missing)
+#                           mypy --strict (scripts/client-python-test.sh; PyPI packages into
+#                           build/venv-clients when missing)
 #   test-client-typescript  the npm package's tests (tsc, node --test) on a scratch PostgreSQL
-#                           (scripts/client-typescript-test.sh; port 54522, HTTP 18110; npm ci
-#                           from the committed package-lock.json when missing)
+#                           (scripts/client-typescript-test.sh; npm ci from the committed
+#                           package-lock.json when missing)
 #   test-http-examples      the example payments services of both libraries against the
-#                           conformance suite's core set (scripts/http-examples-test.sh; port
-#                           54523, HTTP 18120-18121)
+#                           conformance suite's core set (scripts/http-examples-test.sh)
 test-client-python: $(STAMP).debug
 	bash scripts/client-python-test.sh
 
@@ -175,13 +173,13 @@ test-http-examples: $(STAMP).debug
 # --- scale-out on Citus (scripts/citus-test.sh, bench/citus.sh; docs/scale-out.md) -----------
 # Both install nothing: Citus (from its packages, 11.0 or later) and this extension (make install
 # PG_CONFIG=...) must already be installed in the PostgreSQL of CITUS_PG_CONFIG.
-#   test-citus   a coordinator and two workers on 127.0.0.1 (ports CITUS_PORT, default 54360,
+#   test-citus   a coordinator and two workers on 127.0.0.1 (ports CITUS_PORT, default 54380,
 #                and the next two): idem_distribute and its refusals, the contract's outcomes and
 #                SQLSTATEs, where the key's lock is, per-shard purge, the torture load through the
 #                coordinator and through every node, a worker killed under load. Without
 #                CITUS_PG_CONFIG it prints SKIPPED and build/citus/status says SKIPPED, not PASSED
 #   bench-citus  TPS of the idempotent one-transaction payment through the coordinator against one
-#                plain node, side by side (ports BENCH_CITUS_PORT, default 54363, and the next three)
+#                plain node, side by side (ports BENCH_CITUS_PORT, default 54383, and the next three)
 CITUS_PG_CONFIG ?=
 test-citus:
 	CITUS_PG_CONFIG="$(CITUS_PG_CONFIG)" bash scripts/citus-test.sh

@@ -7,7 +7,7 @@
 #
 #   CITUS_PG_CONFIG      pg_config of a PostgreSQL with Citus and this extension installed
 #   BENCH_CITUS_PORT     the coordinator's port (default: scripts/lib.sh port_of bench-citus,
-#                        54363; workers +1, +2; the plain node +3)
+#                        54383; workers +1, +2; the plain node +3)
 #   BENCH_SECONDS (20)   per pgbench run; BENCH_CLIENTS ("1 16"); BENCH_ROUNDS (3)
 # Results: build/bench-citus/results.md (and the pgbench logs beside it).
 set -euo pipefail

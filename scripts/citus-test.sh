@@ -24,7 +24,7 @@
 # (the status file says what ran: PASSED, FAILED or SKIPPED).
 #
 #   CITUS_PG_CONFIG  pg_config of that PostgreSQL
-#   CITUS_PORT       the coordinator's port (default: scripts/lib.sh port_of citus, 54360 with
+#   CITUS_PORT       the coordinator's port (default: scripts/lib.sh port_of citus, 54380 with
 #                    the default TEST_PORT_BASE); the workers use the next two
 #   CITUS_REQUESTS   requests of each torture run (default 20000); CITUS_CONNECTIONS (32)
 set -euo pipefail

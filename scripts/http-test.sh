@@ -3,12 +3,11 @@
 #
 #   1. builds payments-api (HTTP_PROFILE, default debug) and, when missing, a Python venv
 #      under build/venv-http with the suite's requirements (tests/conformance/requirements*.txt);
-#   2. starts a scratch cluster (build/http-test/pg, port HTTP_PG_PORT, default 54500) from
-#      PG_BINDIR (default Debian's PostgreSQL 15, which must have the extension installed),
-#      the mock processor as its own process, the service (30 s lease) and a second service
-#      with --fault-injection and a 1 s lease, on 127.0.0.1:HTTP_PORT .. HTTP_PORT+2
-#      (default 18080, 18081 the processor, 18082 the fault-injection service, 18083 a service
-#      on a hot standby of the cluster, port HTTP_PG_PORT+1);
+#   2. starts a scratch cluster (build/http-test/pg, port_of http) from PG_BINDIR (which must
+#      have the extension installed), the mock processor as its own process, the service
+#      (30 s lease) and a second service with --fault-injection and a 1 s lease, on 127.0.0.1
+#      from http_port_of http (+1 the processor, +2 the fault-injection service, +3 a service
+#      on a hot standby of the cluster, whose port is the cluster's + 1);
 #   3. runs the client crate's tests against the database (every outcome and SQLSTATE, two
 #      connections racing, a phased takeover with IK003, round trips per flow), the service's
 #      unit tests, the conformance suite (tests/conformance: `core` and `full` against the
@@ -21,10 +20,11 @@
 #   HTTP_FUZZ_EXAMPLES  examples per operation for schemathesis (default 200)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
-export PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-export HTTP_PG_PORT=${HTTP_PG_PORT:-54500}
-export HTTP_PORT=${HTTP_PORT:-18080}
+NAME=http-test
+. "$(dirname "$0")/lib.sh"
+export PG_BINDIR
+HTTP_PG_PORT=$(port_of http)
+HTTP_PORT=$(http_port_of http)
 export HTTP_PROFILE=${HTTP_PROFILE:-debug}
 export HTTP_DIR=$ROOT/build/http-test
 FUZZ_EXAMPLES=${HTTP_FUZZ_EXAMPLES:-200}
@@ -37,26 +37,11 @@ STANDBY_PG_PORT=$((HTTP_PG_PORT + 1))
 export HTTP_DB_URL="postgresql://postgres@localhost/payments?host=$HTTP_DIR/pg&port=$HTTP_PG_PORT"
 export HTTP_PROCESSOR_URL="http://127.0.0.1:$PROCESSOR_PORT"
 
-log() { printf '[http-test] %s\n' "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
-
-# wait_http URL SECONDS: until URL answers 200.
-wait_http() {
-  local i
-  for i in $(seq 1 $(($2 * 10))); do
-    curl -sf -o /dev/null "$1" && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
 # The fault-injection service: started here and by the suite after each crash.
 start_fault_service() {
   local old
   old=$(cat "$HTTP_DIR/fault.pid" 2>/dev/null || true)
-  if [ -n "$old" ] && kill -0 "$old" 2>/dev/null; then
-    kill "$old"; wait_gone "$old"
-  fi
+  [ -z "$old" ] || stop_pid "$old"
   ulimit -c 0
   setsid "$BIN" serve --database-url "$HTTP_DB_URL" --listen "127.0.0.1:$FAULT_PORT" \
     --processor-url "$HTTP_PROCESSOR_URL" --lease 1s --fault-injection \
@@ -65,32 +50,18 @@ start_fault_service() {
   wait_http "http://127.0.0.1:$FAULT_PORT/healthz" 30 || die "the fault-injection service did not start (see $HTTP_DIR/fault.log)"
 }
 
-wait_gone() {
-  local i
-  for i in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-  kill -9 "$1" 2>/dev/null || true
-}
-
 if [ "${1:-}" = restart-fault ]; then
-  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$HTTP_PROFILE/payments-api
   start_fault_service
   exit 0
 fi
 
 stop_all() {
-  local rc=$? f pid
+  local f pid
   for f in standby fault service processor; do
     pid=$(cat "$HTTP_DIR/$f.pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      wait_gone "$pid"
-    fi
+    [ -z "$pid" ] || stop_pid "$pid"
     rm -f "$HTTP_DIR/$f.pid"
   done
-  "$ROOT/scripts/pgcluster.sh" stop "$HTTP_DIR/replica" || rc=1
-  "$ROOT/scripts/pgcluster.sh" stop "$HTTP_DIR/pg" || rc=1
-  if [ $rc -eq 0 ]; then log "all passed"; else log "FAILED (exit code $rc); logs in $HTTP_DIR"; fi
-  exit $rc
 }
 
 mkdir -p "$HTTP_DIR"
@@ -110,20 +81,16 @@ if ! "$VENV/bin/python" -c 'import httpx, pytest, schemathesis' 2>/dev/null; the
   "$VENV/bin/pip" install -q -r tests/conformance/requirements.txt -r tests/conformance/requirements-fuzz.txt
 fi
 
-sharedir=$("$PG_BINDIR/pg_config" --sharedir)
-[ -f "$sharedir/extension/idempotency.control" ] \
-  || die "the extension is not installed in $sharedir/extension (make install PG_CONFIG=$PG_BINDIR/pg_config)"
+require_installed
 
 # --- 2. database, processor, services --------------------------------------------------------
-trap stop_all EXIT
 rm -f "$HTTP_DIR"/*.log
-"$ROOT/scripts/pgcluster.sh" stop "$HTTP_DIR/replica"
+cluster_stop "$HTTP_DIR/replica"
 rm -rf "$HTTP_DIR/replica"
-"$ROOT/scripts/pgcluster.sh" start "$HTTP_DIR/pg" "$HTTP_PG_PORT"
-PSQL=("$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$HTTP_DIR/pg" -p "$HTTP_PG_PORT" -U postgres)
-"${PSQL[@]}" -d postgres -c 'SET client_min_messages = warning' \
-  -c 'DROP DATABASE IF EXISTS payments' -c 'CREATE DATABASE payments' \
-  -c 'DROP DATABASE IF EXISTS client_tests' -c 'CREATE DATABASE client_tests'
+on_exit cluster_stop "$HTTP_DIR/replica"
+cluster_fresh "$HTTP_DIR/pg" "$HTTP_PG_PORT"
+on_exit stop_all
+psql_at "$HTTP_DIR/pg" "$HTTP_PG_PORT" postgres -c 'CREATE DATABASE payments' -c 'CREATE DATABASE client_tests'
 
 setsid "$BIN" mock-processor --listen "127.0.0.1:$PROCESSOR_PORT" >"$HTTP_DIR/processor.log" 2>&1 </dev/null &
 echo $! >"$HTTP_DIR/processor.pid"
@@ -162,16 +129,14 @@ log "schema-driven fuzzing of /openapi.json (schemathesis, $FUZZ_EXAMPLES exampl
 
 log "hot standby: the key-state route answers from a replica, writes answer 503"
 [ "$(id -u)" -ne 0 ] || { mkdir -p "$HTTP_DIR/replica"; chown postgres: "$HTTP_DIR/replica"; }
-as_owner() { if [ "$(id -u)" -eq 0 ]; then (cd / && sudo -u postgres -H -- "$@"); else "$@"; fi; }
 as_owner "$PG_BINDIR/pg_basebackup" -h "$HTTP_DIR/pg" -p "$HTTP_PG_PORT" -U postgres \
   -D "$HTTP_DIR/replica/data" -R -X stream -c fast
-"$ROOT/scripts/pgcluster.sh" start "$HTTP_DIR/replica" "$STANDBY_PG_PORT"
+cluster_start "$HTTP_DIR/replica" "$STANDBY_PG_PORT"
 first=$(curl -s -X POST "http://127.0.0.1:$HTTP_PORT/v1/payments" -H 'Authorization: Bearer standby' \
   -H 'Idempotency-Key: "sb-1"' -d '{"amount": "10.00", "currency": "EUR", "card": "tok_visa"}')
-lsn=$("${PSQL[@]}" -d postgres -At -c 'SELECT pg_current_wal_insert_lsn()')
+lsn=$(sql "$HTTP_DIR/pg" "$HTTP_PG_PORT" postgres 'SELECT pg_current_wal_insert_lsn()')
 for i in $(seq 1 300); do
-  [ "$("$PG_BINDIR/psql" -X -At -h "$HTTP_DIR/replica" -p "$STANDBY_PG_PORT" -U postgres -d postgres \
-      -c "SELECT pg_last_wal_replay_lsn() >= '$lsn'::pg_lsn")" = t ] && break
+  [ "$(sql "$HTTP_DIR/replica" "$STANDBY_PG_PORT" postgres "SELECT pg_last_wal_replay_lsn() >= '$lsn'::pg_lsn")" = t ] && break
   [ "$i" -lt 300 ] || die "the replica did not replay up to $lsn"
   sleep 0.1
 done
@@ -196,8 +161,9 @@ print("standby: key state and payment read from the replica; a write answered 50
 PY
 
 log "database: one payment per tenant and key"
-dups=$("${PSQL[@]}" -d payments -At -c \
+dups=$(sql "$HTTP_DIR/pg" "$HTTP_PG_PORT" payments \
   "SELECT count(*) FROM (SELECT 1 FROM payments GROUP BY tenant, idempotency_key HAVING count(*) > 1) d")
 [ "$dups" = 0 ] || die "$dups keys have more than one payment"
 crashed=$(grep -c 'terminated by signal\|PANIC' "$HTTP_DIR/pg/server.log" || true)
 [ "$crashed" = 0 ] || die "the server log shows a crashed backend"
+log "all passed"

@@ -36,15 +36,36 @@ port_of() {  # NAME [MAJOR]
     regress) offset=5 ;;
     vectors) offset=6 ;;
     demo) offset=9 ;;
+    serve) offset=10 ;;
     torture) offset=11 ;;
     crash) offset=12 ;;
     bench) offset=20 ;;
-    citus) offset=30 ;;        # a coordinator and two workers: this port and the next two
-    bench-citus) offset=33 ;;  # the same, and a plain node on the fourth
+    bench-http) offset=21 ;;
+    http) offset=30 ;;     # its hot standby listens on the next port
+    client-python) offset=40 ;;
+    client-typescript) offset=41 ;;
+    http-examples) offset=42 ;;
+    citus) offset=50 ;;        # a coordinator and two workers: this port and the next two
+    bench-citus) offset=53 ;;  # the same, and a plain node on the fourth
     matrix) offset=$((70 + ${2:?port_of matrix needs the major version})) ;;  # every suite of that version, one after the other
     *) die "no port for '$1'" ;;
   esac
   echo $((TEST_PORT_BASE + offset))
+}
+
+# The HTTP services of the suites listen on 127.0.0.1, on HTTP_PORT_BASE plus an offset (the
+# scratch clusters listen on no TCP port, so only these can meet another checkout's).
+HTTP_PORT_BASE=${HTTP_PORT_BASE:-18080}
+http_port_of() {  # NAME
+  local offset
+  case "$1" in
+    http) offset=0 ;;            # the service; +1 the mock processor, +2 with fault injection, +3 on the standby
+    bench-http) offset=10 ;;
+    client-typescript) offset=30 ;;
+    http-examples) offset=40 ;;  # the Python example; +1 the TypeScript one
+    *) die "no HTTP port for '$1'" ;;
+  esac
+  echo $((HTTP_PORT_BASE + offset))
 }
 
 # scratch SUITE: sets DIR (build/SUITE, or TEST_DIR) and PORT (port_of SUITE, or TEST_PORT).
@@ -73,6 +94,24 @@ _run_on_exit() {
     eval "${_ON_EXIT[i]}" || EXIT_STATUS=1
   done
   exit "$EXIT_STATUS"
+}
+
+# wait_http URL SECONDS: until URL answers 2xx; false after SECONDS.
+wait_http() {
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# stop_pid PID: SIGTERM, then SIGKILL after 10 s; nothing to do if it is gone.
+stop_pid() {
+  local i
+  kill "$1" 2>/dev/null || return 0
+  for ((i = 0; i < 100; i++)); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
 }
 
 # --- scratch clusters ------------------------------------------------------------------------

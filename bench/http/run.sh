@@ -2,8 +2,8 @@
 # `make bench-http`: the payments service under load, over HTTP on loopback. Not a test.
 #
 # A release build of payments-api (in-process mock processor) on a scratch PostgreSQL with
-# pg_stat_statements (build/bench-http, port BENCH_HTTP_PG_PORT, default 54505; the service
-# on 127.0.0.1:BENCH_HTTP_PORT, default 18090). wrk (Debian's package, installed when
+# pg_stat_statements (build/bench-http, port_of bench-http; the service on 127.0.0.1,
+# http_port_of bench-http). wrk (Debian's package, installed when
 # missing) drives POST /v1/payments with bench/http/payments.lua:
 #   new     every request a new key: claim, charge, checkpoint, payment + completion
 #   replay  BENCH_HTTP_REPLAY_KEYS (100) completed keys sent again in turn: a replay
@@ -14,10 +14,10 @@
 # Results: bench/http/results.md (BENCH_HTTP_OUT to write elsewhere).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd -P)
-PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-PG_PORT=${BENCH_HTTP_PG_PORT:-54505}
-PORT=${BENCH_HTTP_PORT:-18090}
+NAME=bench-http
+. "$(dirname "$0")/../../scripts/lib.sh"
+PG_PORT=$(port_of bench-http)
+PORT=$(http_port_of bench-http)
 SECONDS_PER_RUN=${BENCH_HTTP_SECONDS:-15}
 CLIENTS=${BENCH_HTTP_CLIENTS:-"1 16 64"}
 REPLAY_KEYS=${BENCH_HTTP_REPLAY_KEYS:-100}
@@ -25,8 +25,6 @@ OUT=${BENCH_HTTP_OUT:-$ROOT/bench/http/results.md}
 DIR=$ROOT/build/bench-http
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/payments-api
 URL=http://127.0.0.1:$PORT
-
-log() { printf '[bench-http] %s\n' "$*" >&2; }
 
 if ! command -v wrk >/dev/null; then
   log "installing wrk (Debian)"
@@ -36,34 +34,21 @@ fi
 log "building payments-api (release)"
 (cd "$ROOT" && cargo build --release -q -p payments-api)
 
-SERVICE_PID=
-stop() {
-  local rc=$?
-  if [ -n "$SERVICE_PID" ] && kill -0 "$SERVICE_PID" 2>/dev/null; then
-    kill "$SERVICE_PID"; wait "$SERVICE_PID" 2>/dev/null || true
-  fi
-  PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" stop "$DIR/pg" || rc=1
-  exit $rc
-}
-trap stop EXIT
-
 mkdir -p "$DIR"
-export PG_BINDIR
-"$ROOT/scripts/pgcluster.sh" start "$DIR/pg" "$PG_PORT"
-PSQL=("$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR/pg" -p "$PG_PORT" -U postgres)
-if [ "$("${PSQL[@]}" -d postgres -At -c 'SHOW shared_preload_libraries')" != pg_stat_statements ]; then
-  "${PSQL[@]}" -d postgres -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" \
+cluster_up "$DIR/pg" "$PG_PORT"
+PSQL=(psql_at "$DIR/pg" "$PG_PORT")
+if [ "$(sql "$DIR/pg" "$PG_PORT" postgres 'SHOW shared_preload_libraries')" != pg_stat_statements ]; then
+  "${PSQL[@]}" postgres -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" \
     -c "ALTER SYSTEM SET track_wal_io_timing = on"
-  "$ROOT/scripts/pgcluster.sh" stop "$DIR/pg"
-  "$ROOT/scripts/pgcluster.sh" start "$DIR/pg" "$PG_PORT"
+  cluster_stop "$DIR/pg"
+  cluster_start "$DIR/pg" "$PG_PORT"
 fi
-"${PSQL[@]}" -d postgres -c 'SET client_min_messages = warning' \
-  -c 'DROP DATABASE IF EXISTS payments' -c 'CREATE DATABASE payments'
-"${PSQL[@]}" -d payments -c 'CREATE EXTENSION pg_stat_statements'
+"${PSQL[@]}" postgres -c 'DROP DATABASE IF EXISTS payments' -c 'CREATE DATABASE payments'
+"${PSQL[@]}" payments -c 'CREATE EXTENSION pg_stat_statements'
 
 "$BIN" serve --database-url "postgresql://postgres@localhost/payments?host=$DIR/pg&port=$PG_PORT" \
   --listen "127.0.0.1:$PORT" >"$DIR/service.log" 2>&1 &
-SERVICE_PID=$!
+on_exit stop_pid $!
 for _ in $(seq 1 100); do curl -sf -o /dev/null "$URL/healthz" && break; sleep 0.1; done
 curl -sf -o /dev/null "$URL/healthz" || { cat "$DIR/service.log" >&2; exit 1; }
 
@@ -82,7 +67,7 @@ done
 # Statement execution (pg_stat_statements) and the WAL writes and flushes of the commits,
 # which PostgreSQL does after a statement's execution (pg_stat_wal, track_wal_io_timing).
 db_ms() {
-  "${PSQL[@]}" -d payments -At -c \
+  "${PSQL[@]}" payments -At -c \
     "SELECT coalesce(sum(total_exec_time), 0), coalesce(sum(calls), 0),
             (SELECT wal_write_time + wal_sync_time FROM pg_stat_wal)
        FROM pg_stat_statements
@@ -94,13 +79,13 @@ rows=()
 for scenario in new replay; do
   for c in $CLIENTS; do
     t=$(( c < 2 ? 1 : 2 ))
-    payments_before=$("${PSQL[@]}" -d payments -At -c 'SELECT count(*) FROM payments')
-    "${PSQL[@]}" -d payments -At -c 'SELECT pg_stat_statements_reset()' -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
+    payments_before=$("${PSQL[@]}" payments -At -c 'SELECT count(*) FROM payments')
+    "${PSQL[@]}" payments -At -c 'SELECT pg_stat_statements_reset()' -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
     if [ "$scenario" = new ]; then args=(new "n$run_id-$c"); else args=(replay "rep$run_id" "$REPLAY_KEYS"); fi
     log "$scenario, $c connections, ${SECONDS_PER_RUN} s"
     json=$(wrk -t$t -c$c -d${SECONDS_PER_RUN}s --timeout 30s -s "$ROOT/bench/http/payments.lua" "$URL" -- "${args[@]}" | tail -n1)
     IFS='|' read -r exec_ms calls wal_ms <<<"$(db_ms)"
-    payments_after=$("${PSQL[@]}" -d payments -At -c 'SELECT count(*) FROM payments')
+    payments_after=$("${PSQL[@]}" payments -At -c 'SELECT count(*) FROM payments')
     row=$(python3 - "$scenario" "$c" "$json" "$exec_ms" "$calls" "$payments_before" "$payments_after" "$wal_ms" <<'EOF'
 import json, sys
 scenario, c, j, exec_ms, calls, before, after, wal_ms = sys.argv[1:]
