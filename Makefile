@@ -66,8 +66,12 @@ check: test-core test-pg test-regress test-isolation
 
 test: check test-meta test-vectors test-upgrade test-standby test-dump test-torture test-crash \
 	test-bench test-fuzz test-matrix test-http test-client-python test-client-typescript \
-	test-http-examples
-	@echo "make test: every suite passed"
+	test-http-examples test-citus
+	@if [ "$$(cat build/citus/status 2>/dev/null)" = PASSED ]; then \
+		echo "make test: every suite passed"; \
+	else \
+		echo "make test: every suite passed but test-citus, which was $$(cat build/citus/status 2>/dev/null || echo 'not run') (CITUS_PG_CONFIG names no PostgreSQL with Citus)"; \
+	fi
 
 # The pure core: unit, property and vector tests, no PostgreSQL.
 test-core:
