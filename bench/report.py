@@ -4,7 +4,7 @@
     python3 bench/report.py OUT_DIR
 
 Every figure comes from OUT_DIR/results.csv and OUT_DIR/machine.txt; nothing is typed in.
-Exits non-zero if a case is missing (so a broken harness fails `make bench-smoke`); a missed
+Exits non-zero if a case is missing (so a broken harness fails `make test-bench`); a missed
 target is reported, not an error.
 """
 import csv

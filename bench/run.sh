@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The benchmark harness (`make bench`, `make bench-smoke`): what idempotency costs, measured side
+# The benchmark harness (`make bench`, `make test-bench`): what idempotency costs, measured side
 # by side with what a team would use instead, in one run on one scratch PostgreSQL.
 #
-#   bash bench/run.sh                       full run (17 minutes on 2 cores)
-#   BENCH_SECONDS=2 BENCH_SCALES="10000" BENCH_PURGE=20000 bash bench/run.sh   the CI smoke form
+#   bash bench/run.sh                       the full run (see bench/README.md)
+#   BENCH_SECONDS=2 BENCH_SCALES="10000" BENCH_PURGE=20000 BENCH_RESULTS=build/bench/small bash bench/run.sh
 #
-# It starts its own cluster (scripts/pgcluster.sh) in $BENCH_DIR on $BENCH_PORT with fixed
+# It starts its own cluster (build/bench; TEST_DIR / TEST_PORT move it) with fixed
 # settings that it prints, loads bench/setup.sql and bench/alt.sql, and runs pgbench with the
 # scripts in bench/pgbench/ (prepared protocol, unix socket):
 #   matrix       (1) baseline, (2) one-transaction idempotency, (3) replay and (3') a primary-key
@@ -16,16 +16,18 @@
 #   purge        idem_purge of BENCH_PURGE expired records under a rate-limited load: p99 with
 #                and without it; then the same purge by the purge worker (library preloaded)
 #   scale        begin latency and bytes per record at each of BENCH_SCALES stored keys
-# Results: $BENCH_OUT/results.csv, results.md, bench.png (bench/report.py), and the raw logs.
+# Results: results.csv, results.md and bench.png (bench/report.py), machine.txt and
+# canonical.txt, written to BENCH_RESULTS (default bench/results, where the last full run is
+# kept) once the run has passed; the raw pgbench logs stay in build/bench/out/logs.
 # The extension must already be installed into the PostgreSQL of PG_BINDIR (the Makefile
 # does it). Ratios are what to read: absolute figures drift with the machine's load.
 set -euo pipefail
+NAME=bench
+. "$(dirname "$0")/../scripts/lib.sh"
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
-PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-BENCH_PORT=${BENCH_PORT:-54350}
-BENCH_DIR=${BENCH_DIR:-$ROOT/build/bench}
-BENCH_OUT=${BENCH_OUT:-$BENCH_DIR/out}
+scratch bench
+BENCH_OUT=$DIR/out
+BENCH_RESULTS=${BENCH_RESULTS:-$ROOT/bench/results}
 BENCH_SECONDS=${BENCH_SECONDS:-5}           # per pgbench run of the matrix
 BENCH_CLIENTS=${BENCH_CLIENTS:-"1 4 16"}
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}             # interleaved repetitions of every matrix cell
@@ -36,14 +38,12 @@ BENCH_PURGE=${BENCH_PURGE:-1000000}         # expired records purged under load
 BENCH_PURGE_RATE=${BENCH_PURGE_RATE:-200}   # tps of the live load during the purge test
 BENCH_PURGE_SECONDS=${BENCH_PURGE_SECONDS:-30}
 
-export PGHOST=$BENCH_DIR PGPORT=$BENCH_PORT PGUSER=postgres PGDATABASE=bench
-PSQL=("$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1)
+export PGHOST=$DIR PGPORT=$PORT PGUSER=postgres PGDATABASE=bench
 PGBENCH=("$PG_BINDIR/pgbench" -n -M prepared)
 CSV=$BENCH_OUT/results.csv
 RUN_TAG=$(date -u +%s)
 
-log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-sql() { "${PSQL[@]}" -At -c "$1"; }
+q() { sql "$DIR" "$PORT" bench "$1"; }
 
 # Python with matplotlib for the plot (installed from PyPI if missing).
 python3 -c 'import matplotlib' 2>/dev/null || {
@@ -51,22 +51,14 @@ python3 -c 'import matplotlib' 2>/dev/null || {
   pip install -q matplotlib >&2
 }
 
-mkdir -p "$BENCH_DIR"
-"$ROOT/scripts/pgcluster.sh" stop "$BENCH_DIR" || true
 # A fresh cluster every run: no data or settings from an earlier one.
-rm -rf "$BENCH_DIR/data" "$BENCH_OUT"
-mkdir -p "$BENCH_OUT"
-cleanup() {
-  local rc=$?
-  [ -z "${BG_PID:-}" ] || kill "$BG_PID" 2>/dev/null || true
-  PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" stop "$BENCH_DIR" || true
-  exit $rc
-}
-trap cleanup EXIT
-PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" start "$BENCH_DIR" "$BENCH_PORT"
+cluster_fresh "$DIR" "$PORT"
+mkdir -p "$BENCH_OUT/logs"
+kill_load() { [ -z "${BG_PID:-}" ] || kill "$BG_PID" 2>/dev/null || true; }
+on_exit kill_load
 
 # The fixed settings of every run (the rest are PostgreSQL's defaults).
-"${PSQL[@]}" -d postgres <<'EOF'
+psql_at "$DIR" "$PORT" postgres <<'EOF'
 ALTER SYSTEM SET shared_buffers = '1GB';
 ALTER SYSTEM SET max_wal_size = '8GB';
 ALTER SYSTEM SET checkpoint_timeout = '30min';
@@ -79,9 +71,9 @@ ALTER SYSTEM SET full_page_writes = on;
 ALTER SYSTEM SET jit = off;
 ALTER SYSTEM SET log_min_messages = warning;
 EOF
-PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" stop "$BENCH_DIR"
-PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" start "$BENCH_DIR" "$BENCH_PORT"
-sql "CREATE DATABASE bench" -d postgres >/dev/null 2>&1 || "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
+cluster_stop "$DIR"
+cluster_start "$DIR" "$PORT"
+sql "$DIR" "$PORT" postgres "CREATE DATABASE bench"
 
 # The machine and the settings, printed and kept with the results.
 {
@@ -89,20 +81,21 @@ sql "CREATE DATABASE bench" -d postgres >/dev/null 2>&1 || "${PSQL[@]}" -d postg
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') x $(nproc)"
   echo "memory: $(free -g | awk '/Mem:/ {print $2 " GiB"}')"
   echo "kernel: $(uname -r)"
-  echo "disk: $(df -h "$BENCH_DIR" | awk 'NR==2 {print $1 " (" $2 ", mounted on " $6 ")"}') rotational=$(cat /sys/block/$(basename "$(df "$BENCH_DIR" | awk 'NR==2 {print $1}')" | sed 's/[0-9]*$//')/queue/rotational 2>/dev/null || echo '?')"
-  echo "postgres: $(sql 'SHOW server_version')"
+  echo "disk: $(df -h "$DIR" | awk 'NR==2 {print $1 " (" $2 ", mounted on " $6 ")"}') rotational=$(cat /sys/block/$(basename "$(df "$DIR" | awk 'NR==2 {print $1}')" | sed 's/[0-9]*$//')/queue/rotational 2>/dev/null || echo '?')"
+  echo "postgres: $(q 'SHOW server_version')"
   echo "build: ${BENCH_PROFILE:-release} build of the extension"
+  echo "command: ${BENCH_COMMAND:-bash bench/run.sh}"
   echo "pgbench: -M prepared, unix socket, -j min(clients, $(nproc)), ${BENCH_SECONDS}s per run, median of $BENCH_ROUNDS interleaved rounds"
   for s in shared_buffers max_wal_size checkpoint_timeout wal_buffers work_mem fsync \
            full_page_writes wal_level jit max_connections; do
-    echo "setting $s = $(sql "SHOW $s")"
+    echo "setting $s = $(q "SHOW $s")"
   done
 } > "$BENCH_OUT/machine.txt"
 cat "$BENCH_OUT/machine.txt" >&2
 
 log "loading the bench schema ($BENCH_REPLAY_KEYS replay keys)"
-"${PSQL[@]}" -v nreplay="$BENCH_REPLAY_KEYS" -f "$ROOT/bench/setup.sql" >/dev/null
-"${PSQL[@]}" -f "$ROOT/bench/alt.sql" >/dev/null
+psql_at "$DIR" "$PORT" bench -v nreplay="$BENCH_REPLAY_KEYS" -f "$ROOT/bench/setup.sql" >/dev/null
+psql_at "$DIR" "$PORT" bench -f "$ROOT/bench/alt.sql" >/dev/null
 
 echo "section,case,sync,clients,value,unit,extra" > "$CSV"
 row() { echo "$1,$2,$3,$4,$5,$6,$7" >> "$CSV"; }
@@ -112,7 +105,6 @@ bench_run() {  # name clients seconds script [pgbench args...]
   local name=$1 clients=$2 secs=$3 script=$4; shift 4
   local jobs=$(( clients < $(nproc) ? clients : $(nproc) ))
   local out=$BENCH_OUT/logs/$name.txt
-  mkdir -p "$BENCH_OUT/logs"
   "${PGBENCH[@]}" -c "$clients" -j "$jobs" -T "$secs" -D run="r$RUN_TAG" \
       -D nreplay="$BENCH_REPLAY_KEYS" "$@" -f "$script" > "$out" 2>&1 \
     || { cat "$out" >&2; return 1; }
@@ -128,7 +120,7 @@ bench_run() {  # name clients seconds script [pgbench args...]
 
 hot_counters() {  # n_tup_upd n_tup_hot_upd of idempotency.records (after the stats flush)
   sleep 1.2
-  sql "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables
+  q "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables
        WHERE schemaname = 'idempotency' AND relname = 'records'"
 }
 
@@ -140,14 +132,14 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((
 declare -A HOT_UPD HOT_HOT
 CASES=(baseline idem replay pkselect alt phases)
 for sync in $BENCH_SYNC; do
-  sql "ALTER SYSTEM SET synchronous_commit = $sync" -d postgres >/dev/null
-  sql "SELECT pg_reload_conf()" >/dev/null
+  sql "$DIR" "$PORT" postgres "ALTER SYSTEM SET synchronous_commit = $sync" >/dev/null
+  q "SELECT pg_reload_conf()" >/dev/null
   for c in $BENCH_CLIENTS; do
     declare -A TPS=() LAT=()
     for round in $(seq 1 "$BENCH_ROUNDS"); do
       for i in "${!CASES[@]}"; do
         case=${CASES[$(( (i + round - 1) % ${#CASES[@]} ))]}
-        sql "CHECKPOINT" >/dev/null
+        q "CHECKPOINT" >/dev/null
         if [ "$case" = idem ] || [ "$case" = phases ]; then read -r u0 h0 < <(hot_counters); fi
         res=$(bench_run "matrix-$case-$sync-$c-$round" "$c" "$BENCH_SECONDS" "$ROOT/bench/pgbench/$case.sql")
         read -r tps lat <<< "$res"
@@ -167,16 +159,16 @@ for sync in $BENCH_SYNC; do
     unset TPS LAT
   done
 done
-sql "ALTER SYSTEM RESET synchronous_commit" -d postgres >/dev/null
-sql "SELECT pg_reload_conf()" >/dev/null
+sql "$DIR" "$PORT" postgres "ALTER SYSTEM RESET synchronous_commit" >/dev/null
+q "SELECT pg_reload_conf()" >/dev/null
 for case in idem phases; do
   row hot "$case" all all "${HOT_HOT[$case]:-0}" updates "of ${HOT_UPD[$case]:-0}"
   log "HOT completions ($case): ${HOT_HOT[$case]:-0} of ${HOT_UPD[$case]:-0}"
 done
 
 # Where a request's time goes: pgbench -r's per-statement latency at 1 client, sync off.
-sql "ALTER SYSTEM SET synchronous_commit = off" -d postgres >/dev/null
-sql "SELECT pg_reload_conf()" >/dev/null
+sql "$DIR" "$PORT" postgres "ALTER SYSTEM SET synchronous_commit = off" >/dev/null
+q "SELECT pg_reload_conf()" >/dev/null
 for case in baseline idem; do
   bench_run "breakdown-$case" 1 "$BENCH_SECONDS" "$ROOT/bench/pgbench/$case.sql" -r >/dev/null
   awk '/statement latencies/ {on = 1; next} on && $1 ~ /^[0-9.]+$/ && $3 !~ /^\\/ {
@@ -186,12 +178,12 @@ for case in baseline idem; do
     row breakdown "$case" off 1 "$ms" ms "$stmt"
   done
 done
-sql "ALTER SYSTEM RESET synchronous_commit" -d postgres >/dev/null
-sql "SELECT pg_reload_conf()" >/dev/null
+sql "$DIR" "$PORT" postgres "ALTER SYSTEM RESET synchronous_commit" >/dev/null
+q "SELECT pg_reload_conf()" >/dev/null
 
 # Bytes per record as the protocol leaves them (no response stored), after a VACUUM.
-sql "VACUUM idempotency.records" >/dev/null
-read -r n bytes heap idx < <(sql "SELECT count(*), pg_total_relation_size('idempotency.records'),
+q "VACUUM idempotency.records" >/dev/null
+read -r n bytes heap idx < <(q "SELECT count(*), pg_total_relation_size('idempotency.records'),
     pg_relation_size('idempotency.records'), pg_indexes_size('idempotency.records')
     FROM idempotency.records" | tr '|' ' ')
 row bytes protocol all "$n" "$(( bytes / n ))" bytes/record "heap $(( heap / n )) indexes $(( idx / n ))"
@@ -199,10 +191,10 @@ log "protocol records: $n, $(( bytes / n )) bytes/record (heap $(( heap / n )), 
 
 # --- fingerprint ---------------------------------------------------------------------------
 for size in 100 1k 64k; do
-  n=$(sql "SELECT count(*) FROM bench.docs_$size")
-  avg=$(sql "SELECT round(avg(length(doc::text))) FROM bench.docs_$size")
+  n=$(q "SELECT count(*) FROM bench.docs_$size")
+  avg=$(q "SELECT round(avg(length(doc::text))) FROM bench.docs_$size")
   for fn in idem sha256; do
-    f=$BENCH_OUT/fp-$fn-$size.sql
+    f=$BENCH_OUT/logs/fp-$fn-$size.sql
     if [ "$fn" = idem ]; then
       echo "SELECT count(idem_fingerprint(doc)) FROM bench.docs_$size;" > "$f"
     else
@@ -217,7 +209,7 @@ for size in 100 1k 64k; do
 done
 
 # --- where sha256(jsonb::text) is wrong ----------------------------------------------------
-"${PSQL[@]}" > "$BENCH_OUT/canonical.txt" <<'EOF'
+psql_at "$DIR" "$PORT" bench > "$BENCH_OUT/canonical.txt" <<'EOF'
 \pset footer off
 SELECT j1, j2,
        sha256(j1::jsonb::text::bytea) = sha256(j2::jsonb::text::bytea) AS "sha256(jsonb::text) equal",
@@ -231,14 +223,14 @@ cat "$BENCH_OUT/canonical.txt" >&2
 
 # --- purge under load ----------------------------------------------------------------------
 log "purge: loading $BENCH_PURGE expired records"
-sql "INSERT INTO idempotency.records (created_at, expires_at, lease_expires_at, lease, owner,
+q "INSERT INTO idempotency.records (created_at, expires_at, lease_expires_at, lease, owner,
         attempt, http_status, state, scope, key, fingerprint, resource)
      SELECT now() - interval '2 days', now() - interval '1 day', NULL, 60000000, 'postgres'::regrole,
             1, 201, 'c', 'tenant:9 POST /v1/payments', md5(i::text)::uuid::text,
             sha256(i::text::bytea), 'payments/' || i
      FROM generate_series(1, $BENCH_PURGE) AS i" >/dev/null
-sql "VACUUM ANALYZE idempotency.records" >/dev/null
-sql "CHECKPOINT" >/dev/null
+q "VACUUM ANALYZE idempotency.records" >/dev/null
+q "CHECKPOINT" >/dev/null
 purge_load() {  # name: the rate-limited live load with per-transaction latencies logged
   mkdir -p "$BENCH_OUT/logs/$1"
   (cd "$BENCH_OUT/logs/$1" && "${PGBENCH[@]}" -c 4 -j 2 -T "$BENCH_PURGE_SECONDS" -R "$BENCH_PURGE_RATE" \
@@ -257,7 +249,7 @@ sleep 2
 p0=$(date +%s.%N)
 purged=0
 while :; do
-  k=$(sql "SELECT idem_purge(10000)")
+  k=$(q "SELECT idem_purge(10000)")
   purged=$(( purged + k ))
   [ "$k" -gt 0 ] || break
 done
@@ -278,35 +270,37 @@ row purge purge_p99 on 4 "$busy_p99" ms "$busy_n tx; $purged rows purged in $pur
 # its default batch of 10,000) until idem_stats() counts every row purged. Afterwards the
 # server goes back to the settings of the other sections.
 log "purge worker: restarting with idempotency preloaded, worker off; loading $BENCH_PURGE expired records"
-"${PSQL[@]}" -d postgres -c "SET idempotency.purge_interval = 0" \
+# (Before PostgreSQL 17 ALTER SYSTEM takes a custom setting only once the session has a
+# placeholder of it: the SET makes one.)
+psql_at "$DIR" "$PORT" postgres -c "SET idempotency.purge_interval = 0" \
   -c "ALTER SYSTEM SET idempotency.purge_interval = 0" \
   -c "ALTER SYSTEM SET shared_preload_libraries = 'idempotency'" >/dev/null
-PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" stop "$BENCH_DIR"
-PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" start "$BENCH_DIR" "$BENCH_PORT"
-sql "INSERT INTO idempotency.records (created_at, expires_at, lease_expires_at, lease, owner,
+cluster_stop "$DIR"
+cluster_start "$DIR" "$PORT"
+q "INSERT INTO idempotency.records (created_at, expires_at, lease_expires_at, lease, owner,
         attempt, http_status, state, scope, key, fingerprint, resource)
      SELECT now() - interval '2 days', now() - interval '1 day', NULL, 60000000, 'postgres'::regrole,
             1, 201, 'c', 'tenant:9 POST /v1/payments', 'w-' || md5(i::text)::uuid::text,
             sha256(i::text::bytea), 'payments/' || i
      FROM generate_series(1, $BENCH_PURGE) AS i" >/dev/null
-sql "VACUUM ANALYZE idempotency.records" >/dev/null
-sql "CHECKPOINT" >/dev/null
+q "VACUUM ANALYZE idempotency.records" >/dev/null
+q "CHECKPOINT" >/dev/null
 t0=$(date +%s.%N); purge_load widle; t1=$(date +%s.%N)
 read -r widle_p99 widle_n < <(p99 "$BENCH_OUT/logs/widle" "$t0" "$t1")
 log "purge worker: live load alone (preloaded) p99 $widle_p99 ms over $widle_n transactions"
 purge_load wbusy & BG_PID=$!
 sleep 2
 p0=$(date +%s.%N)
-sql "ALTER SYSTEM SET idempotency.purge_interval = '1s'" -d postgres >/dev/null
-sql "SELECT pg_reload_conf()" >/dev/null
+q "ALTER SYSTEM SET idempotency.purge_interval = '1s'" >/dev/null
+q "SELECT pg_reload_conf()" >/dev/null
 wpurged=0
 for _ in $(seq 1 6000); do
-  wpurged=$(sql "SELECT coalesce(sum(purged_rows), 0) FROM idem_stats() WHERE datname = 'bench'")
+  wpurged=$(q "SELECT coalesce(sum(purged_rows), 0) FROM idem_stats() WHERE datname = 'bench'")
   [ "$wpurged" -lt "$BENCH_PURGE" ] || break
   sleep 0.1
 done
 p1=$(date +%s.%N)
-[ "$wpurged" -ge "$BENCH_PURGE" ] || { log "purge worker: only $wpurged of $BENCH_PURGE rows purged in 600 s"; exit 1; }
+[ "$wpurged" -ge "$BENCH_PURGE" ] || die "purge worker: only $wpurged of $BENCH_PURGE rows purged in 600 s"
 wait "$BG_PID"; BG_PID=
 read -r wbusy_p99 wbusy_n < <(p99 "$BENCH_OUT/logs/wbusy" "$p0" "$p1")
 wpurge_s=$(awk -v a="$p0" -v b="$p1" 'BEGIN {printf "%.1f", b - a}')
@@ -316,26 +310,26 @@ if awk -v a="$p0" -v b="$p1" -v s="$BENCH_PURGE_SECONDS" 'BEGIN {exit !(b - a > 
 fi
 row purge worker_idle_p99 on 4 "$widle_p99" ms "$widle_n tx at ${BENCH_PURGE_RATE} tps, library preloaded"
 row purge worker_p99 on 4 "$wbusy_p99" ms "$wbusy_n tx; $wpurged rows purged by the worker in $wpurge_s s"
-sql "ALTER SYSTEM RESET idempotency.purge_interval" -d postgres >/dev/null
-sql "ALTER SYSTEM RESET shared_preload_libraries" -d postgres >/dev/null
-PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" stop "$BENCH_DIR"
-PG_BINDIR=$PG_BINDIR "$ROOT/scripts/pgcluster.sh" start "$BENCH_DIR" "$BENCH_PORT"
+q "ALTER SYSTEM RESET idempotency.purge_interval" >/dev/null
+q "ALTER SYSTEM RESET shared_preload_libraries" >/dev/null
+cluster_stop "$DIR"
+cluster_start "$DIR" "$PORT"
 
 # --- scale ---------------------------------------------------------------------------------
 for nkeys in $BENCH_SCALES; do
   # The keys are UUIDs made from md5(i): they arrive in random order, as real keys do.
   log "scale: loading $nkeys stored keys (INSERT ... SELECT, keys in random order)"
-  sql "TRUNCATE idempotency.records" >/dev/null
-  sql "INSERT INTO idempotency.records (created_at, expires_at, lease_expires_at, lease, owner,
+  q "TRUNCATE idempotency.records" >/dev/null
+  q "INSERT INTO idempotency.records (created_at, expires_at, lease_expires_at, lease, owner,
           attempt, http_status, state, scope, key, fingerprint, resource)
        SELECT now(), now() + interval '7 days', NULL, 60000000, 'postgres'::regrole, 1, 201, 'c',
               'tenant:' || (i % 1000) || ' POST /v1/payments', md5(i::text)::uuid::text,
               idem_fingerprint(jsonb_build_object('amount', i, 'currency', 'EUR')),
               'payments/' || i
        FROM generate_series(1, $nkeys) AS i" >/dev/null
-  sql "VACUUM ANALYZE idempotency.records" >/dev/null
-  sql "CHECKPOINT" >/dev/null
-  read -r bytes heap idx < <(sql "SELECT pg_total_relation_size('idempotency.records'),
+  q "VACUUM ANALYZE idempotency.records" >/dev/null
+  q "CHECKPOINT" >/dev/null
+  read -r bytes heap idx < <(q "SELECT pg_total_relation_size('idempotency.records'),
       pg_relation_size('idempotency.records'), pg_indexes_size('idempotency.records')" | tr '|' ' ')
   row scale bytes na "$nkeys" "$(( bytes / nkeys ))" bytes/record "heap $(( heap / nkeys )) indexes $(( idx / nkeys ))"
   log "scale $nkeys: $(( bytes / nkeys )) bytes/record (heap $(( heap / nkeys )), indexes $(( idx / nkeys )))"
@@ -348,5 +342,8 @@ for nkeys in $BENCH_SCALES; do
   done
 done
 
+echo "duration: $(( ($(date -u +%s) - RUN_TAG + 30) / 60 )) min (the whole run, cluster set-up included)" >> "$BENCH_OUT/machine.txt"
 python3 "$ROOT/bench/report.py" "$BENCH_OUT"
-log "results: $BENCH_OUT/results.md, results.csv, bench.png"
+mkdir -p "$BENCH_RESULTS"
+cp "$BENCH_OUT"/{results.md,results.csv,bench.png,machine.txt,canonical.txt} "$BENCH_RESULTS/"
+log "results: $BENCH_RESULTS/results.md, results.csv, bench.png (raw logs in $BENCH_OUT/logs)"

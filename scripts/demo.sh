@@ -3,40 +3,35 @@
 # who never saw the project can read: a first request, its retry, a reused key, a concurrent
 # duplicate, and a holder that dies half-way through a phased request.
 #
-# Needs the extension installed into the system PostgreSQL 15 (the Makefile runs
-# `cargo pgrx install` first). Every step's result is checked, not only printed: the script
+# Needs the extension installed into the PostgreSQL of PG_BINDIR (default: the system
+# PostgreSQL 15; `make demo` installs it first). Every step's result is checked, not only printed: the script
 # exits non-zero at the first step that does not show what it should. The server is
 # stopped on exit, whatever happens.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
-PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-DIR=$ROOT/build/demo
-PORT=${DEMO_PORT:-54329}
+. "$(dirname "$0")/lib.sh"
+scratch demo
 SCOPE='tenant:42 POST /v1/payments'
 
-# Every client below is a plain psql: no ~/.psqlrc, stop at the first unexpected error.
-PSQL=("$PG_BINDIR/psql" -X -h "$DIR" -p "$PORT" -U postgres -v ON_ERROR_STOP=1 -v "scope=$SCOPE")
-
+finish() {
+  if [ "$EXIT_STATUS" -eq 0 ]; then
+    printf '\nDemo finished: every step showed what it should.\n'
+  else
+    printf '\nDemo FAILED (exit code %s).\n' "$EXIT_STATUS" >&2
+  fi
+}
+# A background client still running would keep its connection: end it before the server.
 SESSION_A_PID=
-cleanup() {
-  local rc=$?
-  # A background client still running would keep its connection; end it before the server.
+end_session_a() {
   if [ -n "$SESSION_A_PID" ] && kill -0 "$SESSION_A_PID" 2>/dev/null; then
     kill "$SESSION_A_PID" 2>/dev/null || true
     wait "$SESSION_A_PID" 2>/dev/null || true
   fi
-  "$ROOT/scripts/pgcluster.sh" stop "$DIR" || rc=1
-  if [ $rc -eq 0 ]; then
-    printf '\nDemo finished: every step showed what it should.\n'
-  else
-    printf '\nDemo FAILED (exit code %s).\n' "$rc" >&2
-  fi
-  exit $rc
 }
-trap cleanup EXIT
+on_exit finish
 
-fail() { printf '\nDEMO FAILED: %s\n' "$*" >&2; exit 1; }
+# Every client below is a plain psql (scripts/lib.sh psql_at) that shows its command tags.
+PSQL=(psql_at "$DIR" "$PORT" demo -v QUIET=off -v "scope=$SCOPE")
 
 # Narration: a heading for each part of the story, and plain sentences.
 part() { printf '\n\n==== %s ====\n' "$*"; }
@@ -47,40 +42,38 @@ say() { printf '\n%s\n' "$*"; }
 OUT=
 client() {
   local rc=0
-  OUT=$("${PSQL[@]}" -d demo -e "$@" 2>&1) || rc=$?
+  OUT=$("${PSQL[@]}" -e "$@" 2>&1) || rc=$?
   printf '%s\n' "$OUT" | sed 's/^/    /'
-  [ $rc -eq 0 ] || fail "a statement failed that should not have (psql exit code $rc)"
+  [ $rc -eq 0 ] || die "a statement failed that should not have (psql exit code $rc)"
 }
 
 # A single value from the database, for the checks.
-query() { "${PSQL[@]}" -d demo -XqAt -c "$1"; }
+query() { sql "$DIR" "$PORT" demo "$1"; }
 
 # expect_field NAME VALUE: the last client's expanded (\gx) output shows NAME = VALUE.
 expect_field() {
   grep -Eq "^$1 +\\| $2 *\$" <<<"$OUT" \
-    || fail "expected $1 = '$2' in the output above"
+    || die "expected $1 = '$2' in the output above"
 }
 # expect_text TEXT: the last client's output contains TEXT.
 expect_text() {
-  grep -Fq -- "$1" <<<"$OUT" || fail "expected '$1' in the output above"
+  grep -Fq -- "$1" <<<"$OUT" || die "expected '$1' in the output above"
 }
 # expect_query SQL VALUE: a check query answers VALUE.
 expect_query() {
   local got
   got=$(query "$1")
-  [ "$got" = "$2" ] || fail "check '$1' answered '$got', expected '$2'"
+  [ "$got" = "$2" ] || die "check '$1' answered '$got', expected '$2'"
 }
 
 # --- a scratch server with the extension -------------------------------------------
 
-sharedir=$("$PG_BINDIR/pg_config" --sharedir)
-[ -f "$sharedir/extension/idempotency.control" ] \
-  || fail "the extension is not installed in $sharedir/extension (run: make install, or cargo pgrx install)"
-
-"$ROOT/scripts/pgcluster.sh" start "$DIR" "$PORT"
+require_installed
+cluster_up "$DIR" "$PORT"
+on_exit end_session_a
 # A fresh database each time, so the story starts from nothing.
-"${PSQL[@]}" -d postgres -q -c 'SET client_min_messages = warning' \
-  -c 'DROP DATABASE IF EXISTS demo' -c 'CREATE DATABASE demo'
+sql "$DIR" "$PORT" postgres 'DROP DATABASE IF EXISTS demo'
+sql "$DIR" "$PORT" postgres 'CREATE DATABASE demo'
 
 part "Setting the scene"
 say "A payment API stores payments in a table. The idempotency extension remembers each
@@ -162,7 +155,7 @@ expect_query "SELECT concat_ws(' ', state, matches) FROM idem_check('$SCOPE', 'k
 # --- (d) ---------------------------------------------------------------------------
 part "(d) Two copies of one request arrive at the same time (key k-456, 25.00 EUR)"
 say "Session A claims the key and is still working (its transaction is open for 3 seconds)."
-PGAPPNAME=demo-session-a "${PSQL[@]}" -d demo -e >"$DIR/session-a.log" 2>&1 <<'SQL' &
+PGAPPNAME=demo-session-a "${PSQL[@]}" -e >"$DIR/session-a.log" 2>&1 <<'SQL' &
 BEGIN;
 SELECT outcome, state, attempt
   FROM idem_begin(:'scope', 'k-456', '{"amount": "25.00", "currency": "EUR"}') \gx
@@ -180,10 +173,10 @@ for _ in $(seq 1 100); do
   if [ "$(query "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'demo-session-a' AND query LIKE 'SELECT pg_sleep%'")" = 1 ]; then
     a_working=yes; break
   fi
-  kill -0 "$SESSION_A_PID" 2>/dev/null || { cat "$DIR/session-a.log" >&2; fail "session A ended early"; }
+  kill -0 "$SESSION_A_PID" 2>/dev/null || { cat "$DIR/session-a.log" >&2; die "session A ended early"; }
   sleep 0.1
 done
-[ -n "$a_working" ] || { cat "$DIR/session-a.log" >&2; fail "session A never got to its work"; }
+[ -n "$a_working" ] || { cat "$DIR/session-a.log" >&2; die "session A never got to its work"; }
 say "Meanwhile session B sends the same request. It does not wait for A (idempotency.wait
 is 0 by default): it answers in_progress at once, and the API answers 409."
 t0=$(date +%s%N)
@@ -194,15 +187,15 @@ SQL
 elapsed_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 expect_field outcome in_progress
 expect_field http_status 409
-[ "$elapsed_ms" -lt 1500 ] || fail "session B took ${elapsed_ms} ms: it waited for session A"
-kill -0 "$SESSION_A_PID" 2>/dev/null || fail "session A had already finished: B did not meet an open claim"
+[ "$elapsed_ms" -lt 1500 ] || die "session B took ${elapsed_ms} ms: it waited for session A"
+kill -0 "$SESSION_A_PID" 2>/dev/null || die "session A had already finished: B did not meet an open claim"
 say "(session B answered in ${elapsed_ms} ms, while A was still working)"
 say "Session A finishes its work and commits. Its transcript:"
 rc=0; wait "$SESSION_A_PID" || rc=$?
 SESSION_A_PID=
 sed 's/^/    A| /' "$DIR/session-a.log"
-[ $rc -eq 0 ] || fail "session A failed (psql exit code $rc)"
-grep -Eq '^outcome +\| execute' "$DIR/session-a.log" || fail "session A did not get outcome execute"
+[ $rc -eq 0 ] || die "session A failed (psql exit code $rc)"
+grep -Eq '^outcome +\| execute' "$DIR/session-a.log" || die "session A did not get outcome execute"
 say "The client behind B retries later and gets A's outcome."
 client <<'SQL'
 SELECT outcome, http_status, resource

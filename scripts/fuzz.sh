@@ -2,7 +2,7 @@
 # Fuzzes the pure core (cargo-fuzz / libFuzzer), one target after the other.
 #
 #   bash scripts/fuzz.sh                       every target, FUZZ_SECONDS each (default 30)
-#   FUZZ_SECONDS=600 bash scripts/fuzz.sh      a long run (make fuzz)
+#   FUZZ_SECONDS=600 bash scripts/fuzz.sh      a long run (make soak-fuzz)
 #   FUZZ_TARGETS="numeric" bash scripts/fuzz.sh
 #
 # Targets (fuzz/fuzz_targets): jsonb_bytes (arbitrary bytes as a jsonb datum), model_roundtrip
@@ -14,21 +14,18 @@
 # the input to fuzz/artifacts/<target>/ (reproduce with
 # `RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -s none -a <target> <file>`).
 #
-# Installs cargo-fuzz if missing (`cargo install cargo-fuzz --locked`, about 2 minutes on
-# 2 cores). libFuzzer needs a nightly rustc's -Z flags: on a stable toolchain the script sets
+# Installs cargo-fuzz if missing (`cargo install cargo-fuzz --locked`, once). libFuzzer needs a nightly rustc's -Z flags: on a stable toolchain the script sets
 # RUSTC_BOOTSTRAP=1. Built without a sanitizer (the core has no `unsafe`, so an out-of-bounds
 # access is a panic, which libFuzzer reports as a crash) and with debug assertions (integer
 # overflow panics too); that keeps the executions per second several times higher than ASan.
 # Prints one line per target: executions, seconds, corpus size, crashes (always 0 on success).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$ROOT"
 
-cd "$(dirname "$0")/.."
-ROOT=$(pwd)
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 FUZZ_TARGETS=${FUZZ_TARGETS:-jsonb_bytes model_roundtrip numeric}
 OUT=$ROOT/build/fuzz
-
-log() { printf 'fuzz: %s\n' "$*" >&2; }
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   log "installing cargo-fuzz (cargo install cargo-fuzz --locked)"
@@ -60,9 +57,8 @@ for target in $FUZZ_TARGETS; do
   files=$(find "$corpus" -type f | wc -l)
   if [ "$status" -ne 0 ]; then
     tail -n 40 "$OUT/$target.log" >&2
-    log "$target FAILED (exit $status) after ${elapsed}s; full log: $OUT/$target.log"
-    exit 1
+    die "$target FAILED (exit $status) after ${elapsed}s; full log: $OUT/$target.log"
   fi
   summary+=("$target: ${execs:-?} executions in ${elapsed}s, corpus $files files, 0 crashes")
 done
-printf 'fuzz: %s\n' "${summary[@]}"
+for line in "${summary[@]}"; do log "$line"; done

@@ -20,42 +20,37 @@
 #   5. the Prometheus queries file (contrib/prometheus/queries.yaml) runs, and its columns are
 #      its metrics.
 #
-#   PG_BINDIR=/path/to/bin scripts/ops-test.sh [PORT]     (default: system PG 15, 54338)
+#   scripts/ops-test.sh         (PG_BINDIR: the PostgreSQL, default the system 15; the primary
+#                               listens on port_of ops (scripts/lib.sh), the replica on the next
+#                               port; TEST_PORT and TEST_DIR override, as the matrix does)
 #
 # The extension must be installed into that PostgreSQL (`make install`). Waits for the worker
 # poll with a bound (60 s) and fail when it passes; nothing asserts a duration.
 set -euo pipefail
-
-ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
-PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-PORT=${1:-${OPS_PORT:-54338}}
+. "$(dirname "$0")/lib.sh"
+scratch ops
+P=$DIR/primary
+R=$DIR/replica
 PORT2=$((PORT + 1))
-BASE=${OPS_DIR:-$ROOT/build/ops}
-P=$BASE/primary
-R=$BASE/replica
-NAME=ops-test
-# shellcheck source=testlib.sh
-. "$ROOT/scripts/testlib.sh"
 require_installed
 T0=$(date +%s)
 
-cleanup() {
-  "$ROOT/scripts/pgcluster.sh" stop "$R" >/dev/null 2>&1 || true
-  "$ROOT/scripts/pgcluster.sh" stop "$P" >/dev/null 2>&1 || true
+fail() { die "$*"; }
+step() { log "$*"; }
+stop_all() {
   [ -z "${INSERTER:-}" ] || kill "$INSERTER" 2>/dev/null || true
+  cluster_stop "$R" 2>/dev/null || true
+  cluster_stop "$P" 2>/dev/null || true
 }
-trap cleanup EXIT
-cleanup
-rm -rf "$BASE"
+stop_all
+rm -rf "$DIR"
 mkdir -p "$P" "$R"
+on_exit stop_all
 
-as_owner() {
-  if [ "$(id -u)" -eq 0 ]; then (cd / && sudo -u postgres -H -- "$@"); else "$@"; fi
-}
 q() { sql "$P" "$PORT" "$1" "$2"; }
 qr() { sql "$R" "$PORT2" "$1" "$2"; }
-start() { "$ROOT/scripts/pgcluster.sh" start "$P" "$PORT" >/dev/null; }
-stop() { "$ROOT/scripts/pgcluster.sh" stop "$P" >/dev/null; }
+start() { cluster_start "$P" "$PORT" 2>/dev/null; }
+stop() { cluster_stop "$P" 2>/dev/null; }
 
 # wait_for WHAT CMD WANT: polls CMD (every 0.2 s, at most 60 s) until it prints WANT.
 wait_for() {
@@ -194,12 +189,12 @@ opsconf "${BASE_CONF[@]}" "idempotency.purge_interval = 0"
 reload
 log_wait 'idempotency purge launcher reloaded: purging is off'
 REGRESS=$(dirname "$("$PG_BINDIR/pg_config" --pgxs)")/../test/regress/pg_regress
-mkdir -p "$BASE/regress"
+mkdir -p "$DIR/regress"
 rc=0
 "$REGRESS" --bindir="$PG_BINDIR" --host="$P" --port="$PORT" --user=postgres \
   --dbname=ops_stats --load-extension=idempotency --inputdir="$ROOT/tests/ops" \
-  --outputdir="$BASE/regress" stats || rc=$?
-if [ $rc -ne 0 ]; then cat "$BASE/regress/regression.diffs" >&2 || true; fail "tests/ops/sql/stats.sql"; fi
+  --outputdir="$DIR/regress" stats || rc=$?
+if [ $rc -ne 0 ]; then cat "$DIR/regress/regression.diffs" >&2 || true; fail "tests/ops/sql/stats.sql"; fi
 fp1=$(q ops_stats "SELECT encode(idem_fingerprint('{\"amount\": 1}'), 'hex')")
 fp2=$(q ops_stats "SELECT encode(idem_fingerprint('{\"amount\": 2}'), 'hex')")
 since=$(log_since)
@@ -343,7 +338,7 @@ echo "primary_conninfo = 'host=$P port=$PORT user=postgres'" | as_owner tee -a "
 as_owner touch "$R/data/standby.signal"
 opsconf "${BASE_CONF[@]}" "idempotency.purge_interval = 0"
 reload
-"$ROOT/scripts/pgcluster.sh" start "$R" "$PORT2" >/dev/null
+cluster_start "$R" "$PORT2" 2>/dev/null
 expect_eq "the replica is in recovery" "$(qr postgres "SELECT pg_is_in_recovery()")" t
 add_expired w1 40 standby
 lsn=$(q postgres "SELECT pg_current_wal_insert_lsn()")
@@ -356,7 +351,7 @@ expect_eq "the expired records are still on the standby" "$(qr w1 "SELECT count(
 as_owner "$PG_BINDIR/pg_ctl" promote -D "$R/data" -w >/dev/null
 wait_for "a launcher on the promoted server" "qr postgres \"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'idempotency purge launcher'\"" 1
 wait_for "the promoted server purges" "qr w1 \"SELECT count(*) FROM idempotency.records WHERE scope = 'exp'\"" 1
-"$ROOT/scripts/pgcluster.sh" stop "$R" >/dev/null
+cluster_stop "$R" 2>/dev/null
 
 # --- 4. under the torture load --------------------------------------------------------------
 step "the worker purges while the torture load runs"
@@ -377,26 +372,26 @@ total=20000
   done ) &
 INSERTER=$!
 rc=0
-"$ROOT/target/debug/idempotency-torture" load --host "$P" --port "$PORT" --dbname torture \
-  --connections 16 --requests 4000 --keys 16 >"$BASE/torture.log" 2>&1 || rc=$?
+"${CARGO_TARGET_DIR:-$ROOT/target}/debug/idempotency-torture" load --host "$P" --port "$PORT" --dbname torture \
+  --connections 16 --requests 4000 --keys 16 >"$DIR/torture.log" 2>&1 || rc=$?
 wait "$INSERTER" || fail "inserting expired records during the load failed"
 INSERTER=
 total=$((total + 40 * 500))
-tail -n 5 "$BASE/torture.log"
-[ $rc -eq 0 ] || { cat "$BASE/torture.log" >&2; fail "the torture checker found anomalies (exit $rc)"; }
+tail -n 5 "$DIR/torture.log"
+[ $rc -eq 0 ] || { cat "$DIR/torture.log" >&2; fail "the torture checker found anomalies (exit $rc)"; }
 wait_for "every expired record purged" "expired torture" 0
 expect_eq "exactly the expired records were purged" "$(stat "'torture'" purged_rows)" "$total"
 
 # --- 5. Prometheus --------------------------------------------------------------------------
 step "contrib/prometheus/queries.yaml"
-metrics=$(python3 - "$ROOT/contrib/prometheus/queries.yaml" "$BASE/prometheus.sql" <<'PY'
+metrics=$(python3 - "$ROOT/contrib/prometheus/queries.yaml" "$DIR/prometheus.sql" <<'PY'
 import sys, yaml
 doc = yaml.safe_load(open(sys.argv[1]))["idempotency"]
 open(sys.argv[2], "w").write(doc["query"])
 print(",".join(list(m)[0] for m in doc["metrics"]))
 PY
 )
-query=$(cat "$BASE/prometheus.sql")
+query=$(cat "$DIR/prometheus.sql")
 cols=$(psql_at "$P" "$PORT" w1 -A -F, -c "$query" | head -n 1)
 expect_eq "the query's columns are the file's metrics" "$cols" "$metrics"
 expect_eq "one row per counted database" "$(psql_at "$P" "$PORT" w1 -At -c "SELECT count(*) FROM ($query) m")" \

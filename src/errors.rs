@@ -38,6 +38,7 @@ const NULL_VALUE_NOT_ALLOWED: c_int = sqlstate(b"22004");
 const INVALID_PARAMETER_VALUE: c_int = sqlstate(b"22023");
 const INSUFFICIENT_PRIVILEGE: c_int = sqlstate(b"42501");
 const READ_ONLY_SQL_TRANSACTION: c_int = sqlstate(b"25006");
+const FEATURE_NOT_SUPPORTED: c_int = sqlstate(b"0A000");
 const OBJECT_NOT_IN_PREREQUISITE_STATE: c_int = sqlstate(b"55000");
 const DATA_CORRUPTED: c_int = sqlstate(b"XX001");
 const INTERNAL_ERROR: c_int = sqlstate(b"XX000");
@@ -91,6 +92,13 @@ pub enum IdemError {
     InvalidArgument {
         message: String,
         detail: Option<String>,
+    },
+    /// 0A000: a call in a form or place that cannot keep the contract (on Citus: a call that
+    /// runs on a node without the key's shard, see `citus.rs`).
+    Unsupported {
+        message: String,
+        detail: Option<String>,
+        hint: Option<String>,
     },
     /// 22023: a value over the size limit that `setting` sets.
     TooLarge {
@@ -158,6 +166,7 @@ impl IdemError {
             IdemError::VersionMismatch { .. } | IdemError::NotPreloaded { .. } => {
                 OBJECT_NOT_IN_PREREQUISITE_STATE
             }
+            IdemError::Unsupported { .. } => FEATURE_NOT_SUPPORTED,
             IdemError::Corrupted(_) => DATA_CORRUPTED,
             IdemError::Internal(_) => INTERNAL_ERROR,
         }
@@ -246,6 +255,11 @@ impl IdemError {
             IdemError::InvalidArgument { message, detail } => {
                 (message.clone(), detail.clone(), None)
             }
+            IdemError::Unsupported {
+                message,
+                detail,
+                hint,
+            } => (message.clone(), detail.clone(), hint.clone()),
             IdemError::TooLarge {
                 function,
                 argument,

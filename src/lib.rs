@@ -14,6 +14,7 @@
 //! - `fmgr`: the C calling convention (arguments, NULLs, results);
 //! - `errors`: every error and its SQLSTATE;
 //! - `settings`: the GUCs;
+//! - `citus`: what changes when the records are distributed by Citus (docs/scale-out.md);
 //! - `stats`: the counters in shared memory (`idem_stats`);
 //! - `worker`: the purge launcher and its per-database workers;
 //! - `compat`: what differs between PostgreSQL versions in the last three.
@@ -21,6 +22,7 @@
 //! The SQL objects are declared in `sql/idempotency.sql`.
 
 mod api;
+mod citus;
 mod compat;
 mod errors;
 mod fmgr;
@@ -40,6 +42,7 @@ mod worker;
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
+    citus::install_planner_hook();
     // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         stats::init_preloaded();

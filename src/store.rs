@@ -216,7 +216,7 @@ pub struct Records {
 }
 
 /// The table's relation oid, or an error if the extension's schema is not there.
-fn records_relid() -> Result<pg_sys::Oid, IdemError> {
+pub fn records_relid() -> Result<pg_sys::Oid, IdemError> {
     // SAFETY: catalog lookups by name.
     unsafe {
         let nsp = pg_sys::get_namespace_oid(c"idempotency".as_ptr(), true);
@@ -234,7 +234,7 @@ fn records_relid() -> Result<pg_sys::Oid, IdemError> {
     }
 }
 
-fn owner_of(relid: pg_sys::Oid) -> pg_sys::Oid {
+pub fn owner_of(relid: pg_sys::Oid) -> pg_sys::Oid {
     // SAFETY: a relcache lookup of an existing relation, closed right after.
     unsafe {
         let rel = pg_sys::RelationIdGetRelation(relid);

@@ -13,8 +13,9 @@
 //! - the **purge worker** (dynamic, one database, short-lived): if the extension is installed
 //!   it deletes expired records in batches of `idempotency.purge_batch`, one short transaction
 //!   per batch, through the store's purge statement (`idem_purge`'s: rows a live transaction has
-//!   locked are skipped, never waited for), until a batch finds fewer; it counts the rows, the
-//!   run and its time in the counters, and exits. SIGTERM aborts the batch at once (`die`).
+//!   locked are skipped, never waited for; on records distributed by Citus, the shards placed
+//!   on this node), until a batch finds fewer; it counts the rows, the run and its time in the
+//!   counters, and exits. SIGTERM aborts the batch at once (`die`).
 
 use std::time::Duration;
 
@@ -309,7 +310,15 @@ fn batch_in_transaction(batch: i32) -> u64 {
             c"idempotency purge batch".as_ptr(),
         );
     }
-    let deleted = crate::store::Records::open().and_then(|r| r.purge(now(), batch));
+    // idem_purge's statement through the store; on records distributed by Citus, this node's
+    // shards (every node's worker purges its own).
+    let deleted = crate::citus::distributed().and_then(|distributed| {
+        if distributed {
+            crate::citus::purge_local(batch).map(|n| n.max(0) as u64)
+        } else {
+            crate::store::Records::open().and_then(|r| r.purge(now(), batch))
+        }
+    });
     let deleted = match deleted {
         Ok(n) => n,
         Err(e) => {

@@ -5,6 +5,8 @@
 -- idem_stats_reset() zeroes them. With idempotency.log_refusals on and the client shown LOG
 -- messages, the IK001 and IK003 lines appear below (the takeover's line carries a time and is
 -- checked in the server log by the script, as is the IK001 line's DETAIL).
+-- Each error is shown with its message, DETAIL and HINT, then its SQLSTATE (psql's
+-- LAST_ERROR_SQLSTATE).
 \set VERBOSITY default
 CREATE ROLE idem_stats_other;
 CREATE VIEW counts AS
@@ -28,6 +30,7 @@ SET idempotency.log_refusals = on;
 SET client_min_messages = log;
 \set VERBOSITY terse
 SELECT outcome FROM idem_begin('st', 'new', '{"amount": 2}');
+\echo :LAST_ERROR_SQLSTATE
 \set VERBOSITY default
 SET client_min_messages = notice;
 -- in_progress: a committed claim whose lease holds
@@ -40,6 +43,7 @@ SELECT pg_sleep(0.05);
 SELECT outcome, attempt, recovery_point FROM idem_begin('st', 'lapse', '{}');
 SET client_min_messages = log;
 SELECT idem_complete('st', 'lapse', attempt => 1);
+\echo :LAST_ERROR_SQLSTATE
 SET client_min_messages = notice;
 -- a retryable failure, its retry, a final failure, its replay
 BEGIN;
@@ -53,11 +57,15 @@ COMMIT;
 SELECT outcome, http_status FROM idem_begin('st', 'flaky', '{}');
 -- IK002
 SELECT idem_complete('st', 'absent');
+\echo :LAST_ERROR_SQLSTATE
 SELECT idem_checkpoint('st', 'new', 'p');
+\echo :LAST_ERROR_SQLSTATE
 -- 42501 from idem_begin and idem_check
 SET ROLE idem_stats_other;
 SELECT outcome FROM idem_begin('st', 'new', '{"amount": 1}');
+\echo :LAST_ERROR_SQLSTATE
 SELECT state FROM idem_check('st', 'new');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 -- a timed wait: a prepared transaction holds an uncommitted claim (and the key's lock)
 BEGIN;
@@ -95,7 +103,9 @@ WHERE datname = current_database();
 -- an ordinary role may neither read nor reset; pg_monitor may read
 SET ROLE idem_stats_other;
 SELECT count(*) FROM idem_stats();
+\echo :LAST_ERROR_SQLSTATE
 SELECT idem_stats_reset();
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 GRANT pg_monitor TO idem_stats_other;
 SET ROLE idem_stats_other;

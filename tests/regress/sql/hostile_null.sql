@@ -4,6 +4,8 @@
 -- data: no value; attempt: no fencing; idem_check's command: matches is NULL); arguments
 -- without one (http_status, retryable, recovery_point, max_rows) are 22004 as well.
 -- idem_fingerprint and idem_canonical are STRICT: NULL in, NULL out.
+-- Refused calls change nothing: each key is then used as usual. This file is the home of
+-- what the #[pg_test] null_arguments_are_22004 pinned.
 -- VERBOSITY sqlstate prints only the SQLSTATE of an error, so this file pins the codes.
 \set VERBOSITY sqlstate
 
@@ -18,6 +20,8 @@ SELECT outcome, state, attempt,
   FROM idem_begin('null', 'k-defaults', '{"a": 1}', NULL, NULL, NULL);
 SELECT lease_expires_at - created_at BETWEEN interval '59 seconds' AND interval '61 seconds' AS lease_is_1min
   FROM idem_check('null', 'k-defaults');
+-- a NULL command on a live key is 22004 too, not IK001
+SELECT * FROM idem_begin('null', 'k-defaults', NULL);
 
 -- idem_complete(scope, key, response, resource, http_status, attempt)
 SELECT idem_complete(NULL, 'k-defaults');

@@ -3,12 +3,22 @@
 -- or holding a control character (Unicode category Cc: U+0000..U+001F, U+007F..U+009F) is
 -- 22023. Everything else is an opaque string, compared byte for byte: quotes, backslashes,
 -- SQL that looks like injection, format characters (Cf) and separators (Zl) are just bytes.
+-- This file is the home of what the #[pg_test]s empty_or_control_character_scope_or_key_is_22023
+-- and scope_and_key_limit_is_255_bytes pinned.
 \set VERBOSITY sqlstate
 
 -- A helper that runs idem_begin and answers the outcome, or the SQLSTATE of its error.
 CREATE FUNCTION try_begin(s text, k text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
   RETURN (SELECT outcome FROM idem_begin(s, k, '{"v": 1}'));
+EXCEPTION WHEN OTHERS THEN
+  RETURN SQLSTATE;
+END $$;
+-- The same for any statement: 'ok', or the SQLSTATE of its error.
+CREATE FUNCTION try_sql(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE sql;
+  RETURN 'ok';
 EXCEPTION WHEN OTHERS THEN
   RETURN SQLSTATE;
 END $$;
@@ -29,6 +39,7 @@ SELECT try_begin('mb', repeat('é', 127) || 'a') AS key_2byte_255,
        try_begin('mb', repeat('😀', 63) || 'abc') AS key_4byte_255,
        try_begin('mb', repeat('😀', 64)) AS key_4byte_256,
        try_begin('mb', repeat('a', 252) || '😀') AS key_4byte_straddles_256;
+SELECT try_begin('mb', repeat('a', 251) || '😀') AS key_4byte_ends_at_255;
 SELECT try_begin(repeat('€', 85), 'k') AS scope_3byte_255, try_begin(repeat('€', 86), 'k') AS scope_3byte_258;
 -- control characters: \x01, tab, newline, carriage return, escape, DEL, and U+0085, U+009F (C1)
 SELECT try_begin('ctl', 'a' || chr(1) || 'b') AS key_x01,
@@ -45,6 +56,8 @@ SELECT try_begin(E'sc\nope', 'k') AS scope_newline, try_begin('sc' || chr(31), '
 SELECT try_begin('ok', ' ') AS key_space, try_begin('ok', chr(160)) AS key_nbsp,
        try_begin('ok', chr(8203)) AS key_zwsp, try_begin('ok', chr(8232)) AS key_u2028,
        try_begin('ok', chr(8238) || 'txt.exe') AS key_rlo, try_begin('ok', chr(65279)) AS key_bom;
+-- printable Unicode, spaces and punctuation in scope and key
+SELECT try_begin('tenant:42 POST /v1/payments', 'ключ €😀 "x"') AS key_unicode_quotes;
 -- the error names the offending character, in DETAIL
 \set VERBOSITY default
 SELECT * FROM idem_begin('ctl', E'a\tb', '{}');
@@ -56,6 +69,30 @@ SELECT idem_fail('', 'k');
 SELECT idem_checkpoint('s', E'k\n', 'p');
 SELECT * FROM idem_check('s', '');
 SELECT idem_forget(repeat('s', 256), 'k');
+SELECT * FROM idem_check('s', repeat('k', 256));
+SELECT idem_forget('s', repeat('k', 256));
+-- every function, as scope and as key, with each kind of bad text: empty, newline, tab,
+-- carriage return, \x01, DEL, U+0085 and \x1f (the first column names the function and the
+-- argument; each other column is one bad text)
+SELECT call,
+       try_sql(replace(sql, '$1', quote_literal(''))) AS empty,
+       try_sql(replace(sql, '$1', quote_literal(E'k\n1'))) AS newline,
+       try_sql(replace(sql, '$1', quote_literal(E'k\t1'))) AS tab,
+       try_sql(replace(sql, '$1', quote_literal(E'\r'))) AS cr,
+       try_sql(replace(sql, '$1', quote_literal(E'k\x01'))) AS x01,
+       try_sql(replace(sql, '$1', quote_literal('k' || chr(127)))) AS del,
+       try_sql(replace(sql, '$1', quote_literal('k' || chr(133)))) AS u0085,
+       try_sql(replace(sql, '$1', quote_literal(chr(31) || 'k'))) AS x1f
+  FROM (VALUES (1, 'begin scope',      $$SELECT idem_begin($1, 'k', '{}')$$),
+               (2, 'begin key',        $$SELECT idem_begin('ctl', $1, '{}')$$),
+               (3, 'complete scope',   $$SELECT idem_complete($1, 'k')$$),
+               (4, 'complete key',     $$SELECT idem_complete('ctl', $1)$$),
+               (5, 'fail key',         $$SELECT idem_fail('ctl', $1)$$),
+               (6, 'checkpoint key',   $$SELECT idem_checkpoint('ctl', $1, 'p')$$),
+               (7, 'check scope',      $$SELECT idem_check($1, 'k')$$),
+               (8, 'check key',        $$SELECT idem_check('ctl', $1)$$),
+               (9, 'forget key',       $$SELECT idem_forget('ctl', $1)$$)) AS c(n, call, sql)
+ ORDER BY n;
 
 -- keys and scopes that look like SQL injection are stored and compared as plain bytes
 SELECT outcome, attempt FROM idem_begin($i$'); DROP TABLE idempotency.records; --$i$,
@@ -81,3 +118,4 @@ SELECT outcome FROM idem_begin('norm', 'café', '{"v": 1}');              -- the
 SELECT outcome FROM idem_begin('ab', 'c', '{"v": 1}');
 SELECT outcome FROM idem_begin('a', 'bc', '{"v": 2}');
 DROP FUNCTION try_begin(text, text);
+DROP FUNCTION try_sql(text);

@@ -6,6 +6,8 @@
 -- idem_stalled(older_than) lists the caller's in-progress claims whose lease ran out at least
 -- older_than ago and that nobody has taken over, oldest first.
 -- Roles are cluster-wide: the names are unique to this file and dropped at the end.
+-- Each error is shown with its message, DETAIL and HINT, then its SQLSTATE (psql's
+-- LAST_ERROR_SQLSTATE).
 \set VERBOSITY default
 CREATE ROLE idem_ops_alice;
 CREATE ROLE idem_ops_bob;
@@ -75,6 +77,7 @@ SET ROLE idem_ops_bob;
 SELECT key FROM idem_keys WHERE pg_temp.leak(key) AND scope = 'ops' ORDER BY key;
 -- and the table itself stays closed
 SELECT count(*) FROM idempotency.records;
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 
 -- idem_stalled: the caller's lapsed, untaken claims, the oldest lease end first (a-stalled-1's
@@ -97,15 +100,21 @@ SELECT * FROM pg_temp.stalled;
 RESET ROLE;
 SELECT * FROM pg_temp.stalled;
 SELECT * FROM idem_stalled(NULL);
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM idem_stalled('-1 minute');
+\echo :LAST_ERROR_SQLSTATE
 
 -- The counters need the library in shared_preload_libraries (this server does not preload it).
 SELECT * FROM idem_stats();
+\echo :LAST_ERROR_SQLSTATE
 SELECT idem_stats_reset();
+\echo :LAST_ERROR_SQLSTATE
 -- and are for pg_monitor and superusers
 SET ROLE idem_ops_bob;
 SELECT * FROM idem_stats();
+\echo :LAST_ERROR_SQLSTATE
 SELECT idem_stats_reset();
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SELECT has_function_privilege('pg_monitor', 'idem_stats()', 'EXECUTE') AS monitor_reads_stats,
        has_function_privilege('pg_monitor', 'idem_stats_reset()', 'EXECUTE') AS monitor_resets_stats;

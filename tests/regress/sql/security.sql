@@ -5,7 +5,12 @@
 -- places earlier in search_path (a function named like a builtin, an operator = on text, a
 -- table named records) change nothing: the extension schema-qualifies everything and pins
 -- search_path; the attacker's function would write to a log table, which stays empty.
+-- A member of the owning role may use the record; an expired record counts as none for
+-- every role, so another role may claim the key afresh (and then owns it).
 -- Roles are cluster-wide: the names are unique to this file and dropped at the end.
+-- This file is the home of what the #[pg_test]s other_role_gets_42501_from_every_function,
+-- other_role_may_reuse_expired_key, member_of_owner_role_may_use_record and
+-- records_table_grants_nothing_to_public pinned.
 \set VERBOSITY sqlstate
 CREATE ROLE idem_sec_alice LOGIN;
 CREATE ROLE idem_sec_mallory LOGIN;
@@ -21,6 +26,9 @@ SET ROLE idem_sec_alice;
 SELECT outcome, attempt FROM idem_begin('sec', 'k-open', '{"amount": 10}');
 SELECT outcome FROM idem_begin('sec', 'k-done', '{"amount": 20}');
 SELECT idem_complete('sec', 'k-done', response => '{"card": "4111 1111 1111 1111"}', resource => 'payments/7', http_status => 201);
+-- and one that expires at once, and one for her team (below)
+SELECT outcome FROM idem_begin('sec', 'k-expiring', '{"amount": 1}', ttl => '1 millisecond');
+SELECT outcome FROM idem_begin('sec', 'k-team', '{"amount": 5}');
 RESET ROLE;
 
 -- mallory: every function on alice's keys is 42501, and reveals nothing
@@ -28,13 +36,19 @@ SET ROLE idem_sec_mallory;
 SELECT * FROM idem_check('sec', 'k-open');
 SELECT * FROM idem_check('sec', 'k-done');
 SELECT * FROM idem_check('sec', 'k-done', '{"amount": 20}');
+SELECT * FROM idem_check('sec', 'k-open', '{"amount": 10}');
 SELECT * FROM idem_begin('sec', 'k-open', '{"amount": 10}');
 SELECT * FROM idem_begin('sec', 'k-done', '{"amount": 20}');
 SELECT * FROM idem_begin('sec', 'k-done', '{"amount": 999}');    -- 42501, not IK001: not even the command leaks
+SELECT * FROM idem_begin('sec', 'k-open', '{"amount": 999}');
 SELECT idem_complete('sec', 'k-open', resource => 'stolen', http_status => 200);
 SELECT idem_complete('sec', 'k-open', attempt => 1);
 SELECT idem_fail('sec', 'k-open', retryable => false);
 SELECT idem_checkpoint('sec', 'k-open', 'p');
+-- on the completed key too: 42501, not IK002 (its state is not revealed either)
+SELECT idem_complete('sec', 'k-done');
+SELECT idem_fail('sec', 'k-done');
+SELECT idem_checkpoint('sec', 'k-done', 'p');
 SELECT idem_forget('sec', 'k-open');
 SELECT idem_forget('sec', 'k-done');
 -- a key nobody has is mallory's to claim; absent keys say absent
@@ -47,9 +61,23 @@ DELETE FROM idempotency.records;
 TRUNCATE idempotency.records;
 INSERT INTO idempotency.records (scope, key) VALUES ('sec', 'forged');
 COPY idempotency.records TO STDOUT;
+-- a key of her own works as usual
+SELECT outcome, state, attempt FROM idem_begin('sec', 'k-mallory', '{"amount": 1}');
+-- alice's expired key counts as none, for mallory too (no 42501): absent, nothing to
+-- forget, hers to claim with any command
+SELECT pg_sleep(0.01);
+SELECT * FROM idem_check('sec', 'k-expiring');
+SELECT idem_forget('sec', 'k-expiring') AS forgot;
+SELECT outcome, state, attempt FROM idem_begin('sec', 'k-expiring', '{"other": true}');
 -- idem_purge deletes only expired records, whoever runs it: it reveals and changes no live one
 SELECT idem_purge() AS purged_by_mallory;
 RESET ROLE;
+-- the key mallory claimed is now hers: alice gets 42501
+SET ROLE idem_sec_alice;
+SELECT * FROM idem_check('sec', 'k-expiring');
+RESET ROLE;
+-- a superuser sees every record and its owner
+SELECT key, owner FROM idempotency.records WHERE scope = 'sec' ORDER BY key;
 
 -- alice's records are untouched
 SET ROLE idem_sec_alice;
@@ -61,6 +89,16 @@ RESET ROLE;
 -- a member of alice (her team) may use alice's records, as the contract says
 SET ROLE idem_sec_alice_team;
 SELECT outcome, resource FROM idem_begin('sec', 'k-done', '{"amount": 20}');
+-- on her key in progress: in_progress (409), IK001 for another command, and the member may
+-- checkpoint, complete, read and forget it
+SELECT outcome, state, attempt, http_status FROM idem_begin('sec', 'k-team', '{"amount": 5}');
+SELECT * FROM idem_begin('sec', 'k-team', '{"amount": 6}');
+SELECT idem_checkpoint('sec', 'k-team', 'p') IS NOT NULL AS checkpointed;
+SELECT idem_complete('sec', 'k-team', resource => 'r/1');
+SELECT state, matches, attempt, recovery_point, http_status, response, resource,
+       created_at IS NOT NULL AS created, expires_at IS NOT NULL AS expires, lease_expires_at IS NOT NULL AS leased
+  FROM idem_check('sec', 'k-team', '{"amount": 5}');
+SELECT idem_forget('sec', 'k-team') AS forgot;
 RESET ROLE;
 
 -- PUBLIC has no privilege on the table, the schema, or anything in it
@@ -78,6 +116,14 @@ SELECT count(*) AS public_grants
  WHERE c.relnamespace = 'idempotency'::regnamespace AND a.grantee = 0;
 SELECT has_table_privilege('idem_sec_mallory', 'idempotency.records', 'SELECT') AS mallory_select,
        has_table_privilege('idem_sec_alice', 'idempotency.records', 'SELECT') AS alice_select;
+-- no privilege of any kind for a role granted nothing, and none granted to PUBLIC on the
+-- schema itself
+SELECT has_table_privilege('idem_sec_mallory', 'idempotency.records',
+                           'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') AS mallory_any_table_privilege,
+       has_schema_privilege('idem_sec_mallory', 'idempotency', 'USAGE, CREATE') AS mallory_any_schema_privilege;
+SELECT count(*) AS public_schema_grants
+  FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+ WHERE n.nspname = 'idempotency' AND a.grantee = 0;
 
 -- The attacker's objects, first in search_path: a function named like a builtin that the
 -- extension's SQL uses or might use, an operator = on text (and <= on timestamptz), a table
@@ -170,7 +216,7 @@ SELECT (SELECT count(*) FROM idem_sec_trap.records) AS trap_table_rows, (SELECT 
        (SELECT count(*) FROM pg_temp.records) AS temp_twin_rows;
 
 -- clean up: the records, the attacker's objects, the roles
-SELECT idem_forget('sec', k) FROM unnest(ARRAY['k-open', 'k-done', 'k-trap']) AS k;
+SELECT idem_forget('sec', k) FROM unnest(ARRAY['k-open', 'k-done', 'k-trap', 'k-mallory', 'k-expiring']) AS k;
 DROP SCHEMA idem_sec_trap CASCADE;
 DROP TABLE public.records, pg_temp.records, public.idem_sec_calls;
 REVOKE CREATE ON SCHEMA public FROM idem_sec_mallory;

@@ -1,137 +1,58 @@
--- settings: idempotency.ttl, lease and wait take interval syntax ('2 hours', '1 day', '90 s',
--- '01:30:00') and unit syntax ('2h', '500ms'); a bare number is in the unit of earlier
--- releases (ttl: seconds; lease, wait: milliseconds). A value PostgreSQL lets the extension
--- check is refused with 22023 when it is set; a value PostgreSQL stores unchecked (set before
--- the library is loaded) is kept as written and never replaced by the default: a call that
--- needs it fails with 22023 naming the setting, its value and where it was set.
--- Each \c starts a backend in which the library is not loaded yet; pg_settings lists the
--- settings only once it is (before, they are placeholders).
--- Roles are cluster-wide: the names are unique to this file and dropped at the end.
-\set VERBOSITY default
-SELECT idem_canonical('{}') AS loads_the_library;
-SELECT name, setting, vartype, context FROM pg_settings WHERE name LIKE 'idempotency.%' ORDER BY name;
+-- settings: the extension's GUCs, their defaults, units, and how they feed NULL arguments.
+-- Pins: idempotency.ttl (1d), idempotency.lease (1min), idempotency.wait (0),
+-- idempotency.max_command_size (1MB) and idempotency.max_response_size (1MB) exist with
+-- these defaults and are settable by any user (context `user`); SET takes units and SHOW
+-- prints them back; idem_begin without ttl and lease uses the session's settings, and an
+-- explicit argument wins; a per-role setting is stored (ALTER ROLE ... SET).
+-- Values out of range (22023) are hostile_ranges'; the size limits applied are
+-- hostile_ranges' and hostile_memory's; idempotency.wait in action is the isolation specs'.
+\set VERBOSITY sqlstate
+\pset null (null)
+-- the settings exist once the library is loaded, which the first call of a function does
+SELECT state FROM idem_check('settings', 'load');
 
--- After the library is loaded: every spelling, and what idem_begin makes of it
--- (expires_at - created_at is the ttl, lease_expires_at - created_at the lease, exactly).
-CREATE FUNCTION pg_temp.claim(k text) RETURNS TABLE (ttl interval, lease interval)
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM idem_begin('set', k, '{}');
-    RETURN QUERY SELECT c.expires_at - c.created_at, c.lease_expires_at - c.created_at
-                 FROM idem_check('set', k) c;
-END
-$$;
-SET idempotency.ttl = '2 hours';
+-- settings_exist_with_documented_defaults
+SELECT v.name, current_setting(v.name), s.context
+  FROM (VALUES (1, 'idempotency.ttl'), (2, 'idempotency.lease'), (3, 'idempotency.wait'),
+               (4, 'idempotency.max_command_size'), (5, 'idempotency.max_response_size')) AS v(n, name)
+  LEFT JOIN pg_settings s ON s.name = v.name
+ ORDER BY v.n;
 SHOW idempotency.ttl;
-SELECT * FROM pg_temp.claim('ttl-2-hours');
-SET idempotency.ttl = '1 day';
-SELECT * FROM pg_temp.claim('ttl-1-day');
-SET idempotency.ttl = '90 s';
-SELECT * FROM pg_temp.claim('ttl-90-s');
-SET idempotency.ttl = '2h';
-SELECT * FROM pg_temp.claim('ttl-2h');
-SET idempotency.ttl = 3600;
+SHOW idempotency.lease;
+SHOW idempotency.wait;
+SHOW idempotency.max_command_size;
+SHOW idempotency.max_response_size;
+
+-- settings_accept_units_and_feed_null_arguments
+SET idempotency.ttl = '1h';
 SHOW idempotency.ttl;
-SELECT * FROM pg_temp.claim('ttl-bare');
-SET idempotency.ttl = '1 day 12 hours';
-SELECT * FROM pg_temp.claim('ttl-1-day-12-hours');
-SET idempotency.ttl = '01:30:00';
-SELECT * FROM pg_temp.claim('ttl-clock');
-SET idempotency.ttl = '1.5h';
-SELECT * FROM pg_temp.claim('ttl-fraction');
-SET idempotency.ttl = '1 week';
-SELECT * FROM pg_temp.claim('ttl-week');
-SET idempotency.lease = '500ms';
-SELECT * FROM pg_temp.claim('lease-500ms');
-SET idempotency.lease = '90 s';
-SELECT * FROM pg_temp.claim('lease-90-s');
-SET idempotency.lease = 1500;
-SELECT * FROM pg_temp.claim('lease-bare');
-SET idempotency.lease = '2 minutes';
-SELECT * FROM pg_temp.claim('lease-2-minutes');
+SET idempotency.lease = '5min';
+SHOW idempotency.lease;
 SET idempotency.wait = '250ms';
 SHOW idempotency.wait;
-SET idempotency.wait = '2 seconds';
-SHOW idempotency.wait;
+SET idempotency.max_command_size = '64kB';
+SHOW idempotency.max_command_size;
+SET idempotency.max_response_size = '2MB';
+SHOW idempotency.max_response_size;
 SET idempotency.wait = 0;
+-- ttl and lease from the session: 1 hour, 5 minutes
+SELECT expires_at BETWEEN clock_timestamp() + interval '1 hour' - interval '5 seconds'
+                      AND clock_timestamp() + interval '1 hour' AS ttl_of_setting
+  FROM idem_begin('settings', 'k', '{}');
+SELECT expires_at = created_at + interval '1 hour' AS expires_after_ttl,
+       lease_expires_at BETWEEN clock_timestamp() + interval '295 seconds'
+                            AND clock_timestamp() + interval '5 minutes' AS lease_of_setting
+  FROM idem_check('settings', 'k');
 -- an explicit argument wins over the setting
-SELECT outcome FROM idem_begin('set', 'explicit', '{}', ttl => '5 minutes');
-SELECT expires_at - created_at AS ttl FROM idem_check('set', 'explicit');
+SELECT expires_at BETWEEN clock_timestamp() + interval '48 hours' - interval '5 seconds'
+                      AND clock_timestamp() + interval '48 hours' AS ttl_of_argument
+  FROM idem_begin('settings', 'k2', '{}', ttl => '48 hours');
+-- per role (roles are cluster-wide: the name is this file's own, dropped below)
+CREATE ROLE idem_settings_role;
+ALTER ROLE idem_settings_role SET idempotency.ttl = '2h';
+SELECT array_to_string(setconfig, ',') AS setconfig FROM pg_db_role_setting
+ WHERE setrole = 'idem_settings_role'::regrole;
+DROP ROLE idem_settings_role;
 
--- Invalid values are refused when set, and the value in force stays.
-SET idempotency.ttl = '2 hourz';
-SET idempotency.ttl = 'two hours';
-SET idempotency.ttl = '';
-SET idempotency.ttl = '1 day 2';
-SET idempotency.ttl = 'P1D';
-SET idempotency.ttl = '2 hours ago';
-SET idempotency.ttl = '300000 years';
-SET idempotency.ttl = 0;
-SET idempotency.ttl = '-1 h';
-SET idempotency.lease = '0 s';
-SET idempotency.wait = '-1ms';
-SELECT set_config('idempotency.ttl', 'soon', false);
-SHOW idempotency.ttl;
-SHOW idempotency.lease;
-SHOW idempotency.wait;
--- ALTER ROLE ... SET checks the value while the library is loaded
-CREATE ROLE idem_set_role LOGIN;
-ALTER ROLE idem_set_role SET idempotency.ttl = '2 hourz';
-ALTER ROLE idem_set_role SET idempotency.ttl = '90 s';
-SELECT setconfig FROM pg_db_role_setting WHERE setrole = 'idem_set_role'::regrole;
--- only superusers may log refusals
-SET ROLE idem_set_role;
-SET idempotency.log_refusals = on;
-RESET ROLE;
-
--- Before the library is loaded: a valid value is used as written.
-\c
-SELECT count(*) AS loaded FROM pg_settings WHERE name = 'idempotency.ttl';
-SET idempotency.ttl = '90 s';
-SHOW idempotency.ttl;
-SELECT count(*) AS loaded FROM pg_settings WHERE name = 'idempotency.ttl';
-SELECT outcome FROM idem_begin('set', 'before-valid', '{}');
-SELECT expires_at - created_at AS ttl FROM idem_check('set', 'before-valid');
-SELECT count(*) AS loaded FROM pg_settings WHERE name = 'idempotency.ttl';
-
--- Before the library is loaded: an invalid value is kept, not replaced by 1 day; the calls
--- that need it fail and say why; the others work; a valid SET repairs it.
-\c
-SET idempotency.ttl = '2 hourz';
-SELECT outcome FROM idem_begin('set', 'before-invalid', '{}');
-SHOW idempotency.ttl;
-SELECT count(*) AS loaded FROM pg_settings WHERE name = 'idempotency.ttl';
-SELECT outcome FROM idem_begin('set', 'before-invalid', '{}', ttl => '1 hour');
-SELECT state FROM idem_check('set', 'before-invalid');
-SET idempotency.ttl = '2 hours';
-SELECT outcome FROM idem_begin('set', 'repaired', '{}');
-SELECT expires_at - created_at AS ttl FROM idem_check('set', 'repaired');
--- SET LOCAL of an invalid value before the library is loaded, in a transaction
-\c
-BEGIN;
-SET LOCAL idempotency.lease = 'forever';
-SELECT outcome FROM idem_begin('set', 'local-invalid', '{}');
-ROLLBACK;
-SHOW idempotency.lease;
-SELECT outcome FROM idem_begin('set', 'local-invalid', '{}');
-
--- Per role: a value set by ALTER ROLE from a session without the library is not checked
--- then; the role's sessions keep it and refuse to use it.
-\c
-ALTER ROLE idem_set_role SET idempotency.lease = 'a while';
-ALTER ROLE idem_set_role SET idempotency.wait = '100ms';
-\c - idem_set_role
-SHOW idempotency.lease;
-SHOW idempotency.wait;
-SHOW idempotency.ttl;
-SELECT outcome FROM idem_begin('set-role', 'k', '{}');
-SELECT outcome FROM idem_begin('set-role', 'k', '{}', lease => '1 minute');
-SELECT expires_at - created_at AS ttl FROM idem_check('set-role', 'k');
-SET idempotency.lease = '1 minute';
-SELECT outcome FROM idem_begin('set-role', 'k2', '{}');
-RESET idempotency.lease;
-SELECT outcome FROM idem_begin('set-role', 'k3', '{}');
-\c - postgres
-ALTER ROLE idem_set_role RESET ALL;
-DELETE FROM idempotency.records WHERE scope LIKE 'set%';
-DROP ROLE idem_set_role;
+-- leave no record behind (other files count what idem_purge deletes)
+DELETE FROM idempotency.records WHERE scope = 'settings';

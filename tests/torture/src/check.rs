@@ -4,12 +4,20 @@
 //! the checker prints the counts, a few examples of each violation, and returns their number.
 //! Then, once every lease has run out, it asks `idem_begin` for every key and checks that no
 //! claim is stuck (in progress keys are taken over with attempt + 1 and their recovery point).
+//!
+//! With `--citus yes` the three tables are distributed: the checks run on local copies made
+//! on the coordinator once the load has ended (Citus cannot run every one of these joins
+//! across shards), and the final probe calls `idem_begin` one key at a time, in the form that
+//! Citus delegates to the key's node. With `--node-failures yes` (a node was killed during the
+//! load) a request that failed because a node went away ([`NODE_FAILURE`]) is no anomaly, and
+//! neither is the effect of a COMMIT that such a failure left in doubt, if it committed whole
+//! (its record completed with that very effect: the other checks hold it to that).
 
 use std::time::Duration;
 
 use postgres::Client;
 
-use crate::load::SCOPE;
+use crate::load::scope_of;
 use crate::util::{self, amount_of, command};
 use crate::Opts;
 
@@ -25,14 +33,14 @@ const CHECKS: &[(&str, &str)] = &[
         "SELECT r.key || ': ' || (SELECT count(*) FROM torture_ledger l
                                    WHERE l.scope = r.scope AND l.key = r.key) || ' ledger rows'
          FROM idempotency.records r
-         WHERE r.scope = 'torture' AND r.state = 'c'
+         WHERE r.scope LIKE 'torture%' AND r.state = 'c'
            AND (SELECT count(*) FROM torture_ledger l WHERE l.scope = r.scope AND l.key = r.key) <> 1",
     ),
     (
         "the stored outcome describes the effect (resource, response, attempt, command)",
         "SELECT r.key || ': resource ' || coalesce(r.resource, 'NULL') || ', ledger ' || l.id
          FROM idempotency.records r JOIN torture_ledger l ON l.scope = r.scope AND l.key = r.key
-         WHERE r.scope = 'torture' AND r.state = 'c'
+         WHERE r.scope LIKE 'torture%' AND r.state = 'c'
            AND (r.resource IS DISTINCT FROM 'ledger/' || l.id
                 OR (r.response->>'ledger_id')::bigint IS DISTINCT FROM l.id
                 OR (r.response->>'amount')::bigint IS DISTINCT FROM l.amount
@@ -51,7 +59,8 @@ const CHECKS: &[(&str, &str)] = &[
         "every effect belongs to a request whose commit was acknowledged",
         "SELECT l.key || ': ledger ' || l.id || ' of request ' || l.request_id
          FROM torture_ledger l LEFT JOIN torture_observations o ON o.request_id = l.request_id
-         WHERE o.request_id IS NULL OR NOT o.committed OR o.ledger_id IS DISTINCT FROM l.id",
+         WHERE o.request_id IS NULL OR NOT (o.committed OR {in_doubt})
+            OR o.ledger_id IS DISTINCT FROM l.id",
     ),
     (
         "every acknowledged effect is in the ledger",
@@ -80,7 +89,7 @@ const CHECKS: &[(&str, &str)] = &[
         "SELECT key || ': request ' || request_id || ' got '
                 || coalesce(sqlstate, outcome, 'nothing')
          FROM torture_observations
-         WHERE kind = 'mismatch' AND sqlstate IS DISTINCT FROM 'IK001'",
+         WHERE kind = 'mismatch' AND sqlstate IS DISTINCT FROM 'IK001' AND NOT {node_failure}",
     ),
     (
         "no request was answered with the outcome of a different command",
@@ -118,7 +127,7 @@ const CHECKS: &[(&str, &str)] = &[
         "SELECT key || ': ' || kind || ' request ' || request_id || ' got ' || sqlstate
                 || ' in ' || coalesce(stage, '?')
          FROM torture_observations
-         WHERE sqlstate IS NOT NULL
+         WHERE sqlstate IS NOT NULL AND NOT {node_failure}
            AND NOT (kind = 'mismatch' AND sqlstate = 'IK001')
            AND NOT (kind LIKE 'phased%' AND sqlstate = 'IK003'
                     AND stage IN ('checkpoint', 'complete', 'fail'))",
@@ -149,10 +158,61 @@ const CHECKS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The errors a client gets through a Citus coordinator when the worker that holds the key's
+/// shard went away (killed, restarting, in crash recovery): Citus reports a lost or refused
+/// connection to a node as 08006 (the node's own refusals while it shuts down or starts up are
+/// 57P01..57P03), and a COMMIT that the node did not acknowledge as XX000 "could not commit
+/// transaction for shard ... on at least one active node" (accepted only in the COMMIT: the
+/// extension raises XX000 only for a broken invariant, and never at COMMIT).
+pub const NODE_FAILURE: &str = "(coalesce(sqlstate IN ('08000', '08001', '08003', '08006', \
+     '57P01', '57P02', '57P03'), false) OR (sqlstate = 'XX000' AND stage = 'commit'))";
+
+/// A request whose COMMIT failed that way: it may or may not have committed.
+const IN_DOUBT: &str = "(stage = 'commit' AND (coalesce(sqlstate IN ('08000', '08001', '08003', \
+     '08006', '57P01', '57P02', '57P03'), false) OR sqlstate = 'XX000'))";
+
 pub fn run(opts: &Opts) -> Result<u64, String> {
+    let citus = opts.str("citus", "no") == "yes";
+    let node_failures = opts.str("node-failures", "no") == "yes";
+    let scopes: u64 = opts.num("scopes", 1);
     let mut c = util::connect(opts).map_err(|e| format!("connect: {e}"))?;
+    // The tables the checks read: on Citus, local copies of the distributed ones.
+    let tables = |sql: &str| -> String {
+        let sql = sql
+            .replace("{in_doubt}", if node_failures { IN_DOUBT } else { "false" })
+            .replace(
+                "{node_failure}",
+                if node_failures { NODE_FAILURE } else { "false" },
+            );
+        if citus {
+            sql.replace("idempotency.records", "torture_check.records")
+                .replace("torture_ledger", "torture_check.ledger")
+                .replace("torture_observations", "torture_check.observations")
+        } else {
+            sql
+        }
+    };
+    if citus {
+        c.batch_execute(
+            "SET LOCAL citus.enable_ddl_propagation = off;
+             DROP SCHEMA IF EXISTS torture_check CASCADE;
+             CREATE SCHEMA torture_check;
+             CREATE TABLE torture_check.records AS
+                 SELECT * FROM idempotency.records WHERE scope LIKE 'torture%';
+             CREATE TABLE torture_check.ledger AS SELECT * FROM torture_ledger;
+             CREATE TABLE torture_check.observations AS SELECT * FROM torture_observations;
+             CREATE INDEX ON torture_check.records (scope, key);
+             CREATE INDEX ON torture_check.ledger (scope, key);
+             CREATE INDEX ON torture_check.ledger (id);
+             CREATE INDEX ON torture_check.observations (request_id);
+             CREATE INDEX ON torture_check.observations (scope, key);
+             ANALYZE torture_check.records, torture_check.ledger, torture_check.observations;",
+        )
+        .map_err(|e| format!("copying the distributed tables for the checks: {e}"))?;
+    }
     let q = |c: &mut Client, sql: &str| -> Result<Vec<postgres::Row>, String> {
-        c.query(sql, &[]).map_err(|e| match e.as_db_error() {
+        let sql = tables(sql);
+        c.query(&sql, &[]).map_err(|e| match e.as_db_error() {
             Some(db) => format!("{}: {sql}", db.message()),
             None => format!("{e}: {sql}"),
         })
@@ -166,7 +226,7 @@ pub fn run(opts: &Opts) -> Result<u64, String> {
         ),
         (
             "answers",
-            "SELECT CASE WHEN sqlstate IS NOT NULL THEN 'error ' || sqlstate || ' (' || stage || ')'
+            "SELECT CASE WHEN sqlstate IS NOT NULL THEN 'error ' || sqlstate || ' (' || coalesce(stage, 'before begin') || ')'
                          WHEN outcome = 'execute' AND committed AND ledger_id IS NOT NULL
                               THEN 'execute, effect committed'
                          WHEN outcome = 'execute' AND committed THEN 'execute, failure committed'
@@ -190,7 +250,7 @@ pub fn run(opts: &Opts) -> Result<u64, String> {
             "SELECT CASE state WHEN 'c' THEN 'completed' WHEN 'p' THEN 'in_progress'
                                WHEN 'f' THEN CASE WHEN retryable THEN 'failed, retryable'
                                                   ELSE 'failed, final' END END, count(*)
-             FROM idempotency.records WHERE scope = 'torture' GROUP BY 1 ORDER BY 2 DESC",
+             FROM idempotency.records WHERE scope LIKE 'torture%' GROUP BY 1 ORDER BY 2 DESC",
         ),
         (
             "ledger",
@@ -205,6 +265,30 @@ pub fn run(opts: &Opts) -> Result<u64, String> {
         }
     }
 
+    if node_failures {
+        let hit: i64 = q(
+            &mut c,
+            &format!("SELECT count(*) FROM torture_observations WHERE {NODE_FAILURE}"),
+        )?[0]
+            .get(0);
+        let in_doubt: i64 = q(
+            &mut c,
+            &format!("SELECT count(*) FROM torture_observations o WHERE {IN_DOUBT}"),
+        )?[0]
+            .get(0);
+        println!(
+            "check: {hit} requests failed because a node went away, {in_doubt} of them in \
+             their COMMIT"
+        );
+        if hit == 0 {
+            return Err(
+                "--node-failures yes, but no request failed because of a node: the \
+                        failure did not hit the load"
+                    .into(),
+            );
+        }
+    }
+
     let mut anomalies = 0u64;
     for (guarantee, sql) in CHECKS {
         let rows = q(&mut c, sql)?;
@@ -215,7 +299,7 @@ pub fn run(opts: &Opts) -> Result<u64, String> {
             println!("           e.g. {s}");
         }
     }
-    let stuck = no_claim_stuck(&mut c, opts.num("max-lease-wait", 30.0))?;
+    let stuck = no_claim_stuck(&mut c, opts.num("max-lease-wait", 30.0), scopes, citus)?;
     anomalies += stuck;
     println!("check: {anomalies} anomalies in all");
     Ok(anomalies)
@@ -224,11 +308,11 @@ pub fn run(opts: &Opts) -> Result<u64, String> {
 /// Once every lease has run out, `idem_begin` with the key's own command on every key must
 /// decide: replay a final outcome, or execute an in-progress or retryable key with
 /// attempt + 1 and its recovery point. Each probe is rolled back.
-fn no_claim_stuck(c: &mut Client, max_wait: f64) -> Result<u64, String> {
+fn no_claim_stuck(c: &mut Client, max_wait: f64, scopes: u64, citus: bool) -> Result<u64, String> {
     let row = c
         .query_one(
             "SELECT coalesce(extract(epoch FROM max(lease_expires_at) - clock_timestamp()), 0)::float8
-             FROM idempotency.records WHERE scope = 'torture' AND state = 'p'",
+             FROM idempotency.records WHERE scope LIKE 'torture%' AND state = 'p'",
             &[],
         )
         .map_err(|e| e.to_string())?;
@@ -239,28 +323,63 @@ fn no_claim_stuck(c: &mut Client, max_wait: f64) -> Result<u64, String> {
     }
     let records = c
         .query(
-            "SELECT key, state::text, retryable, attempt, recovery_point, resource
-             FROM idempotency.records WHERE scope = 'torture' ORDER BY key",
+            "SELECT key, state::text, retryable, attempt, recovery_point, resource, scope
+             FROM idempotency.records WHERE scope LIKE 'torture%' ORDER BY scope, key",
             &[],
         )
         .map_err(|e| e.to_string())?;
     let mut bad = 0u64;
     let mut taken_over = 0u64;
-    // Probed in chunks, one rolled-back transaction each: every execute holds its key's lock
-    // until the transaction ends, and the lock table is finite.
-    for chunk in records.chunks(500) {
+    // Probed in chunks of one scope, one rolled-back transaction each: every execute holds its
+    // key's lock until the transaction ends, and the lock table is finite.
+    let mut chunks: Vec<&[postgres::Row]> = Vec::new();
+    let mut rest = &records[..];
+    while !rest.is_empty() {
+        let scope: String = rest[0].get(6);
+        let n = rest
+            .iter()
+            .take(500)
+            .take_while(|r| r.get::<_, String>(6) == scope)
+            .count();
+        chunks.push(&rest[..n]);
+        rest = &rest[n..];
+    }
+    for chunk in chunks {
         let keys: Vec<String> = chunk.iter().map(|r| r.get(0)).collect();
         let cmds: Vec<String> = keys.iter().map(|k| command(k, amount_of(k))).collect();
+        let scope: String = chunk[0].get(6);
+        for k in &keys {
+            if scope_of(k, scopes) != scope {
+                bad += 1;
+                println!("           e.g. {k}: stored in scope {scope}, not its own");
+            }
+        }
         let mut tx = c.transaction().map_err(|e| e.to_string())?;
-        let answers = tx
-            .query(
+        let answers: Vec<postgres::Row> = if citus {
+            // One call per statement, with constant arguments: the form that Citus delegates
+            // to the node of the key's shard (where the key's lock is).
+            let mut answers = Vec::with_capacity(keys.len());
+            for (k, cmd) in keys.iter().zip(&cmds) {
+                answers.push(
+                    tx.query_one(
+                        "SELECT outcome, attempt, recovery_point, resource
+                         FROM idem_begin($1, $2, $3::text::jsonb, wait => '0')",
+                        &[&scope, k, cmd],
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
+            }
+            answers
+        } else {
+            tx.query(
                 "SELECT b.outcome, b.attempt, b.recovery_point, b.resource
                  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(key, cmd, i),
                       LATERAL idem_begin($3, u.key, u.cmd::jsonb, wait => '0') AS b
                  ORDER BY u.i",
-                &[&keys, &cmds, &SCOPE],
+                &[&keys, &cmds, &scope],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+        };
         tx.rollback().map_err(|e| e.to_string())?;
         for (r, a) in chunk.iter().zip(&answers) {
             let key: String = r.get(0);

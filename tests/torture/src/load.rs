@@ -6,6 +6,15 @@
 //! Every request's command and what it was answered is logged into `torture_observations`;
 //! effects go into `torture_ledger` in the same transaction as `idem_complete`. The checker
 //! (`check.rs`) reads only those tables and the records.
+//!
+//! `--scopes N` spreads the keys over N scopes (`torture:0` .. `torture:N-1`, a fixed function
+//! of the key; 1, the default, is the one scope `torture`). `--citus yes` runs against a Citus
+//! coordinator (or, with several `--port`s, a coordinator and its workers) whose records
+//! `idem_distribute()` has distributed: the ledger and the observations are distributed by
+//! scope too, co-located with the records, so that a request's claim, effect and outcome
+//! commit on one node. `--node-failures yes` is for a run during which a node is killed: a
+//! request that fails because a node went away is logged as such, and the checker accepts
+//! those failures and the commits that they left in doubt (see `check.rs`).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +28,19 @@ use crate::util::{self, amount_of, command, sqlstate, BeginAnswer, Rng};
 use crate::Opts;
 
 pub const SCOPE: &str = "torture";
+
+/// The scope of a key: `torture` with one scope, else `torture:<n>` for a fixed function of
+/// the key (so that every retry of a key uses its scope).
+pub fn scope_of(key: &str, scopes: u64) -> String {
+    if scopes <= 1 {
+        SCOPE.to_string()
+    } else {
+        format!("{SCOPE}:{}", util::amount_of(key) as u64 % scopes)
+    }
+}
+
+/// The records of this load, in SQL (`scope_of`'s values).
+pub const SCOPES_SQL: &str = "(scope = 'torture' OR scope LIKE 'torture:%')";
 pub const LEDGER: &str = "torture_ledger";
 
 /// What a request does.
@@ -86,6 +108,7 @@ struct Obs {
     request_id: i64,
     conn: i32,
     kind: String,
+    scope: String,
     key: String,
     amount: i64,
     answer: BeginAnswer,
@@ -106,6 +129,7 @@ struct Shared {
     requests: u64,
     epoch: u64,
     keys: u64,
+    scopes: u64,
     lease_ms: u64,
     /// Keys with a committed record of their own command: a different command must be IK001.
     known: Mutex<HashSet<String>>,
@@ -115,26 +139,44 @@ struct Shared {
     t0: Instant,
 }
 
-pub fn setup(c: &mut Client) -> Result<(), postgres::Error> {
-    c.batch_execute(
+pub fn setup(c: &mut Client, citus: bool) -> Result<(), postgres::Error> {
+    // On Citus a primary key must hold the distribution column (scope); text COLLATE "C"
+    // because Citus co-locates only with a distribution column of the records' type and
+    // collation.
+    let (ledger_key, observations_key) = if citus {
+        ("PRIMARY KEY (scope, id)", "PRIMARY KEY (scope, request_id)")
+    } else {
+        ("PRIMARY KEY (id)", "PRIMARY KEY (request_id)")
+    };
+    c.batch_execute(&format!(
         "CREATE EXTENSION IF NOT EXISTS idempotency;
          DROP TABLE IF EXISTS torture_ledger, torture_observations;
-         DELETE FROM idempotency.records WHERE scope = 'torture';
+         DELETE FROM idempotency.records WHERE {SCOPES_SQL};
          -- No unique index on the key: a double effect must show, not be prevented here.
          CREATE TABLE torture_ledger (
-             id bigserial PRIMARY KEY,
-             scope text NOT NULL, key text NOT NULL, attempt integer NOT NULL,
+             id bigserial,
+             scope text COLLATE \"C\" NOT NULL, key text NOT NULL, attempt integer NOT NULL,
              amount bigint NOT NULL, fingerprint bytea NOT NULL, request_id bigint NOT NULL,
-             created_at timestamptz NOT NULL DEFAULT clock_timestamp());
+             created_at timestamptz NOT NULL DEFAULT clock_timestamp(), {ledger_key});
          CREATE INDEX ON torture_ledger (scope, key);
          CREATE TABLE torture_observations (
-             request_id bigint PRIMARY KEY, conn integer NOT NULL, kind text NOT NULL,
-             scope text NOT NULL, key text NOT NULL, amount bigint NOT NULL,
+             request_id bigint NOT NULL, conn integer NOT NULL, kind text NOT NULL,
+             scope text COLLATE \"C\" NOT NULL, key text NOT NULL, amount bigint NOT NULL,
              outcome text, state text, attempt integer, recovery_point text, recovery_data jsonb,
              http_status integer, response jsonb, resource text,
              sqlstate text, stage text, committed boolean NOT NULL, ledger_id bigint,
-             stalled boolean NOT NULL, started_us bigint NOT NULL, finished_us bigint NOT NULL);",
-    )
+             stalled boolean NOT NULL, started_us bigint NOT NULL, finished_us bigint NOT NULL,
+             {observations_key});"
+    ))?;
+    if citus {
+        c.batch_execute(
+            "SELECT create_distributed_table('torture_ledger', 'scope',
+                                             colocate_with => 'idempotency.records');
+             SELECT create_distributed_table('torture_observations', 'scope',
+                                             colocate_with => 'idempotency.records');",
+        )?;
+    }
+    Ok(())
 }
 
 pub fn run(opts: &Opts) -> Result<u64, String> {
@@ -144,17 +186,27 @@ pub fn run(opts: &Opts) -> Result<u64, String> {
     let epoch: u64 = opts.num("epoch", keys * 8);
     let lease_ms: u64 = opts.num("lease-ms", 300);
     let seed: u64 = opts.num("seed", 1);
+    let scopes: u64 = opts.num("scopes", 1);
+    let citus = opts.str("citus", "no") == "yes";
+    let ports = util::ports(opts);
     let mut c = util::connect(opts).map_err(|e| format!("connect: {e}"))?;
-    setup(&mut c).map_err(|e| format!("setup: {e}"))?;
+    setup(&mut c, citus).map_err(|e| format!("setup: {e}"))?;
     println!(
         "load: {connections} connections, {requests} requests, {keys} hot keys per epoch of \
-         {epoch} requests, lease {lease_ms} ms, seed {seed}"
+         {epoch} requests, {scopes} scope(s), lease {lease_ms} ms, seed {seed}{}{}",
+        if ports.len() > 1 {
+            format!(", connections spread over ports {ports:?}")
+        } else {
+            String::new()
+        },
+        if citus { ", Citus" } else { "" }
     );
     let shared = Arc::new(Shared {
         next: AtomicU64::new(0),
         requests,
         epoch,
         keys,
+        scopes,
         lease_ms,
         known: Mutex::new(HashSet::new()),
         stalled: Mutex::new(VecDeque::new()),
@@ -163,7 +215,8 @@ pub fn run(opts: &Opts) -> Result<u64, String> {
     let mut handles = Vec::new();
     for conn in 0..connections {
         let shared = shared.clone();
-        let mut client = util::connect(opts).map_err(|e| format!("connect: {e}"))?;
+        let mut client =
+            util::connect_to(opts, conn as usize).map_err(|e| format!("connect: {e}"))?;
         handles.push(thread::spawn(move || -> Result<usize, String> {
             let mut rng = Rng::new(seed.wrapping_mul(1000).wrapping_add(conn + 1));
             let obs = worker(&mut client, &shared, conn as i32, &mut rng)?;
@@ -219,6 +272,7 @@ fn worker(c: &mut Client, s: &Shared, conn: i32, rng: &mut Rng) -> Result<Vec<Ob
             request_id: conn as i64 * 1_000_000_000 + seq,
             conn,
             kind: kind.name().into(),
+            scope: scope_of(&key, s.scopes),
             key: key.clone(),
             amount,
             started_us: s.t0.elapsed().as_micros() as i64,
@@ -288,11 +342,13 @@ fn one_transaction(
     };
     let mut tx = c.transaction()?;
     o.stage = Some("begin".into());
-    o.answer = util::begin(&mut tx, SCOPE, &o.key, &cmd, None, wait)?;
+    o.answer = util::begin(&mut tx, &o.scope, &o.key, &cmd, None, wait)?;
     o.answered = true;
     if o.answer.outcome != "execute" {
+        o.stage = Some("commit".into());
+        tx.commit()?;
         o.stage = None;
-        return tx.commit();
+        return Ok(());
     }
     let attempt = o.answer.attempt.unwrap_or(0);
     match kind {
@@ -302,7 +358,7 @@ fn one_transaction(
                 util::insert_ledger(
                     &mut tx,
                     LEDGER,
-                    SCOPE,
+                    &o.scope,
                     &o.key,
                     attempt,
                     o.amount,
@@ -310,14 +366,16 @@ fn one_transaction(
                     o.request_id,
                 )?;
             }
+            o.stage = Some("rollback".into());
+            tx.rollback()?;
             o.stage = None;
-            tx.rollback()
+            Ok(())
         }
         Kind::FailRetry | Kind::FailFinal => {
             o.stage = Some("fail".into());
             util::fail(
                 &mut tx,
-                SCOPE,
+                &o.scope,
                 &o.key,
                 o.amount,
                 attempt,
@@ -343,7 +401,7 @@ fn phased(
     let cmd = command(&o.key, o.amount);
     // The claim commits on its own (autocommit).
     o.stage = Some("begin".into());
-    o.answer = util::begin(c, SCOPE, &o.key, &cmd, Some(s.lease_ms), Some(0))?;
+    o.answer = util::begin(c, &o.scope, &o.key, &cmd, Some(s.lease_ms), Some(0))?;
     o.answered = true;
     if o.answer.outcome != "execute" {
         o.stage = None;
@@ -353,7 +411,7 @@ fn phased(
     o.stage = Some("claimed".into());
     if rng.pct(50) {
         o.stage = Some("checkpoint".into());
-        util::checkpoint(c, SCOPE, &o.key, &format!("reserved-{attempt}"), attempt)?;
+        util::checkpoint(c, &o.scope, &o.key, &format!("reserved-{attempt}"), attempt)?;
         o.stage = Some("claimed".into());
     }
     if matches!(kind, Kind::PhasedAbandon | Kind::PhasedStall) {
@@ -372,7 +430,7 @@ fn phased(
             // if the key was taken over meanwhile.
             if rng.pct(30) {
                 o.stage = Some("checkpoint".into());
-                util::checkpoint(c, SCOPE, &o.key, &format!("resumed-{attempt}"), attempt)?;
+                util::checkpoint(c, &o.scope, &o.key, &format!("resumed-{attempt}"), attempt)?;
                 o.stage = Some("claimed".into());
             }
         }
@@ -382,7 +440,7 @@ fn phased(
     // Some stalled holders report a failure instead: fenced like a completion.
     if kind == Kind::PhasedFail || (kind == Kind::PhasedStall && rng.pct(20)) {
         o.stage = Some("fail".into());
-        util::fail(&mut tx, SCOPE, &o.key, o.amount, attempt, true)?;
+        util::fail(&mut tx, &o.scope, &o.key, o.amount, attempt, true)?;
         o.stage = Some("commit".into());
         tx.commit()?;
         o.stage = None;
@@ -406,7 +464,7 @@ fn effect_complete_commit(
     let id = util::insert_ledger(
         &mut tx,
         LEDGER,
-        SCOPE,
+        &o.scope,
         &o.key,
         attempt,
         o.amount,
@@ -414,19 +472,21 @@ fn effect_complete_commit(
         o.request_id,
     )?;
     o.stage = Some("complete".into());
-    util::complete(&mut tx, SCOPE, &o.key, id, o.amount, attempt)?;
+    util::complete(&mut tx, &o.scope, &o.key, id, o.amount, attempt)?;
     o.stage = Some("commit".into());
+    // Known before the COMMIT is acknowledged: a COMMIT that a node failure leaves in doubt
+    // names the effect it may have committed (checked with --node-failures).
+    o.ledger_id = Some(id);
     tx.commit()?;
     o.stage = None;
     o.committed = true;
-    o.ledger_id = Some(id);
     Ok(())
 }
 
 fn mismatch(c: &mut Client, o: &mut Obs) -> Result<(), postgres::Error> {
     let cmd = command(&o.key, o.amount);
     o.stage = Some("begin".into());
-    o.answer = util::begin(c, SCOPE, &o.key, &cmd, None, Some(0))?;
+    o.answer = util::begin(c, &o.scope, &o.key, &cmd, None, Some(0))?;
     o.answered = true;
     o.stage = None;
     Ok(())
@@ -443,6 +503,7 @@ fn flush(c: &mut Client, obs: &[Obs]) -> Result<(), postgres::Error> {
         let a_id = col!(|o| o.request_id);
         let a_conn = col!(|o| o.conn);
         let a_kind = col!(|o| o.kind.clone());
+        let a_scope = col!(|o| o.scope.clone());
         let a_key = col!(|o| o.key.clone());
         let a_amount = col!(|o| o.amount);
         let ans = |o: &Obs| {
@@ -468,15 +529,15 @@ fn flush(c: &mut Client, obs: &[Obs]) -> Result<(), postgres::Error> {
         let a_t0 = col!(|o| o.started_us);
         let a_t1 = col!(|o| o.finished_us);
         c.execute(
-            "INSERT INTO torture_observations SELECT id, conn, kind, 'torture', key, amount, \
+            "INSERT INTO torture_observations SELECT id, conn, kind, scope, key, amount, \
                  outcome, state, attempt, rp, rd::jsonb, http, resp::jsonb, res, code, stage, \
                  committed, ledger, stalled, t0, t1 \
              FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::bigint[], \
                          $6::text[], $7::text[], $8::int[], $9::text[], $10::text[], $11::int[], \
                          $12::text[], $13::text[], $14::text[], $15::text[], $16::bool[], \
-                         $17::bigint[], $18::bool[], $19::bigint[], $20::bigint[]) \
+                         $17::bigint[], $18::bool[], $19::bigint[], $20::bigint[], $21::text[]) \
                  AS u(id, conn, kind, key, amount, outcome, state, attempt, rp, rd, http, resp, \
-                      res, code, stage, committed, ledger, stalled, t0, t1)",
+                      res, code, stage, committed, ledger, stalled, t0, t1, scope)",
             &[
                 &a_id,
                 &a_conn,
@@ -498,6 +559,7 @@ fn flush(c: &mut Client, obs: &[Obs]) -> Result<(), postgres::Error> {
                 &a_stalled,
                 &a_t0,
                 &a_t1,
+                &a_scope,
             ],
         )?;
     }

@@ -5,11 +5,40 @@ use postgres::{Client, GenericClient, NoTls};
 
 use crate::Opts;
 
-/// Connects over the scratch cluster's unix socket (DIR is the socket directory).
+/// Connects over the scratch cluster's unix socket (`--host DIR`, the socket directory) or
+/// over TCP (`--host` a name or address, e.g. a Citus coordinator on 127.0.0.1), to the first
+/// of `--port`'s ports.
 pub fn connect(opts: &Opts) -> Result<Client, postgres::Error> {
+    connect_to(opts, 0)
+}
+
+/// The ports of `--port`: one, or several separated by commas (a Citus coordinator and its
+/// workers on one host: the load's connections are spread over them).
+pub fn ports(opts: &Opts) -> Vec<u16> {
+    let ports: Vec<u16> = opts
+        .str("port", "5432")
+        .split(',')
+        .map(|p| {
+            p.trim().parse().unwrap_or_else(|_| {
+                eprintln!("--port: not a port number: {p}");
+                std::process::exit(2)
+            })
+        })
+        .collect();
+    ports
+}
+
+/// Connects to the `n`-th port of `--port` (modulo their number).
+pub fn connect_to(opts: &Opts, n: usize) -> Result<Client, postgres::Error> {
+    let ports = ports(opts);
+    let host = opts.str("host", "/tmp");
     let mut c = postgres::Config::new();
-    c.host_path(opts.str("host", "/tmp"))
-        .port(opts.num("port", 5432u16))
+    if host.starts_with('/') {
+        c.host_path(&host);
+    } else {
+        c.host(&host);
+    }
+    c.port(ports[n % ports.len()])
         .user(&opts.str("user", "postgres"))
         .dbname(&opts.str("dbname", "postgres"))
         .application_name("idempotency-torture")
@@ -82,13 +111,17 @@ pub fn begin(
     lease_ms: Option<u64>,
     wait_ms: Option<u64>,
 ) -> Result<BeginAnswer, postgres::Error> {
-    let lease = lease_ms.map(|ms| format!("{ms} milliseconds"));
-    let wait = wait_ms.map(|ms| format!("{ms} milliseconds"));
+    // Milliseconds times an interval, which the planner folds into a constant: Citus 13.2
+    // deparses a delegated call's `$4::text::interval` (a stable cast it cannot fold) as
+    // `'...'::cstring::interval`, which the worker refuses (docs/scale-out.md).
+    let lease = lease_ms.map(|ms| ms as f64);
+    let wait = wait_ms.map(|ms| ms as f64);
     let row = c.query_one(
         "SELECT outcome, state, attempt, recovery_point, recovery_data::text, http_status, \
                 response::text, resource \
-         FROM idem_begin($1, $2, $3::text::jsonb, lease => $4::text::interval, \
-                         wait => $5::text::interval)",
+         FROM idem_begin($1, $2, $3::text::jsonb, \
+                         lease => $4::float8 * interval '1 millisecond', \
+                         wait => $5::float8 * interval '1 millisecond')",
         &[&scope, &key, &command, &lease, &wait],
     )?;
     Ok(BeginAnswer {

@@ -1,0 +1,339 @@
+//! The mapping from the extension's answers to HTTP, as plain functions any framework can
+//! call: an outcome or an error becomes a status, the `Idempotent-Replayed` and `Retry-After`
+//! headers, and the problem document's `code` (RFC 9457). A client branches on `code`, never
+//! on the text.
+//!
+//! | the extension says | status | code | headers |
+//! |---|---|---|---|
+//! | `replay` | the stored `http_status` | the stored problem's, for a failure | `Idempotent-Replayed: true` |
+//! | `in_progress` | 409 | `request_in_progress` | `Retry-After`: seconds to the lease end, at least 1 |
+//! | `IK001` | 422 | `idempotency_key_reused` | |
+//! | `IK003` | 409 | `request_in_progress` | `Retry-After: 1` |
+//! | `IK002` | 500 | `internal_error` | |
+//! | `42501` | 403 | `forbidden` | |
+//! | `22023`, `22004` | 400 | `invalid_request` | |
+//! | `40001` (after the retries), `25006`, no connection | 503 | `service_unavailable` | `Retry-After: 1` |
+//! | any other database error | 500 | `internal_error` | |
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::calls::{Begun, Checked, Outcome};
+use crate::error::Error;
+
+pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
+pub const RETRY_AFTER: &str = "Retry-After";
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The `code` values.
+pub mod code {
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const INVALID_REQUEST: &str = "invalid_request";
+    pub const IDEMPOTENCY_KEY_MISSING: &str = "idempotency_key_missing";
+    pub const IDEMPOTENCY_KEY_INVALID: &str = "idempotency_key_invalid";
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "idempotency_key_reused";
+    pub const REQUEST_IN_PROGRESS: &str = "request_in_progress";
+    pub const CARD_DECLINED: &str = "card_declined";
+    pub const PROCESSOR_UNAVAILABLE: &str = "processor_unavailable";
+    pub const REFUND_EXCEEDS_PAYMENT: &str = "refund_exceeds_payment";
+    pub const NOT_FOUND: &str = "not_found";
+    /// Beyond the service contract's list: answers no request of the contract should get.
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const SERVICE_UNAVAILABLE: &str = "service_unavailable";
+    pub const INTERNAL_ERROR: &str = "internal_error";
+}
+
+/// What to answer: status, problem code (for 4xx/5xx) and the two headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub code: Option<String>,
+    /// `Idempotent-Replayed: true`.
+    pub replayed: bool,
+    /// `Retry-After: <seconds>`.
+    pub retry_after: Option<u64>,
+}
+
+impl Answer {
+    fn error(status: u16, code: &str, retry_after: Option<u64>) -> Answer {
+        Answer {
+            status,
+            code: Some(code.to_owned()),
+            replayed: false,
+            retry_after,
+        }
+    }
+}
+
+/// Seconds until `lease_end`, rounded up, at least 1 (also when there is no lease: the holder
+/// is an uncommitted transaction, which is short).
+pub fn retry_after_secs(lease_end: Option<DateTime<Utc>>, now: DateTime<Utc>) -> u64 {
+    let Some(end) = lease_end else { return 1 };
+    let ms = (end - now).num_milliseconds();
+    if ms <= 0 {
+        1
+    } else {
+        ((ms as u64).div_ceil(1000)).max(1)
+    }
+}
+
+/// The answer for `idem_begin`'s row, or `None` for `execute` (the caller does the work).
+/// `checked` is `idem_check`'s row read for an `in_progress` (for the lease end).
+pub fn for_begun(begun: &Begun, checked: Option<&Checked>, now: DateTime<Utc>) -> Option<Answer> {
+    match begun.outcome {
+        Outcome::Execute => None,
+        Outcome::Replay => Some(for_replay(begun)),
+        Outcome::InProgress => Some(for_in_progress(checked, now)),
+    }
+}
+
+/// A replay: the stored status; for a stored failure, the `code` of the stored problem.
+pub fn for_replay(begun: &Begun) -> Answer {
+    let status = begun.http_status.unwrap_or(200).clamp(100, 599) as u16;
+    let code = (status >= 400)
+        .then(|| {
+            begun
+                .response
+                .as_ref()?
+                .get("code")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .flatten();
+    Answer {
+        status,
+        code,
+        replayed: true,
+        retry_after: None,
+    }
+}
+
+/// Another request holds the key: 409 with `Retry-After`.
+pub fn for_in_progress(checked: Option<&Checked>, now: DateTime<Utc>) -> Answer {
+    let lease_end = checked.and_then(|c| c.lease_expires_at);
+    Answer::error(
+        409,
+        code::REQUEST_IN_PROGRESS,
+        Some(retry_after_secs(lease_end, now)),
+    )
+}
+
+/// An error of this crate.
+pub fn for_error(e: &Error) -> Answer {
+    match e {
+        Error::KeyReused(_) => Answer::error(422, code::IDEMPOTENCY_KEY_REUSED, None),
+        // The stale holder must not report its own outcome: it is as if another request held
+        // the key (it does, or it finished).
+        Error::LeaseLost(_) => Answer::error(409, code::REQUEST_IN_PROGRESS, Some(1)),
+        Error::NotInProgress(_) => Answer::error(500, code::INTERNAL_ERROR, None),
+        Error::NotOwner(_) => Answer::error(403, code::FORBIDDEN, None),
+        Error::Invalid { .. } => Answer::error(400, code::INVALID_REQUEST, None),
+        Error::Serialization(_) | Error::ReadOnly(_) | Error::Pool(_) => {
+            Answer::error(503, code::SERVICE_UNAVAILABLE, Some(1))
+        }
+        Error::Db(db) if db.as_db_error().is_none() => {
+            Answer::error(503, code::SERVICE_UNAVAILABLE, Some(1))
+        }
+        Error::Db(_) => Answer::error(500, code::INTERNAL_ERROR, None),
+    }
+}
+
+/// An RFC 9457 problem document with the `code` member. `extra` members (an object) are
+/// merged in.
+pub fn problem(status: u16, code: &str, title: &str, detail: &str, extra: Option<Value>) -> Value {
+    let mut p = json!({
+        "type": format!("urn:problem-type:{code}"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    });
+    if let (Some(Value::Object(extra)), Value::Object(p)) = (extra, &mut p) {
+        for (k, v) in extra {
+            p.entry(k).or_insert(v);
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::State;
+    use crate::error::{DbText, KeyReused, LeaseLost};
+    use chrono::TimeZone;
+
+    fn begun(outcome: Outcome, status: Option<i32>, response: Option<Value>) -> Begun {
+        Begun {
+            outcome,
+            state: State::Completed,
+            attempt: Some(1),
+            recovery_point: None,
+            recovery_data: None,
+            http_status: status,
+            response,
+            resource: Some("payments/p1".into()),
+            fingerprint: vec![0; 32],
+            expires_at: None,
+        }
+    }
+
+    fn at(s: i64, ms: u32) -> DateTime<Utc> {
+        Utc.timestamp_opt(s, ms * 1_000_000).unwrap()
+    }
+
+    #[test]
+    fn replay_keeps_the_stored_status_and_marks_it() {
+        let a = for_replay(&begun(Outcome::Replay, Some(201), None));
+        assert_eq!(
+            a,
+            Answer {
+                status: 201,
+                code: None,
+                replayed: true,
+                retry_after: None
+            }
+        );
+        let failed = begun(
+            Outcome::Replay,
+            Some(402),
+            Some(json!({"code": "card_declined", "status": 402})),
+        );
+        let a = for_replay(&failed);
+        assert_eq!(
+            (a.status, a.code.as_deref(), a.replayed),
+            (402, Some("card_declined"), true)
+        );
+    }
+
+    #[test]
+    fn execute_has_no_answer() {
+        assert_eq!(
+            for_begun(&begun(Outcome::Execute, None, None), None, at(0, 0)),
+            None
+        );
+    }
+
+    #[test]
+    fn in_progress_retry_after_rounds_up_to_the_lease_end() {
+        let now = at(1000, 0);
+        let checked = |end: Option<DateTime<Utc>>| Checked {
+            state: State::InProgress,
+            matches: None,
+            attempt: Some(1),
+            recovery_point: None,
+            http_status: None,
+            response: None,
+            resource: None,
+            created_at: None,
+            expires_at: None,
+            lease_expires_at: end,
+        };
+        let a = for_begun(
+            &begun(Outcome::InProgress, Some(409), None),
+            Some(&checked(Some(at(1029, 1)))),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            (a.status, a.code.as_deref(), a.retry_after),
+            (409, Some("request_in_progress"), Some(30))
+        );
+        assert_eq!(
+            for_in_progress(Some(&checked(Some(at(1030, 0)))), now).retry_after,
+            Some(30)
+        );
+        assert_eq!(
+            for_in_progress(Some(&checked(Some(at(1000, 200)))), now).retry_after,
+            Some(1)
+        );
+        // Run out, or no lease (an uncommitted holder): at least 1.
+        assert_eq!(
+            for_in_progress(Some(&checked(Some(at(990, 0)))), now).retry_after,
+            Some(1)
+        );
+        assert_eq!(
+            for_in_progress(Some(&checked(None)), now).retry_after,
+            Some(1)
+        );
+        assert_eq!(for_in_progress(None, now).retry_after, Some(1));
+    }
+
+    #[test]
+    fn errors_map_by_sqlstate_variant() {
+        let t = DbText::default();
+        let reused = Error::KeyReused(Box::new(KeyReused::parse(
+            "Scope \"s\", key \"k\" was first used at 2026-01-01 00:00:00+00 with command fingerprint 00000000; this request's fingerprint is 11111111.",
+            None,
+        ).unwrap()));
+        let cases: Vec<(Error, u16, &str, Option<u64>)> = vec![
+            (reused, 422, "idempotency_key_reused", None),
+            (
+                Error::LeaseLost(LeaseLost {
+                    current_attempt: Some(2),
+                    given_attempt: Some(1),
+                    text: t.clone(),
+                }),
+                409,
+                "request_in_progress",
+                Some(1),
+            ),
+            (Error::NotInProgress(t.clone()), 500, "internal_error", None),
+            (Error::NotOwner(t.clone()), 403, "forbidden", None),
+            (
+                Error::Invalid {
+                    sqlstate: "22023".into(),
+                    text: t.clone(),
+                },
+                400,
+                "invalid_request",
+                None,
+            ),
+            (
+                Error::Invalid {
+                    sqlstate: "22004".into(),
+                    text: t.clone(),
+                },
+                400,
+                "invalid_request",
+                None,
+            ),
+            (
+                Error::Serialization(t.clone()),
+                503,
+                "service_unavailable",
+                Some(1),
+            ),
+            (
+                Error::ReadOnly(t.clone()),
+                503,
+                "service_unavailable",
+                Some(1),
+            ),
+        ];
+        for (e, status, code, retry) in cases {
+            let a = for_error(&e);
+            assert_eq!(
+                (a.status, a.code.as_deref(), a.retry_after, a.replayed),
+                (status, Some(code), retry, false),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn problem_has_the_rfc9457_members_and_the_code() {
+        let p = problem(
+            422,
+            "idempotency_key_reused",
+            "Idempotency key reused",
+            "d",
+            Some(json!({"first_used_at": "x", "code": "ignored"})),
+        );
+        assert_eq!(
+            p,
+            json!({"type": "urn:problem-type:idempotency_key_reused", "title": "Idempotency key reused",
+                   "status": 422, "detail": "d", "code": "idempotency_key_reused", "first_used_at": "x"})
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! The one-transaction helper: begin, the caller's work, complete or fail, commit, all in one
+//! database transaction (the strongest way of use: the claim, the effect and the outcome
+//! commit together or not at all).
+//!
+//! Round trips (pipelined statements travel together and count once):
+//!
+//! | flow | round trips |
+//! |---|---|
+//! | new key | 1 (`BEGIN`, `idem_begin`, `SAVEPOINT`) + the work's + 1 (`idem_complete`, `COMMIT`) |
+//! | final failure | 1 + the work's + 1 (`ROLLBACK TO SAVEPOINT`, `idem_fail`, `COMMIT`) |
+//! | replay | 2 (`BEGIN`, `idem_begin`, `SAVEPOINT`; then `ROLLBACK`) |
+//! | in progress | 2 (the first; then `ROLLBACK` with `idem_check` for the lease end) |
+//! | `IK001` | 2 (the first; then `ROLLBACK`) |
+//!
+//! If the future of [`run`] is dropped half-way (a cancelled request), the connection is taken
+//! out of the pool and closed, so the server rolls the transaction back: a connection with an
+//! open transaction never goes back to the pool.
+
+use deadpool_postgres::{ClientWrapper, Object, Pool};
+use futures_util::future::BoxFuture;
+use tokio_postgres::types::ToSql;
+
+use crate::calls::{
+    BeginRequest, Begun, Checked, Completion, Failure, Outcome, SQL_BEGIN, SQL_CHECK, SQL_COMPLETE,
+    SQL_FAIL,
+};
+use crate::error::Error;
+
+const SAVEPOINT: &str = "SAVEPOINT idempotency_work";
+const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idempotency_work";
+
+/// How the caller's work ends.
+#[derive(Debug)]
+pub enum Finish<T> {
+    /// Store the outcome (`idem_complete`) and commit with the work's writes.
+    Complete(Completion, T),
+    /// A final or retryable failure: the work's writes roll back to the savepoint taken after
+    /// `idem_begin`, `idem_fail` commits.
+    Fail(Failure, T),
+    /// Nothing is stored: the whole transaction rolls back (for example a 404 for an unknown
+    /// parent resource), so a retry starts afresh.
+    Rollback(T),
+}
+
+/// What [`run`] did.
+#[derive(Debug)]
+pub enum Ran<T> {
+    /// This request executed the work; `value` is what the work returned with its [`Finish`].
+    Executed {
+        attempt: i32,
+        value: T,
+        stored: Stored,
+    },
+    /// A final outcome was stored: replay it (`Idempotent-Replayed: true`).
+    Replayed(Begun),
+    /// Another transaction holds the key; `Checked` gives the lease end of a committed
+    /// (phased) holder, for `Retry-After`.
+    InProgress(Begun, Checked),
+}
+
+/// Which way the executed work ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Completed,
+    Failed,
+    RolledBack,
+}
+
+/// A failure of [`run`]: the extension's or the work's own.
+#[derive(Debug)]
+pub enum RunError<E> {
+    Idem(Error),
+    Work(E),
+}
+
+impl<E> From<Error> for RunError<E> {
+    fn from(e: Error) -> Self {
+        RunError::Idem(e)
+    }
+}
+
+/// A pooled connection with a transaction open on it: dropped while open, the connection is
+/// closed instead of going back to the pool.
+pub(crate) struct Open {
+    conn: Option<Object>,
+    open: bool,
+}
+
+impl Open {
+    pub(crate) fn new(conn: Object) -> Self {
+        Open {
+            conn: Some(conn),
+            open: true,
+        }
+    }
+    pub(crate) fn client(&self) -> &ClientWrapper {
+        self.conn.as_ref().expect("connection present until drop")
+    }
+    pub(crate) fn closed(&mut self) {
+        self.open = false;
+    }
+    /// `ROLLBACK`; a failure closes the connection (it is not put back).
+    pub(crate) async fn rollback(mut self) -> Result<(), Error> {
+        self.client()
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| Error::from_db(e, None))?;
+        self.closed();
+        Ok(())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.open {
+            if let Some(conn) = self.conn.take() {
+                drop(Object::take(conn));
+            }
+        }
+    }
+}
+
+/// Runs `work` exactly once per key: begin (`req`), then, on `execute`, the work in the same
+/// transaction, then complete or fail as the work says, and commit. `work` gets the connection
+/// (its statements are in the transaction) and `idem_begin`'s row (`attempt`, and the recovery
+/// point of an earlier attempt). Write it as `|c, begun| Box::pin(async move { ... })`.
+pub async fn run<T, E, F>(
+    pool: &Pool,
+    req: &BeginRequest<'_>,
+    work: F,
+) -> Result<Ran<T>, RunError<E>>
+where
+    F: for<'c> FnOnce(&'c ClientWrapper, &'c Begun) -> BoxFuture<'c, Result<Finish<T>, E>>,
+{
+    let conn = pool.get().await.map_err(Error::from)?;
+    let mut tx = Open::new(conn);
+    let key = Some((req.scope, req.key));
+    let c = tx.client();
+    let begin = c
+        .prepare_cached(SQL_BEGIN)
+        .await
+        .map_err(|e| Error::from_db(e, key))?;
+    let micros = |d: Option<std::time::Duration>| d.map(|d| d.as_micros() as i64);
+    let (ttl, lease, wait) = (micros(req.ttl), micros(req.lease), micros(req.wait));
+    // One flight: BEGIN, idem_begin, SAVEPOINT.
+    let params: [&(dyn ToSql + Sync); 6] = [&req.scope, &req.key, req.command, &ttl, &lease, &wait];
+    let (b, row, sp) = tokio::join!(
+        c.batch_execute("BEGIN"),
+        c.query_one(&begin, &params),
+        c.batch_execute(SAVEPOINT)
+    );
+    b.map_err(|e| Error::from_db(e, key))?;
+    let begun = match row {
+        Ok(row) => crate::calls::begun_from_row(&row)?,
+        Err(e) => {
+            let err = Error::from_db(e, key);
+            tx.rollback().await?;
+            return Err(err.into());
+        }
+    };
+    sp.map_err(|e| Error::from_db(e, key))?;
+
+    match begun.outcome {
+        Outcome::Replay => {
+            tx.rollback().await?;
+            Ok(Ran::Replayed(begun))
+        }
+        Outcome::InProgress => {
+            let check = c
+                .prepare_cached(SQL_CHECK)
+                .await
+                .map_err(|e| Error::from_db(e, key))?;
+            let none: Option<&serde_json::Value> = None;
+            let params: [&(dyn ToSql + Sync); 3] = [&req.scope, &req.key, &none];
+            let (checked, rb) =
+                tokio::join!(c.query_one(&check, &params), c.batch_execute("ROLLBACK"));
+            rb.map_err(|e| Error::from_db(e, key))?;
+            tx.closed();
+            let checked =
+                crate::calls::checked_from_row(&checked.map_err(|e| Error::from_db(e, key))?)?;
+            Ok(Ran::InProgress(begun, checked))
+        }
+        Outcome::Execute => {
+            let attempt = begun.attempt.unwrap_or(1);
+            let finish = match work(c, &begun).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tx.rollback().await?;
+                    return Err(RunError::Work(e));
+                }
+            };
+            match finish {
+                Finish::Complete(completion, value) => {
+                    let st = c
+                        .prepare_cached(SQL_COMPLETE)
+                        .await
+                        .map_err(|e| Error::from_db(e, key))?;
+                    let attempt_param = Some(attempt);
+                    let params: [&(dyn ToSql + Sync); 6] = [
+                        &req.scope,
+                        &req.key,
+                        &completion.response,
+                        &completion.resource,
+                        &completion.http_status,
+                        &attempt_param,
+                    ];
+                    let (done, commit) =
+                        tokio::join!(c.execute(&st, &params), c.batch_execute("COMMIT"));
+                    finish_commit(&mut tx, done, commit, key)?;
+                    Ok(Ran::Executed {
+                        attempt,
+                        value,
+                        stored: Stored::Completed,
+                    })
+                }
+                Finish::Fail(failure, value) => {
+                    let st = c
+                        .prepare_cached(SQL_FAIL)
+                        .await
+                        .map_err(|e| Error::from_db(e, key))?;
+                    let attempt_param = Some(attempt);
+                    let params: [&(dyn ToSql + Sync); 6] = [
+                        &req.scope,
+                        &req.key,
+                        &failure.error,
+                        &failure.retryable,
+                        &failure.http_status,
+                        &attempt_param,
+                    ];
+                    let (rb, done, commit) = tokio::join!(
+                        c.batch_execute(ROLLBACK_TO_SAVEPOINT),
+                        c.execute(&st, &params),
+                        c.batch_execute("COMMIT")
+                    );
+                    if let Err(e) = rb {
+                        // The COMMIT after it rolled everything back; report the first cause.
+                        finish_commit(&mut tx, Ok(0), commit, key)?;
+                        return Err(Error::from_db(e, key).into());
+                    }
+                    finish_commit(&mut tx, done, commit, key)?;
+                    Ok(Ran::Executed {
+                        attempt,
+                        value,
+                        stored: Stored::Failed,
+                    })
+                }
+                Finish::Rollback(value) => {
+                    tx.rollback().await?;
+                    Ok(Ran::Executed {
+                        attempt,
+                        value,
+                        stored: Stored::RolledBack,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// The results of a pipelined `idem_complete`/`idem_fail` and `COMMIT`. PostgreSQL turns a
+/// COMMIT after a failed statement into a rollback, so the transaction is closed either way;
+/// a failed COMMIT closes it too.
+pub(crate) fn finish_commit(
+    tx: &mut Open,
+    done: Result<u64, tokio_postgres::Error>,
+    commit: Result<(), tokio_postgres::Error>,
+    key: Option<(&str, &str)>,
+) -> Result<(), Error> {
+    match (done, commit) {
+        (Ok(_), Ok(())) => {
+            tx.closed();
+            Ok(())
+        }
+        (Err(e), Ok(())) => {
+            tx.closed();
+            Err(Error::from_db(e, key))
+        }
+        // A connection whose COMMIT failed is not trusted again: it is dropped (tx stays open).
+        (_, Err(e)) => Err(Error::from_db(e, key)),
+    }
+}

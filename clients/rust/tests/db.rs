@@ -1,0 +1,863 @@
+//! The client against a real database: every outcome, every SQLSTATE it maps, two connections
+//! racing one key, a phased takeover with fencing, and the round trips of each flow counted on
+//! the wire. `IDEMPOTENCY_TEST_DATABASE_URL` names the database (scripts/http-test.sh).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
+use idempotency_client::calls::{self, BeginRequest, Completion, Failure, Outcome, State};
+use idempotency_client::one_tx::{self, Finish, Ran, RunError, Stored};
+use idempotency_client::phased::{self, Claim};
+use idempotency_client::roundtrips::{CountingConnect, RoundTrips};
+use idempotency_client::{retry_serialization, Error};
+use serde_json::{json, Value};
+
+fn url() -> String {
+    std::env::var("IDEMPOTENCY_TEST_DATABASE_URL")
+        .expect("set IDEMPOTENCY_TEST_DATABASE_URL to a database where the extension can be created (scripts/http-test.sh does)")
+}
+
+fn config() -> tokio_postgres::Config {
+    let mut cfg = tokio_postgres::Config::from_str(&url()).unwrap();
+    cfg.options("-c DateStyle=ISO -c TimeZone=UTC -c client_min_messages=warning");
+    cfg
+}
+
+/// A pool whose connections count their round trips.
+async fn new_pool(size: usize) -> (Pool, RoundTrips) {
+    setup().await;
+    let counting = CountingConnect::default();
+    let rt = counting.round_trips.clone();
+    let mgr = Manager::from_connect(
+        config(),
+        counting,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(mgr)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .post_create(Hook::async_fn(|c, _| {
+            Box::pin(async move {
+                calls::prepare_statements(c)
+                    .await
+                    .map_err(|e| HookError::message(e.to_string()))
+            })
+        }))
+        .build()
+        .unwrap();
+    (pool, rt)
+}
+
+async fn setup() {
+    let (c, conn) = config().connect(tokio_postgres::NoTls).await.unwrap();
+    let task = tokio::spawn(conn);
+    c.batch_execute(
+        "BEGIN; SELECT pg_advisory_xact_lock(7655002);
+         CREATE EXTENSION IF NOT EXISTS idempotency;
+         CREATE TABLE IF NOT EXISTS effects (scope text, key text, attempt int, note text);
+         DO $$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idem_client_a') THEN CREATE ROLE idem_client_a; END IF;
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idem_client_b') THEN CREATE ROLE idem_client_b; END IF;
+         END $$;
+         GRANT ALL ON effects TO idem_client_a, idem_client_b;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    drop(c);
+    let _ = task.await;
+}
+
+fn scope() -> String {
+    format!("test:{}", uuid())
+}
+
+fn uuid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{t:x}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn cmd(amount: &str) -> Value {
+    json!({"amount": amount, "currency": "EUR"})
+}
+
+async fn effects(pool: &Pool, scope: &str) -> i64 {
+    let c = pool.get().await.unwrap();
+    c.query_one("SELECT count(*) FROM effects WHERE scope = $1", &[&scope])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The work of the one-transaction tests: one effect row.
+fn insert_effect(
+    scope: String,
+    key: String,
+) -> impl for<'c> FnOnce(
+    &'c deadpool_postgres::ClientWrapper,
+    &'c calls::Begun,
+) -> futures_util::future::BoxFuture<
+    'c,
+    Result<Finish<&'static str>, tokio_postgres::Error>,
+> {
+    move |c, b| {
+        let attempt = b.attempt.unwrap();
+        Box::pin(async move {
+            let st = c
+                .prepare_cached("INSERT INTO effects VALUES ($1, $2, $3, 'done')")
+                .await?;
+            c.execute(&st, &[&scope, &key, &attempt]).await?;
+            Ok(Finish::Complete(
+                Completion::resource("effects/1", 201),
+                "done",
+            ))
+        })
+    }
+}
+
+// --- every outcome -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn one_transaction_executes_then_replays() {
+    let (pool, _) = new_pool(2).await;
+    let (s, k) = (scope(), "k1".to_owned());
+    let c = cmd("10.00");
+    let req = BeginRequest::new(&s, &k, &c);
+    let ran = one_tx::run(&pool, &req, insert_effect(s.clone(), k.clone()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            ran,
+            Ran::Executed {
+                attempt: 1,
+                value: "done",
+                stored: Stored::Completed
+            }
+        ),
+        "{ran:?}"
+    );
+    match one_tx::run(&pool, &req, insert_effect(s.clone(), k.clone()))
+        .await
+        .unwrap()
+    {
+        Ran::Replayed(b) => {
+            assert_eq!(
+                (b.outcome, b.state, b.http_status, b.resource.as_deref()),
+                (
+                    Outcome::Replay,
+                    State::Completed,
+                    Some(201),
+                    Some("effects/1")
+                )
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(effects(&pool, &s).await, 1);
+}
+
+#[tokio::test]
+async fn one_transaction_final_failure_rolls_back_the_work_and_replays_the_error() {
+    let (pool, _) = new_pool(2).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let c = cmd("10.00");
+    let req = BeginRequest::new(&s, &k, &c);
+    let (s2, k2) = (s.clone(), k.clone());
+    let ran = one_tx::run(&pool, &req, move |c, _| {
+        Box::pin(async move {
+            c.execute(
+                "INSERT INTO effects VALUES ($1, $2, 1, 'rolled back')",
+                &[&s2, &k2],
+            )
+            .await?;
+            Ok::<_, tokio_postgres::Error>(Finish::Fail(
+                Failure {
+                    error: Some(json!({"code": "no"})),
+                    retryable: false,
+                    http_status: 409,
+                },
+                (),
+            ))
+        })
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        ran,
+        Ran::Executed {
+            stored: Stored::Failed,
+            ..
+        }
+    ));
+    assert_eq!(
+        effects(&pool, &s).await,
+        0,
+        "the work's writes rolled back to the savepoint"
+    );
+    match one_tx::run(&pool, &req, insert_effect(s.clone(), k.clone()))
+        .await
+        .unwrap()
+    {
+        Ran::Replayed(b) => assert_eq!(
+            (b.state, b.http_status, b.response),
+            (State::Failed, Some(409), Some(json!({"code": "no"})))
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn one_transaction_rollback_and_work_error_store_nothing() {
+    let (pool, _) = new_pool(2).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let c = cmd("1");
+    let req = BeginRequest::new(&s, &k, &c);
+    let ran = one_tx::run(&pool, &req, |_, _| {
+        Box::pin(async { Ok::<_, tokio_postgres::Error>(Finish::Rollback(404)) })
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        ran,
+        Ran::Executed {
+            value: 404,
+            stored: Stored::RolledBack,
+            ..
+        }
+    ));
+    let r = one_tx::run(&pool, &req, |_, _| {
+        Box::pin(async { Err::<Finish<()>, _>("work failed") })
+    })
+    .await;
+    assert!(matches!(r, Err(RunError::Work("work failed"))));
+    let conn = pool.get().await.unwrap();
+    assert_eq!(
+        calls::check(&conn, &s, &k, None).await.unwrap().state,
+        State::Absent
+    );
+}
+
+#[tokio::test]
+async fn retryable_failure_executes_again_with_the_next_attempt() {
+    let (pool, _) = new_pool(2).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let c = cmd("1");
+    let conn = pool.get().await.unwrap();
+    let b = calls::begin(&conn, &BeginRequest::new(&s, &k, &c))
+        .await
+        .unwrap();
+    assert_eq!((b.outcome, b.attempt), (Outcome::Execute, Some(1)));
+    calls::fail(
+        &conn,
+        &s,
+        &k,
+        &Failure {
+            error: None,
+            retryable: true,
+            http_status: 503,
+        },
+        Some(1),
+    )
+    .await
+    .unwrap();
+    let b = calls::begin(&conn, &BeginRequest::new(&s, &k, &c))
+        .await
+        .unwrap();
+    assert_eq!(
+        (b.outcome, b.state, b.attempt),
+        (Outcome::Execute, State::InProgress, Some(2))
+    );
+    let checked = calls::check(&conn, &s, &k, Some(&c)).await.unwrap();
+    assert_eq!(
+        (checked.state, checked.matches, checked.attempt),
+        (State::InProgress, Some(true), Some(2))
+    );
+    assert!(checked.lease_expires_at.is_some());
+    assert_eq!(
+        calls::check(&conn, &s, &k, Some(&cmd("2")))
+            .await
+            .unwrap()
+            .matches,
+        Some(false)
+    );
+}
+
+#[tokio::test]
+async fn uncommitted_holder_is_in_progress_and_a_waiter_gets_its_outcome() {
+    let (pool, _) = new_pool(4).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let c = cmd("1");
+    // The holder's transaction stays open until released.
+    let holder = pool.get().await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    let b = calls::begin(&holder, &BeginRequest::new(&s, &k, &c))
+        .await
+        .unwrap();
+    assert_eq!(b.outcome, Outcome::Execute);
+    // At once: in progress, no lease (the claim is not committed), Retry-After 1.
+    match one_tx::run(
+        &pool,
+        &BeginRequest::new(&s, &k, &c),
+        insert_effect(s.clone(), k.clone()),
+    )
+    .await
+    .unwrap()
+    {
+        Ran::InProgress(b, checked) => {
+            assert_eq!((b.outcome, b.http_status), (Outcome::InProgress, Some(409)));
+            assert_eq!(checked.state, State::Absent);
+            assert_eq!(
+                idempotency_client::http::for_in_progress(Some(&checked), chrono::Utc::now())
+                    .retry_after,
+                Some(1)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A waiter (wait 10 s) gets the holder's outcome once it commits.
+    let (p2, s2, k2, c2) = (pool.clone(), s.clone(), k.clone(), c.clone());
+    let waiter = tokio::spawn(async move {
+        let req = BeginRequest::new(&s2, &k2, &c2).wait(Duration::from_secs(10));
+        one_tx::run(&p2, &req, insert_effect(s2.clone(), k2.clone()))
+            .await
+            .map_err(|_| ())
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    calls::complete(
+        &holder,
+        &s,
+        &k,
+        &Completion::resource("effects/holder", 201),
+        None,
+    )
+    .await
+    .unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    match waiter.await.unwrap() {
+        Ran::Replayed(b) => assert_eq!(b.resource.as_deref(), Some("effects/holder")),
+        other => panic!("{other:?}"),
+    }
+}
+
+// --- every SQLSTATE ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ik001_carries_the_detail_fields() {
+    let (pool, _) = new_pool(1).await;
+    let (s, k) = (scope(), "k \"quoted\"".to_owned());
+    let conn = pool.get().await.unwrap();
+    let first = calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("10.00")))
+        .await
+        .unwrap();
+    let e = calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("100.00")))
+        .await
+        .unwrap_err();
+    let checked = calls::check(&conn, &s, &k, None).await.unwrap();
+    match e {
+        Error::KeyReused(r) => {
+            assert_eq!((r.scope.as_str(), r.key.as_str()), (s.as_str(), k.as_str()));
+            assert_eq!(
+                r.first_used_at.map(|t| t.with_timezone(&chrono::Utc)),
+                checked.created_at
+            );
+            let hex = |b: &[u8]| {
+                b[..4]
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<String>()
+            };
+            assert_eq!(r.stored_fingerprint, hex(&first.fingerprint));
+            let given = calls::fingerprint(&conn, &cmd("100.00")).await.unwrap();
+            assert_eq!(r.given_fingerprint, hex(&given));
+            assert_eq!(e_sqlstate(&Error::KeyReused(r)), Some("IK001"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn e_sqlstate(e: &Error) -> Option<&str> {
+    e.sqlstate()
+}
+
+#[tokio::test]
+async fn ik002_ik003_and_invalid_arguments() {
+    let (pool, _) = new_pool(1).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let conn = pool.get().await.unwrap();
+    let done = Completion::resource("r", 201);
+    let e = calls::complete(&conn, &s, &k, &done, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotInProgress(_)), "{e:?}");
+    assert_eq!(e.sqlstate(), Some("IK002"));
+    calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("1")))
+        .await
+        .unwrap();
+    match calls::checkpoint(&conn, &s, &k, "p", None, Some(7))
+        .await
+        .unwrap_err()
+    {
+        Error::LeaseLost(l) => assert_eq!((l.current_attempt, l.given_attempt), (Some(1), Some(7))),
+        other => panic!("{other:?}"),
+    }
+    let e = calls::begin(&conn, &BeginRequest::new(&s, "", &cmd("1")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { sqlstate, .. } if sqlstate == "22023"),
+        "{e:?}"
+    );
+    let e = calls::complete(
+        &conn,
+        &s,
+        &k,
+        &Completion {
+            response: None,
+            resource: None,
+            http_status: 700,
+        },
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid { sqlstate, .. } if sqlstate == "22023"),
+        "{e:?}"
+    );
+    let raw = conn
+        .query("SELECT idem_begin(NULL, 'k', '{}')", &[])
+        .await
+        .unwrap_err();
+    let e = Error::from_db(raw, None);
+    assert!(
+        matches!(&e, Error::Invalid { sqlstate, .. } if sqlstate == "22004"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn another_roles_record_is_42501() {
+    let (pool, _) = new_pool(1).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("SET ROLE idem_client_a").await.unwrap();
+    calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("1")))
+        .await
+        .unwrap();
+    conn.batch_execute("SET ROLE idem_client_b").await.unwrap();
+    let e = calls::check(&conn, &s, &k, None).await.unwrap_err();
+    assert!(matches!(e, Error::NotOwner(_)), "{e:?}");
+    let e = calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("2")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::NotOwner(_)),
+        "42501 comes before IK001: {e:?}"
+    );
+    conn.batch_execute("RESET ROLE").await.unwrap();
+}
+
+#[tokio::test]
+async fn read_only_is_25006() {
+    let (pool, _) = new_pool(1).await;
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let e = calls::begin(&conn, &BeginRequest::new(&scope(), "k", &cmd("1")))
+        .await
+        .unwrap_err();
+    conn.batch_execute("ROLLBACK").await.unwrap();
+    assert!(matches!(e, Error::ReadOnly(_)), "{e:?}");
+    assert_eq!(idempotency_client::http::for_error(&e).status, 503);
+}
+
+#[tokio::test]
+async fn serialization_failure_is_40001_and_the_helper_retries() {
+    let (pool, _) = new_pool(2).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let c = cmd("1");
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    // A's snapshot predates B's committed claim of the key.
+    a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .await
+        .unwrap();
+    calls::begin(&b, &BeginRequest::new(&s, &k, &c))
+        .await
+        .unwrap();
+    let e = calls::begin(&a, &BeginRequest::new(&s, &k, &c))
+        .await
+        .unwrap_err();
+    a.batch_execute("ROLLBACK").await.unwrap();
+    assert!(matches!(e, Error::Serialization(_)), "{e:?}");
+    assert!(e.is_retryable_transaction());
+    // The retry helper runs the whole transaction again: the second time it sees the claim.
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    let outcome = retry_serialization(3, || async {
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        a.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+            .await
+            .map_err(|e| Error::from_db(e, None))?;
+        if n == 0 {
+            // Another request claims k3 after this snapshot was taken.
+            calls::begin(&b, &BeginRequest::new(&s, "k3", &c)).await?;
+        }
+        let r = calls::begin(&a, &BeginRequest::new(&s, "k3", &c)).await;
+        a.batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| Error::from_db(e, None))?;
+        r.map(|b| b.outcome)
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome, Outcome::InProgress);
+    assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+// --- races and takeovers ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_racing_one_key_execute_it_once() {
+    let (pool, _) = new_pool(16).await;
+    for round in 0..5 {
+        let (s, k) = (scope(), format!("race-{round}"));
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let (p, s, k) = (pool.clone(), s.clone(), k.clone());
+            tasks.push(tokio::spawn(async move {
+                let c = cmd("5");
+                let req = BeginRequest::new(&s, &k, &c);
+                match one_tx::run(&p, &req, insert_effect(s.clone(), k.clone())).await {
+                    Ok(Ran::Executed { .. }) => "executed",
+                    Ok(Ran::Replayed(_)) => "replayed",
+                    Ok(Ran::InProgress(..)) => "in_progress",
+                    Err(_) => "error",
+                }
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        assert_eq!(
+            got.iter().filter(|g| **g == "executed").count(),
+            1,
+            "{got:?}"
+        );
+        assert!(!got.contains(&"error"), "{got:?}");
+        assert_eq!(effects(&pool, &s).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn phased_takeover_resumes_and_fences_the_stale_holder() {
+    let (pool, _) = new_pool(2).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let c = cmd("10.00");
+    let req = BeginRequest::new(&s, &k, &c).lease(Duration::from_millis(300));
+    let Claim::Execute(mut first) = phased::claim(&pool, &req).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!((first.attempt(), first.recovery_point()), (1, None));
+    first
+        .checkpoint("charged", Some(&json!({"charge_id": "ch_1"})))
+        .await
+        .unwrap();
+    // Within the lease: in progress, with the lease end.
+    match phased::claim(&pool, &req).await.unwrap() {
+        Claim::InProgress(b, checked) => {
+            assert_eq!(b.http_status, Some(409));
+            assert!(checked.lease_expires_at.unwrap() > chrono::Utc::now());
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let Claim::Execute(second) = phased::claim(&pool, &req).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (second.attempt(), second.recovery_point()),
+        (2, Some("charged"))
+    );
+    assert_eq!(second.recovery_data(), Some(&json!({"charge_id": "ch_1"})));
+    // The stale holder is fenced off: IK003, and it stores nothing.
+    match first
+        .complete(&Completion::resource("payments/stale", 201))
+        .await
+        .unwrap_err()
+    {
+        Error::LeaseLost(l) => assert_eq!((l.current_attempt, l.given_attempt), (Some(2), Some(1))),
+        other => panic!("{other:?}"),
+    }
+    let (s2, k2) = (s.clone(), k.clone());
+    let rows = second
+        .finish_with(
+            "INSERT INTO effects VALUES ($1, $2, 2, 'finished') RETURNING note",
+            &[&s2, &k2],
+            &Completion::resource("payments/2", 201),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, &str>(0), "finished");
+    match phased::claim(&pool, &req).await.unwrap() {
+        Claim::Replay(b) => assert_eq!(
+            (b.attempt, b.resource.as_deref()),
+            (Some(2), Some("payments/2"))
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(effects(&pool, &s).await, 1);
+}
+
+#[tokio::test]
+async fn phased_finish_rolls_back_when_the_completion_is_fenced() {
+    let (pool, _) = new_pool(2).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let c = cmd("1");
+    let req = BeginRequest::new(&s, &k, &c).lease(Duration::from_millis(200));
+    let Claim::Execute(first) = phased::claim(&pool, &req).await.unwrap() else {
+        panic!()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Claim::Execute(_second) = phased::claim(&pool, &req).await.unwrap() else {
+        panic!()
+    };
+    let (s2, k2) = (s.clone(), k.clone());
+    let e = first
+        .finish_with(
+            "INSERT INTO effects VALUES ($1, $2, 1, 'stale')",
+            &[&s2, &k2],
+            &Completion::resource("x", 201),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::LeaseLost(_)), "{e:?}");
+    assert_eq!(
+        effects(&pool, &s).await,
+        0,
+        "the business write rolled back with the fenced completion"
+    );
+}
+
+#[tokio::test]
+async fn claim_waiting_returns_the_outcome_of_a_phased_holder() {
+    let (pool, _) = new_pool(2).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let c = cmd("1");
+    let req = BeginRequest::new(&s, &k, &c).lease(Duration::from_secs(30));
+    let Claim::Execute(holder) = phased::claim(&pool, &req).await.unwrap() else {
+        panic!()
+    };
+    let finisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        holder
+            .complete(&Completion::resource("done", 201))
+            .await
+            .unwrap();
+    });
+    match phased::claim_waiting(&pool, &req, Duration::from_secs(5))
+        .await
+        .unwrap()
+    {
+        Claim::Replay(b) => assert_eq!(b.resource.as_deref(), Some("done")),
+        other => panic!("{other:?}"),
+    }
+    finisher.await.unwrap();
+    // A wait that runs out answers in progress.
+    let k2 = "k2".to_owned();
+    let req2 = BeginRequest::new(&s, &k2, &c).lease(Duration::from_secs(30));
+    let Claim::Execute(_held) = phased::claim(&pool, &req2).await.unwrap() else {
+        panic!()
+    };
+    assert!(matches!(
+        phased::claim_waiting(&pool, &req2, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        Claim::InProgress(..)
+    ));
+}
+
+#[tokio::test]
+async fn the_other_functions() {
+    let (pool, _) = new_pool(1).await;
+    let conn = pool.get().await.unwrap();
+    let v = json!({"b": 1, "a": 2.0});
+    assert_eq!(
+        calls::canonical(&conn, &v).await.unwrap(),
+        r#"{"a":2,"b":1}"#
+    );
+    assert_eq!(calls::fingerprint(&conn, &v).await.unwrap().len(), 32);
+    let s = scope();
+    calls::begin(
+        &conn,
+        &BeginRequest::new(&s, "k", &v).ttl(Duration::from_millis(1)),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        calls::purge(&conn, calls::DEFAULT_PURGE_ROWS)
+            .await
+            .unwrap()
+            >= 1
+    );
+    calls::begin(&conn, &BeginRequest::new(&s, "k2", &v))
+        .await
+        .unwrap();
+    assert!(calls::forget(&conn, &s, "k2").await.unwrap());
+    assert!(!calls::forget(&conn, &s, "k2").await.unwrap());
+}
+
+// --- round trips per flow --------------------------------------------------------------------
+
+/// Counts the flights of `f` on a warmed pool of one connection.
+async fn count<F: std::future::Future<Output = ()>>(rt: &RoundTrips, f: F) -> u64 {
+    let before = rt.get();
+    f.await;
+    rt.get() - before
+}
+
+#[tokio::test]
+async fn round_trips_per_flow() {
+    let (pool, rt) = new_pool(1).await;
+    let (other, _) = new_pool(1).await;
+    let s = scope();
+    let c = cmd("10.00");
+    // Warm up: the connection, its prepared statements and the work's statement.
+    let warm = BeginRequest::new(&s, "warm", &c);
+    one_tx::run(&pool, &warm, insert_effect(s.clone(), "warm".into()))
+        .await
+        .unwrap();
+
+    let new_key = count(&rt, async {
+        let req = BeginRequest::new(&s, "new", &c);
+        assert!(matches!(
+            one_tx::run(&pool, &req, insert_effect(s.clone(), "new".into()))
+                .await
+                .unwrap(),
+            Ran::Executed { .. }
+        ));
+    })
+    .await;
+    let replay = count(&rt, async {
+        let req = BeginRequest::new(&s, "new", &c);
+        assert!(matches!(
+            one_tx::run(&pool, &req, insert_effect(s.clone(), "new".into()))
+                .await
+                .unwrap(),
+            Ran::Replayed(_)
+        ));
+    })
+    .await;
+    let reused = count(&rt, async {
+        let c2 = cmd("11.00");
+        let req = BeginRequest::new(&s, "new", &c2);
+        assert!(matches!(
+            one_tx::run(&pool, &req, insert_effect(s.clone(), "new".into())).await,
+            Err(RunError::Idem(Error::KeyReused(_)))
+        ));
+    })
+    .await;
+    let holder = other.get().await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    calls::begin(&holder, &BeginRequest::new(&s, "held", &c))
+        .await
+        .unwrap();
+    let in_progress = count(&rt, async {
+        let req = BeginRequest::new(&s, "held", &c);
+        assert!(matches!(
+            one_tx::run(&pool, &req, insert_effect(s.clone(), "held".into()))
+                .await
+                .unwrap(),
+            Ran::InProgress(..)
+        ));
+    })
+    .await;
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    drop(holder);
+
+    // Phased: claim, checkpoint, then the business write + completion + COMMIT in one flight.
+    let req = BeginRequest::new(&s, "phased", &c).lease(Duration::from_secs(30));
+    let warm_sql = "INSERT INTO effects VALUES ($1, $2, 1, 'phased')";
+    pool.get()
+        .await
+        .unwrap()
+        .prepare_cached(warm_sql)
+        .await
+        .unwrap();
+    let (claim_rt, checkpoint_rt, finish_rt);
+    {
+        let mut h = None;
+        claim_rt = count(&rt, async {
+            let Claim::Execute(x) = phased::claim(&pool, &req).await.unwrap() else {
+                panic!()
+            };
+            h = Some(x);
+        })
+        .await;
+        let mut h = h.unwrap();
+        checkpoint_rt = count(&rt, async {
+            h.checkpoint("charged", Some(&json!({"charge_id": "ch"})))
+                .await
+                .unwrap();
+        })
+        .await;
+        let k = "phased".to_owned();
+        finish_rt = count(&rt, async {
+            h.finish_with(warm_sql, &[&s, &k], &Completion::resource("p", 201), None)
+                .await
+                .unwrap();
+        })
+        .await;
+    }
+    let phased_replay = count(&rt, async {
+        assert!(matches!(
+            phased::claim(&pool, &req).await.unwrap(),
+            Claim::Replay(_)
+        ));
+    })
+    .await;
+    let req_held = BeginRequest::new(&s, "phased-held", &c).lease(Duration::from_secs(30));
+    let Claim::Execute(_h) = phased::claim(&other, &req_held).await.unwrap() else {
+        panic!()
+    };
+    let phased_in_progress = count(&rt, async {
+        assert!(matches!(
+            phased::claim(&pool, &req_held).await.unwrap(),
+            Claim::InProgress(..)
+        ));
+    })
+    .await;
+
+    eprintln!(
+        "round trips: one-transaction new key {new_key} (incl. 1 for the work's statement), replay {replay}, \
+         IK001 {reused}, in_progress {in_progress}; phased claim {claim_rt}, checkpoint {checkpoint_rt}, \
+         finish {finish_rt}, phased replay {phased_replay}, phased in_progress {phased_in_progress}"
+    );
+    assert_eq!((new_key, replay, reused, in_progress), (3, 2, 2, 2));
+    assert_eq!(
+        (
+            claim_rt,
+            checkpoint_rt,
+            finish_rt,
+            phased_replay,
+            phased_in_progress
+        ),
+        (1, 1, 1, 1, 2)
+    );
+}

@@ -1,0 +1,472 @@
+// The client against a scratch PostgreSQL with the extension: every outcome, every SQLSTATE
+// mapped, races on one key, a phased takeover with fencing, the round trips per flow.
+
+import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
+import { after, before, test } from 'node:test'
+
+import pg from 'pg'
+
+import {
+  InvalidArgument,
+  KeyReused,
+  LeaseLost,
+  NotInProgress,
+  NotOwner,
+  RawJson,
+  SerializationFailure,
+  begin,
+  canonical,
+  check,
+  checkpoint,
+  claim,
+  complete,
+  fail,
+  fingerprint,
+  forget,
+  purge,
+  retrySerialization,
+  transaction,
+  http,
+  type Claim,
+  type Outcome,
+} from '../src/index'
+import { backendPid, connect, connectCounted, dropDatabase, effects, newScope, setupDatabase, waitForWaiter, writeEffect } from './helpers'
+
+const CMD = { method: 'POST', path: '/v1/payments', body: { amount: '10.00', currency: 'EUR' } }
+const OTHER = { method: 'POST', path: '/v1/payments', body: { amount: '100.00', currency: 'EUR' } }
+
+const open: pg.Client[] = []
+async function client(options: { pipeline?: boolean; user?: string } = {}): Promise<pg.Client> {
+  const c = await connect(options)
+  open.push(c)
+  return c
+}
+
+before(setupDatabase)
+after(async () => {
+  await Promise.all(open.map((c) => c.end()))
+  await dropDatabase()
+})
+
+const hex8 = (b: Buffer) => b.subarray(0, 4).toString('hex')
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+// --- Plain calls ---------------------------------------------------------------------------
+
+test('plain calls: execute, complete, replay, check', async () => {
+  const c = await client()
+  const s = newScope()
+  const b = await begin(c, s, 'k', CMD)
+  assert.deepEqual([b.outcome, b.state, b.attempt, b.httpStatus, b.resource], ['execute', 'in_progress', 1, null, null])
+  assert.equal(b.fingerprint.length, 32)
+  assert.deepEqual(b.fingerprint, await fingerprint(c, CMD))
+  await complete(c, s, 'k', { resource: 'payments/1', httpStatus: 201, attempt: 1 })
+  const r = await begin(c, s, 'k', { body: { currency: 'EUR', amount: '10.00' }, path: '/v1/payments', method: 'POST' })
+  assert.deepEqual([r.outcome, r.state, r.attempt, r.httpStatus, r.resource, r.response], ['replay', 'completed', 1, 201, 'payments/1', null])
+  const ch = await check(c, s, 'k', CMD)
+  assert.deepEqual([ch.state, ch.matches, ch.attempt, ch.httpStatus, ch.resource, ch.leaseExpiresAt], ['completed', true, 1, 201, 'payments/1', null])
+  assert.equal((await check(c, s, 'k', OTHER)).matches, false)
+  assert.equal((await check(c, s, 'nope')).state, 'absent')
+})
+
+test('canonical text, fingerprint and exact numbers through RawJson', async () => {
+  const c = await client()
+  const text = await canonical(c, { b: 1, a: 2.0 })
+  assert.equal(text, '{"a":2,"b":1}')
+  assert.deepEqual(await fingerprint(c, { a: 2, b: 1 }), createHash('sha256').update(text).digest())
+  // 2^53 + 1 is not a JavaScript number; as JSON text it stays exact.
+  assert.equal(await canonical(c, new RawJson('{"n": 9007199254740993}')), '{"n":9007199254740993}')
+  assert.notDeepEqual(await fingerprint(c, new RawJson('[12345678901234567891]')), await fingerprint(c, new RawJson('[12345678901234567890]')))
+})
+
+test('forget and purge', async () => {
+  const c = await client()
+  const s = newScope()
+  await begin(c, s, 'k', CMD)
+  await complete(c, s, 'k', { response: { ok: true } })
+  assert.equal(await forget(c, s, 'k'), true)
+  assert.equal(await forget(c, s, 'k'), false)
+  // A ttl long enough for complete to find the key live even on a loaded machine.
+  await begin(c, s, 'short', CMD, { ttl: 1000 })
+  await complete(c, s, 'short')
+  await sleep(1100)
+  assert.ok((await purge(c, 100000)) >= 1)
+  assert.equal(await purge(c, 100000), 0)
+})
+
+test('checkpoint returns the new lease end', async () => {
+  const c = await client()
+  const s = newScope()
+  await begin(c, s, 'k', CMD, { lease: '30 seconds' })
+  const end = await checkpoint(c, s, 'k', 'charged', { charge_id: 'ch_1' }, { attempt: 1 })
+  const ch = await check(c, s, 'k')
+  assert.deepEqual([ch.recoveryPoint, ch.leaseExpiresAt?.getTime()], ['charged', end.getTime()])
+})
+
+// --- Every SQLSTATE --------------------------------------------------------------------------
+
+test('IK001 is KeyReused with the DETAIL fields', async () => {
+  const c = await client()
+  const s = newScope()
+  await begin(c, s, 'k-1', CMD)
+  await complete(c, s, 'k-1', { resource: 'payments/1', httpStatus: 201 })
+  const created = (await check(c, s, 'k-1')).createdAt!
+  const e = await begin(c, s, 'k-1', OTHER).then(() => assert.fail('no error'), (x) => x)
+  assert.ok(e instanceof KeyReused)
+  assert.deepEqual([e.sqlstate, e.scope, e.key], ['IK001', s, 'k-1'])
+  assert.equal(e.storedFingerprint, hex8(await fingerprint(c, CMD)))
+  assert.equal(e.givenFingerprint, hex8(await fingerprint(c, OTHER)))
+  assert.equal(e.firstUsedAt?.getTime(), created.getTime())
+  const p = http.problemForError(e)
+  assert.deepEqual([p.status, p.code], [422, 'idempotency_key_reused'])
+})
+
+test('IK001 DETAIL is parsed when scope and key hold quotes', async () => {
+  const c = await client()
+  const s = newScope() + '", key "x'
+  const k = 'a", key "b'
+  await begin(c, s, k, CMD)
+  await complete(c, s, k)
+  const e = await begin(c, s, k, OTHER).then(() => assert.fail('no error'), (x) => x)
+  assert.ok(e instanceof KeyReused)
+  assert.deepEqual([e.scope, e.key, e.storedFingerprint], [s, k, hex8(await fingerprint(c, CMD))])
+})
+
+test('IK002 is NotInProgress with what was found', async () => {
+  const c = await client()
+  const s = newScope()
+  let e = await complete(c, s, 'absent').then(() => assert.fail('no error'), (x) => x)
+  assert.ok(e instanceof NotInProgress)
+  assert.deepEqual([e.sqlstate, e.found], ['IK002', 'absent'])
+  await begin(c, s, 'k', CMD)
+  await complete(c, s, 'k')
+  e = await fail(c, s, 'k').then(() => assert.fail('no error'), (x) => x)
+  assert.ok(e instanceof NotInProgress)
+  assert.equal(e.found, 'completed')
+  assert.deepEqual([http.problemForError(e).status, http.problemForError(e).code], [500, 'internal_error'])
+})
+
+test('IK003 is LeaseLost with both attempts', async () => {
+  const c = await client()
+  const s = newScope()
+  await begin(c, s, 'k', CMD)
+  const e = await checkpoint(c, s, 'k', 'p', null, { attempt: 5 }).then(() => assert.fail('no error'), (x) => x)
+  assert.ok(e instanceof LeaseLost)
+  assert.deepEqual([e.sqlstate, e.currentAttempt, e.givenAttempt], ['IK003', 1, 5])
+  const p = http.problemForError(e)
+  assert.deepEqual([p.status, p.code, p.headers], [409, 'request_in_progress', { 'Retry-After': '1' }])
+})
+
+test('42501 is NotOwner', async () => {
+  const c = await client()
+  const s = newScope()
+  await begin(c, s, 'k', CMD)
+  await complete(c, s, 'k')
+  const other = await client({ user: 'idem_other_role' })
+  const e = await begin(other, s, 'k', CMD).then(() => assert.fail('no error'), (x) => x)
+  assert.ok(e instanceof NotOwner)
+  assert.equal(e.sqlstate, '42501')
+  assert.deepEqual([http.problemForError(e).status, http.problemForError(e).code], [403, 'forbidden'])
+})
+
+test('22023 and 22004 are InvalidArgument', async () => {
+  const c = await client()
+  for (const [key, command, state] of [['', CMD, '22023'], ['k\n', CMD, '22023'], ['x'.repeat(256), CMD, '22023'], ['k', null, '22004']] as const) {
+    const e = await begin(c, 's', key, command).then(() => assert.fail('no error'), (x) => x)
+    assert.ok(e instanceof InvalidArgument, String(e))
+    assert.equal(e.sqlstate, state)
+    assert.deepEqual([http.problemForError(e).status, http.problemForError(e).code], [400, 'invalid_request'])
+  }
+  const s = newScope()
+  await begin(c, s, 'k', CMD)
+  const e = await complete(c, s, 'k', { httpStatus: 600 }).then(() => assert.fail('no error'), (x) => x)
+  assert.ok(e instanceof InvalidArgument)
+})
+
+// --- The one-transaction helper ------------------------------------------------------------
+
+for (const pipeline of [true, false]) {
+  test(`transaction commits the work with the completion, then replays (pipeline ${pipeline})`, async () => {
+    const c = await client({ pipeline })
+    const s = newScope()
+    const { tx, value } = await transaction(c, { scope: s, key: 'k', command: CMD }, async (tx) => {
+      assert.deepEqual([tx.outcome, tx.attempt], ['execute', 1])
+      await writeEffect(c, s, 'k')
+      tx.complete({ resource: 'effects/k', httpStatus: 201 })
+      return 'done'
+    })
+    assert.deepEqual([tx.outcome, value], ['execute', 'done'])
+    const again = await transaction(c, { scope: s, key: 'k', command: CMD }, async (tx) => tx.outcome)
+    assert.deepEqual([again.value, again.tx.begin.httpStatus, again.tx.begin.resource], ['replay', 201, 'effects/k'])
+    const a = http.answerForBegin(again.tx.begin)!
+    assert.deepEqual([a.status, a.headers, a.body], [201, { 'Idempotent-Replayed': 'true' }, undefined])
+    assert.deepEqual(await effects(c, s), ['k'])
+  })
+}
+
+test('transaction: an error out of the work rolls back the claim and the work', async () => {
+  const c = await client()
+  const s = newScope()
+  await assert.rejects(
+    transaction(c, { scope: s, key: 'k', command: CMD }, async () => {
+      await writeEffect(c, s, 'k')
+      throw new RangeError('the work failed')
+    }),
+    RangeError,
+  )
+  assert.equal((await check(c, s, 'k')).state, 'absent')
+  assert.deepEqual(await effects(c, s), [])
+  const { tx } = await transaction(c, { scope: s, key: 'k', command: CMD }, async (tx) => tx.complete())
+  assert.deepEqual([tx.outcome, tx.attempt], ['execute', 1])
+})
+
+test('transaction: fail rolls back to the savepoint and stores the failure', async () => {
+  const c = await client()
+  const s = newScope()
+  const error = { code: 'refund_exceeds_payment', status: 409 }
+  await transaction(c, { scope: s, key: 'final', command: CMD }, async (tx) => {
+    await writeEffect(c, s, 'final')
+    tx.fail({ error, httpStatus: 409, retryable: false })
+  })
+  const { tx } = await transaction(c, { scope: s, key: 'final', command: CMD }, async () => undefined)
+  assert.deepEqual([tx.outcome, tx.begin.state, tx.begin.httpStatus, tx.begin.response], ['replay', 'failed', 409, error])
+  const a = http.answerForBegin(tx.begin)!
+  assert.deepEqual([a.status, a.code, a.body, a.headers], [409, 'refund_exceeds_payment', error, { 'Idempotent-Replayed': 'true' }])
+  await transaction(c, { scope: s, key: 'again', command: CMD }, async (tx) => tx.fail({ error: { code: 'processor_unavailable' }, httpStatus: 503 }))
+  const r = await transaction(c, { scope: s, key: 'again', command: CMD }, async (tx) => {
+    tx.complete({ httpStatus: 201 })
+    return tx.attempt
+  })
+  assert.deepEqual([r.tx.outcome, r.value], ['execute', 2])
+  assert.deepEqual(await effects(c, s), [])
+})
+
+test('transaction: a statement of the work that fails unseen commits nothing', async () => {
+  const c = await client()
+  const s = newScope()
+  await assert.rejects(
+    transaction(c, { scope: s, key: 'k', command: CMD }, async (tx) => {
+      tx.query('INSERT INTO no_such_table VALUES (1)')
+      tx.complete({ httpStatus: 201 })
+    }),
+    (e: unknown) => (e as { code?: string }).code === '42P01',
+  )
+  assert.equal((await check(c, s, 'k')).state, 'absent')
+})
+
+test('transaction: work without complete or fail stores nothing', async () => {
+  const c = await client()
+  const s = newScope()
+  await assert.rejects(transaction(c, { scope: s, key: 'k', command: CMD }, async () => undefined), /without complete\(\) or fail\(\)/)
+  assert.equal((await check(c, s, 'k')).state, 'absent')
+  await transaction(c, { scope: s, key: 'k', command: CMD }, async (tx) => tx.complete())
+  await assert.rejects(transaction(c, { scope: s, key: 'k', command: CMD }, async (tx) => tx.complete()), /only a request that executes/)
+})
+
+test('transaction: IK001 is thrown before the work runs', async () => {
+  const c = await client()
+  const s = newScope()
+  await transaction(c, { scope: s, key: 'k', command: CMD }, async (tx) => tx.complete({ httpStatus: 201 }))
+  await assert.rejects(
+    transaction(c, { scope: s, key: 'k', command: OTHER }, async () => assert.fail('the work must not run')),
+    KeyReused,
+  )
+  assert.equal((await c.query('SELECT 1 AS one')).rows[0].one, 1) // the connection is usable, not in a failed transaction
+})
+
+// --- Two connections racing one key ----------------------------------------------------------
+
+test('an uncommitted holder is in_progress, then the key replays', async () => {
+  const holder = await client()
+  const other = await client()
+  const s = newScope()
+  let release!: () => void
+  const released = new Promise<void>((r) => (release = r))
+  let entered!: () => void
+  const isEntered = new Promise<void>((r) => (entered = r))
+  const held = transaction(holder, { scope: s, key: 'k', command: CMD }, async (tx) => {
+    entered()
+    await released
+    tx.complete({ resource: 'payments/1', httpStatus: 201 })
+  })
+  await isEntered
+  const seen = await transaction(other, { scope: s, key: 'k', command: CMD }, async (tx) => tx.outcome)
+  assert.deepEqual([seen.value, seen.tx.begin.httpStatus, seen.tx.lease?.leaseExpiresAt, seen.tx.lease?.retryAfter], ['in_progress', 409, null, 1])
+  const a = http.answerForBegin(seen.tx.begin, { lease: seen.tx.lease })!
+  assert.deepEqual([a.status, a.code, a.headers], [409, 'request_in_progress', { 'Retry-After': '1' }])
+  release()
+  await held
+  const after = await transaction(other, { scope: s, key: 'k', command: CMD }, async (tx) => tx.begin)
+  assert.deepEqual([after.value.outcome, after.value.resource], ['replay', 'payments/1'])
+})
+
+test('many connections racing one key execute it once', async () => {
+  const s = newScope()
+  const clients = await Promise.all(Array.from({ length: 8 }, () => client()))
+  const outcomes = await Promise.all(
+    clients.map(async (c) => {
+      const { tx } = await transaction(c, { scope: s, key: 'hot', command: CMD, wait: '30 seconds' }, async (tx) => {
+        if (tx.outcome === 'execute') {
+          await writeEffect(c, s, 'hot')
+          tx.complete({ resource: 'effects/hot', httpStatus: 201 })
+        }
+      })
+      return tx.outcome
+    }),
+  )
+  assert.deepEqual(outcomes.sort(), ['execute', ...Array(7).fill('replay')])
+  assert.deepEqual(await effects(clients[0], s), ['hot'])
+})
+
+test('a serialization failure (40001) is retried and then replays', async () => {
+  const holder = await client()
+  const rr = await client()
+  const s = newScope()
+  let release!: () => void
+  const released = new Promise<void>((r) => (release = r))
+  let entered!: () => void
+  const isEntered = new Promise<void>((r) => (entered = r))
+  const held = transaction(holder, { scope: s, key: 'k', command: CMD }, async (tx) => {
+    entered()
+    await released
+    tx.complete({ httpStatus: 201 })
+  })
+  await isEntered
+  await rr.query('SET default_transaction_isolation = "repeatable read"')
+  const rrPid = await backendPid(rr)
+  const runs: string[] = []
+  const retried = retrySerialization(async () => {
+    try {
+      const { tx } = await transaction(rr, { scope: s, key: 'k', command: CMD, wait: '30 seconds' }, async (tx) => tx.outcome)
+      runs.push(tx.outcome)
+      return tx.outcome
+    } catch (e) {
+      if (e instanceof SerializationFailure) runs.push(e.sqlstate)
+      throw e
+    }
+  })
+  await waitForWaiter(rrPid)
+  release()
+  await held
+  assert.equal(await retried, 'replay')
+  assert.deepEqual(runs, ['40001', 'replay'])
+})
+
+// --- The phased helper ---------------------------------------------------------------------
+
+test('phased: claim, checkpoint, finish, then replay', async () => {
+  const c = await client()
+  const s = newScope()
+  const cl = await claim(c, { scope: s, key: 'k', command: CMD, lease: '30 seconds' })
+  assert.deepEqual([cl.outcome, cl.attempt, cl.recoveryPoint], ['execute', 1, null])
+  assert.equal((await check(c, s, 'k')).state, 'in_progress') // committed
+  await cl.checkpoint('charged', { charge_id: 'ch_1' })
+  await cl.finish(async (f) => {
+    await writeEffect(c, s, 'k')
+    f.complete({ resource: 'effects/k', httpStatus: 201 })
+  })
+  const again = await claim(c, { scope: s, key: 'k', command: CMD })
+  assert.deepEqual([again.outcome, again.begin.resource, again.begin.httpStatus], ['replay', 'effects/k', 201])
+  assert.deepEqual(await effects(c, s), ['k'])
+})
+
+test('phased: in_progress reports the lease', async () => {
+  const c = await client()
+  const c2 = await client()
+  const s = newScope()
+  await claim(c, { scope: s, key: 'k', command: CMD, lease: '30 seconds' })
+  const other = await claim(c2, { scope: s, key: 'k', command: CMD })
+  assert.equal(other.outcome, 'in_progress')
+  const l = await other.lease()
+  assert.ok(l.leaseExpiresAt !== null && l.retryAfter >= 20 && l.retryAfter <= 30, String(l.retryAfter))
+  const a = http.answerForBegin(other.begin, { lease: l })!
+  assert.deepEqual([a.status, a.headers['Retry-After']], [409, String(l.retryAfter)])
+})
+
+test('phased: a takeover fences the stale holder (IK003)', async () => {
+  const c = await client()
+  const c2 = await client()
+  const s = newScope()
+  const stale = await claim(c, { scope: s, key: 'k', command: CMD, lease: 200 })
+  await stale.checkpoint('charged', { charge_id: 'ch_1' })
+  await sleep(500) // past the lease: the next request takes over
+  const next = await claim(c2, { scope: s, key: 'k', command: CMD, lease: '30 seconds' })
+  assert.deepEqual([next.outcome, next.attempt, next.recoveryPoint, next.recoveryData], ['execute', 2, 'charged', { charge_id: 'ch_1' }])
+  const e = await stale
+    .finish(async (f) => {
+      await writeEffect(c, s, 'stale')
+      f.complete({ resource: 'effects/stale', httpStatus: 201 })
+    })
+    .then(() => assert.fail('no error'), (x) => x)
+  assert.ok(e instanceof LeaseLost)
+  assert.deepEqual([e.currentAttempt, e.givenAttempt], [2, 1])
+  await assert.rejects(stale.checkpoint('later'), LeaseLost)
+  await assert.rejects(stale.fail({ error: { code: 'x' } }), LeaseLost)
+  await next.finish(async (f) => {
+    await writeEffect(c2, s, 'new')
+    f.complete({ resource: 'effects/new', httpStatus: 201 })
+  })
+  assert.deepEqual(await effects(c, s), ['new'])
+  await assert.rejects(stale.complete({ resource: 'effects/stale' }), LeaseLost) // also after the newer attempt finished
+})
+
+test('phased: a retryable failure is executed again, a final one replays', async () => {
+  const c = await client()
+  const s = newScope()
+  const first = await claim(c, { scope: s, key: 'k', command: CMD })
+  await first.checkpoint('charged', { charge_id: 'ch_1' })
+  await first.fail({ error: { code: 'processor_unavailable' }, retryable: true, httpStatus: 503 })
+  const again = await claim(c, { scope: s, key: 'k', command: CMD })
+  assert.deepEqual([again.outcome, again.attempt, again.recoveryPoint], ['execute', 2, 'charged'])
+  await again.fail({ error: { code: 'card_declined' }, retryable: false, httpStatus: 402 })
+  const final = await claim(c, { scope: s, key: 'k', command: CMD })
+  assert.deepEqual([final.outcome, final.begin.state, final.begin.httpStatus, final.begin.response], ['replay', 'failed', 402, { code: 'card_declined' }])
+})
+
+// --- Round trips -----------------------------------------------------------------------------
+
+for (const [pipeline, expected] of [
+  [true, { new: 2, replay: 2, in_progress: 2, ik001: 2, claim: 1, checkpoint: 1, finish: 1 }],
+  // Without pipelining every statement is a round trip.
+  [false, { new: 6, replay: 4, in_progress: 5, ik001: 3, claim: 1, checkpoint: 1, finish: 5 }],
+] as const) {
+  test(`round trips per flow (pipeline ${pipeline})`, async () => {
+    const { client: c, socket } = await connectCounted({ pipeline })
+    open.push(c)
+    const c2 = await client()
+    const s = newScope()
+    const held = await claim(c2, { scope: s, key: 'held', command: CMD, lease: '30 seconds' })
+    const got: Record<string, number> = {}
+    const measure = async (name: string, flow: () => Promise<unknown>) => {
+      socket.reset()
+      await flow()
+      got[name] = socket.count
+    }
+    const claims: Claim[] = []
+    await measure('new', () =>
+      transaction(c, { scope: s, key: 'k', command: CMD }, async (tx) => {
+        tx.query("INSERT INTO effects VALUES ($1, 'k', 'done')", [s]) // a write whose result is not awaited
+        tx.complete({ resource: 'effects/k', httpStatus: 201 })
+      }),
+    )
+    await measure('replay', () => transaction(c, { scope: s, key: 'k', command: CMD }, async (tx) => assert.equal(tx.outcome, 'replay')))
+    await measure('in_progress', async () => {
+      const { tx } = await transaction(c, { scope: s, key: 'held', command: CMD }, async (tx) => tx.outcome)
+      assert.equal(tx.outcome as Outcome, 'in_progress')
+      assert.ok(tx.lease?.leaseExpiresAt)
+    })
+    await measure('ik001', () => assert.rejects(transaction(c, { scope: s, key: 'k', command: OTHER }, async () => undefined), KeyReused))
+    await measure('claim', async () => claims.push(await claim(c, { scope: s, key: 'p', command: CMD, lease: '30 seconds' })))
+    await measure('checkpoint', () => claims[0].checkpoint('charged', { charge_id: 'ch_1' }))
+    await measure('finish', () =>
+      claims[0].finish(async (f) => {
+        f.query("INSERT INTO effects VALUES ($1, 'p', 'done')", [s])
+        f.complete({ resource: 'effects/p', httpStatus: 201 })
+      }),
+    )
+    await held.complete()
+    assert.deepEqual(got, expected)
+    assert.deepEqual(await effects(c2, s), ['k', 'p'])
+  })
+}
