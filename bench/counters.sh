@@ -4,7 +4,7 @@
 # (the library in shared_preload_libraries) and without them (the same library, not preloaded:
 # every count finds no shared memory and returns), side by side in one run.
 #
-#   PG_BINDIR=/path/to/bin bash bench/counters.sh            (default: the system PostgreSQL 15)
+#   bash bench/counters.sh       (PG_BINDIR: the PostgreSQL; default the system 15)
 #
 # (single-user mode ends a statement at a newline: the loop is one line.)
 # Each measurement is one single-user backend (`postgres --single`, no other process, so the
@@ -16,19 +16,15 @@
 # kept). The extension must be installed into that PostgreSQL (the Makefile installs a release
 # build). Results: build/bench/counters/results.txt.
 set -euo pipefail
-
-ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
-PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+NAME=bench-counters
+. "$(dirname "$0")/../scripts/lib.sh"
 OUT=${COUNTERS_OUT:-$ROOT/build/bench/counters}
 N1=${COUNTERS_N1:-1000}
 N2=${COUNTERS_N2:-3000}
 ROUNDS=${COUNTERS_ROUNDS:-2}
 
-log() { printf '[counters %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-command -v valgrind >/dev/null || { log "valgrind is not installed (apt-get install valgrind)"; exit 1; }
-as_owner() {
-  if [ "$(id -u)" -eq 0 ]; then (cd / && sudo -u postgres -H -- "$@"); else "$@"; fi
-}
+command -v valgrind >/dev/null || die "valgrind is not installed (apt-get install valgrind)"
+require_installed
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -60,7 +56,7 @@ DO \$\$ BEGIN FOR i IN 1..$n LOOP PERFORM idem_begin('cg', 'k-' || i, '{"amount"
 $check
 SQL
   if [ "$config" = counters ] && ! { grep -q "executes_new = \"$n\"" "$data.out" && grep -q "completions = \"$n\"" "$data.out"; }; then
-    log "counters n=$n: idem_stats() did not count $n requests"; cat "$data.out" >&2; exit 1
+    cat "$data.out" >&2; die "counters n=$n: idem_stats() did not count $n requests"
   fi
   # Check that the loop ran (each request left a completed record) and, for the counters
   # configuration, that it was counted.
@@ -68,7 +64,7 @@ SQL
   got=$(echo "SELECT count(*) FROM idempotency.records WHERE state = 'c';" | \
         as_owner "$PG_BINDIR/postgres" --single -D "$data" -c shared_preload_libraries="$preload" postgres 2>/dev/null \
         | sed -n 's/^[[:space:]]*1: count = "\([0-9]*\)".*/\1/p')
-  [ "$got" = "$n" ] || { log "$config n=$n: $got completed records, expected $n"; cat "$data.valgrind" >&2; exit 1; }
+  [ "$got" = "$n" ] || { cat "$data.valgrind" >&2; die "$config n=$n: $got completed records, expected $n"; }
   as_owner rm -rf "$data" "$data.out"
   sed -n 's/^summary: \([0-9]*\).*/\1/p' "$data.callgrind"
 }

@@ -66,7 +66,14 @@ pub fn layout() -> Result<Layout, IdemError> {
     }
     if !CALLBACK_REGISTERED.get() {
         // SAFETY: registers a callback that only touches this backend's thread-locals.
-        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidate), pg_sys::Datum::from(0)) };
+        // Declared here: pgrx's bindings for PostgreSQL 13 lack utils/inval.h.
+        unsafe extern "C-unwind" {
+            fn CacheRegisterRelcacheCallback(
+                func: Option<unsafe extern "C-unwind" fn(pg_sys::Datum, pg_sys::Oid)>,
+                arg: pg_sys::Datum,
+            );
+        }
+        unsafe { CacheRegisterRelcacheCallback(Some(invalidate), pg_sys::Datum::from(0)) };
         CALLBACK_REGISTERED.set(true);
     }
     let relid = store::records_relid()?;
