@@ -140,23 +140,10 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         lease_expires_at,
         lease,
     };
-    // The common case first: a new key. Holding the lock, decide as if there were no record
-    // and try to insert the claim; a row already there (live or expired) makes the insert do
-    // nothing, and the record is then read and decided on below. This saves the read for new
-    // keys (one statement instead of two) and costs replays one index probe.
-    if holds_lock {
-        if let Ok(Begin::Execute(Execute::Claim {
-            expires_at,
-            lease_expires_at,
-        })) = decision::begin(None, &request(holds_lock, now))
-        {
-            if records.insert(&claim(now, expires_at, lease_expires_at))? {
-                drop(records);
-                stats::count(Counter::ExecuteNew);
-                return a.row(executes(1, None, None, fingerprint, expires_at).values());
-            }
-        }
-    }
+    // Read first: a replay costs one probe, and a new key one probe and the insert. Under
+    // REPEATABLE READ and SERIALIZABLE the write that follows a decision made on a row that
+    // changed after the snapshot raises 40001 (the insert of a key whose committed row the
+    // snapshot cannot see, the update of a row updated or deleted since).
     let mut row = records.lookup(scope_d, key_d, false)?;
     let decide = |row: Option<&Row>, holds_lock: bool, now: Micros| {
         decision::begin(
