@@ -401,6 +401,7 @@ run_pg_regress() {
   esac
   [ -x "$tool" ] || die "no $(basename "$tool") at $tool (are the server's development files installed?)"
   [ ${#tests[@]} -gt 0 ] || die "no tests in $inputdir"
+  access_path_options
   rm -rf "$host/out"
   mkdir -p "$host/out"
   "$tool" --bindir="$PG_BINDIR" --host="$host" --port="$port" --user="$SUPERUSER" \
@@ -411,6 +412,19 @@ run_pg_regress() {
     cat "$host/out/regression.diffs"
   fi
   return $rc
+}
+
+# access_path_options: IDEM_ACCESS=sql makes every connection of this script take the store's
+# SQL path (idempotency.direct_access off, through PGOPTIONS, which libpq reads); direct (the
+# default) leaves the setting at its default, on. The suites run on both paths with the same
+# expected output.
+access_path_options() {
+  case "${IDEM_ACCESS:-direct}" in
+    direct) ;;
+    sql) export PGOPTIONS="${PGOPTIONS:+$PGOPTIONS }-c idempotency.direct_access=off"
+         log "the SQL path: idempotency.direct_access = off" ;;
+    *) die "IDEM_ACCESS is direct or sql, not '$IDEM_ACCESS'" ;;
+  esac
 }
 
 # --- the installed extension -----------------------------------------------------------------

@@ -22,7 +22,7 @@ use crate::lock::KeyLock;
 use crate::settings;
 use crate::signature as sig;
 use crate::stats::{self, Counter};
-use crate::store::{Claim, Outcome, Records, Row};
+use crate::store::{Claim, Outcome, Read, Records, Row};
 
 sql_functions! {
     idem_begin, pg_finfo_idem_begin => begin;
@@ -144,7 +144,7 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     // REPEATABLE READ and SERIALIZABLE the write that follows a decision made on a row that
     // changed after the snapshot raises 40001 (the insert of a key whose committed row the
     // snapshot cannot see, the update of a row updated or deleted since).
-    let mut row = records.lookup(scope_d, key_d, false)?;
+    let mut row = records.lookup(scope_d, key_d, Read::fresh(holds_lock))?;
     let decide = |row: Option<&Row>, holds_lock: bool, now: Micros| {
         decision::begin(
             row.map(|r| existing(r, caller)).as_ref(),
@@ -155,7 +155,7 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let mut outcome = decide(row.as_ref(), holds_lock, now)?;
     if outcome == Begin::InProgress && !holds_lock && wait > 0 {
         holds_lock = lock.acquire_within(wait);
-        row = records.lookup(scope_d, key_d, false)?;
+        row = records.lookup(scope_d, key_d, Read::fresh(holds_lock))?;
         now = self::now();
         outcome = decide(row.as_ref(), holds_lock, now)?;
     }
@@ -302,7 +302,7 @@ impl<'a> Settling<'a> {
     /// Reads the record and checks that it is the caller's, live, in progress and, given an
     /// attempt, at that attempt (`decision::settle`).
     fn guard(&self) -> Result<Row, IdemError> {
-        let row = self.records.lookup(self.scope_d, self.key_d, false)?;
+        let row = self.records.lookup(self.scope_d, self.key_d, Read::ToWrite)?;
         decision::settle(
             row.as_ref().map(|r| existing(r, self.caller)).as_ref(),
             self.now,
@@ -406,8 +406,8 @@ fn check(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         .map(|(_, bytes)| idempotency_core::fingerprint(bytes))
         .transpose()?;
     let caller = caller();
-    let records = Records::open()?;
-    let row = records.lookup(scope_d, key_d, true)?;
+    let records = Records::open_to_read()?;
+    let row = records.lookup(scope_d, key_d, Read::InActiveSnapshot)?;
     drop(records);
     let now = now();
     let Some(r) = row.filter(|r| now < r.expires_at) else {
@@ -483,7 +483,7 @@ fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let deleted = if crate::citus::distributed()? {
         crate::citus::purge(max_rows)?.max(0) as u64
     } else {
-        Records::open()?.purge(now(), max_rows)?
+        Records::open_sql()?.purge(now(), max_rows)?
     };
     stats::add(Counter::PurgedRows, deleted);
     stats::purge_run_done();
@@ -500,9 +500,9 @@ fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     // Waits for a transaction that holds the key, so that a claim in flight is not pulled
     // from under it.
     KeyLock::new(scope, key).acquire();
-    let records = Records::open()?;
+    let records = Records::open_sql()?;
     let Some(r) = records
-        .lookup(scope_d, key_d, false)?
+        .lookup(scope_d, key_d, Read::ToWrite)?
         .filter(|r| now() < r.expires_at)
     else {
         return Ok(pg_sys::Datum::from(false));

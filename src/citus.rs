@@ -65,15 +65,7 @@ pub fn layout() -> Result<Layout, IdemError> {
         return Ok(layout);
     }
     if !CALLBACK_REGISTERED.get() {
-        // SAFETY: registers a callback that only touches this backend's thread-locals.
-        // Declared here: pgrx's bindings for PostgreSQL 13 lack utils/inval.h.
-        unsafe extern "C-unwind" {
-            fn CacheRegisterRelcacheCallback(
-                func: Option<unsafe extern "C-unwind" fn(pg_sys::Datum, pg_sys::Oid)>,
-                arg: pg_sys::Datum,
-            );
-        }
-        unsafe { CacheRegisterRelcacheCallback(Some(invalidate), pg_sys::Datum::from(0)) };
+        crate::compat::register_relcache_callback(invalidate);
         CALLBACK_REGISTERED.set(true);
     }
     let relid = store::records_relid()?;

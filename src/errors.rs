@@ -41,6 +41,7 @@ const READ_ONLY_SQL_TRANSACTION: c_int = sqlstate(b"25006");
 const FEATURE_NOT_SUPPORTED: c_int = sqlstate(b"0A000");
 const OBJECT_NOT_IN_PREREQUISITE_STATE: c_int = sqlstate(b"55000");
 const DATA_CORRUPTED: c_int = sqlstate(b"XX001");
+const SERIALIZATION_FAILURE: c_int = sqlstate(b"40001");
 const INTERNAL_ERROR: c_int = sqlstate(b"XX000");
 
 /// Which key an error is about, for its message.
@@ -126,6 +127,9 @@ pub enum IdemError {
         given: usize,
         declared: usize,
     },
+    /// 40001: under REPEATABLE READ or SERIALIZABLE, the record changed after the
+    /// transaction's snapshot (the direct path's words are the executor's: store/direct.rs).
+    SerializationFailure(&'static str),
     /// XX001: a jsonb value that does not follow PostgreSQL's format.
     Corrupted(FormatError),
     /// XX000: something that cannot happen did.
@@ -167,6 +171,7 @@ impl IdemError {
                 OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             IdemError::Unsupported { .. } => FEATURE_NOT_SUPPORTED,
+            IdemError::SerializationFailure(_) => SERIALIZATION_FAILURE,
             IdemError::Corrupted(_) => DATA_CORRUPTED,
             IdemError::Internal(_) => INTERNAL_ERROR,
         }
@@ -315,6 +320,7 @@ impl IdemError {
                 ),
             ),
             IdemError::Corrupted(e) => (format!("malformed jsonb value: {e}"), None, None),
+            IdemError::SerializationFailure(m) => ((*m).into(), None, None),
             IdemError::Internal(m) => (format!("idempotency internal error: {m}"), None, None),
         }
     }

@@ -31,6 +31,9 @@ use crate::errors::IdemError;
 static MAX_COMMAND_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 static MAX_RESPONSE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 static LOG_REFUSALS: GucSetting<bool> = GucSetting::<bool>::new(false);
+/// `idempotency.direct_access`: read and write the records with the heap and index access
+/// methods where the table has its expected shape (store/shape.rs); off forces the SQL path.
+static DIRECT_ACCESS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static PURGE_BATCH: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(100);
 
@@ -330,6 +333,14 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"idempotency.direct_access",
+        c"Reads and writes the records without the SQL executor where the table has its expected shape.",
+        c"Off, every call runs the extension's SQL statements (the reference path): same results, more instructions.",
+        &DIRECT_ACCESS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"idempotency.purge_batch",
         c"Sets how many expired records the purge worker deletes per transaction.",
@@ -404,6 +415,10 @@ pub fn purge_batch() -> i32 {
 
 pub fn max_databases() -> usize {
     MAX_DATABASES.get() as usize
+}
+
+pub fn direct_access() -> bool {
+    DIRECT_ACCESS.get()
 }
 
 pub fn log_refusals() -> bool {

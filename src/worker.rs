@@ -316,7 +316,7 @@ fn batch_in_transaction(batch: i32) -> u64 {
         if distributed {
             crate::citus::purge_local(batch).map(|n| n.max(0) as u64)
         } else {
-            crate::store::Records::open().and_then(|r| r.purge(now(), batch))
+            crate::store::Records::open_sql().and_then(|r| r.purge(now(), batch))
         }
     });
     let deleted = match deleted {

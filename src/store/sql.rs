@@ -1,10 +1,7 @@
-//! The record store: every query on `idempotency.records`, through SPI plans prepared once per
-//! backend and kept, run with the rights of the table's owner (callers have none on it).
-//! [`Records`] is the open table, [`Row`] one record as read.
-//!
-//! The store reads and writes what it is told; the decisions are in `idempotency_core::decision`
-//! and the protocol (locking, order of steps) in `api`. All SQL here is schema-qualified, its
-//! operators included, so that no object on the caller's `search_path` can take part in it.
+//! The SQL path, the reference: every query on `idempotency.records` through SPI plans
+//! prepared once per backend and kept, run with the rights of the table's owner (callers have
+//! none on it). All SQL here is schema-qualified, its operators included, so that no object on
+//! the caller's `search_path` can take part in it.
 
 use std::cell::Cell;
 use std::ffi::c_char;
@@ -12,45 +9,8 @@ use std::ffi::c_char;
 use idempotency_core::decision::{Micros, State};
 use pgrx::{pg_sys, IntoDatum};
 
+use super::{owner_of, records_relid, state_of, varlena_bytes, Claim, Outcome, Read, Row};
 use crate::errors::IdemError;
-
-/// A record as read, with its varlena values copied into the memory context that was current
-/// when the table was opened (the SQL function's), so they outlive the SPI connection.
-pub struct Row {
-    pub owner: pg_sys::Oid,
-    pub state: State,
-    pub fingerprint: [u8; 32],
-    pub attempt: i32,
-    pub created_at: Micros,
-    pub expires_at: Micros,
-    pub lease_expires_at: Option<Micros>,
-    pub lease: Micros,
-    pub http_status: Option<i32>,
-    pub response: Option<pg_sys::Datum>,
-    pub resource: Option<pg_sys::Datum>,
-    pub recovery_point: Option<pg_sys::Datum>,
-    pub recovery_data: Option<pg_sys::Datum>,
-}
-
-/// A new claim.
-pub struct Claim<'a> {
-    pub scope: pg_sys::Datum,
-    pub key: pg_sys::Datum,
-    pub owner: pg_sys::Oid,
-    pub fingerprint: &'a [u8; 32],
-    pub now: Micros,
-    pub expires_at: Micros,
-    pub lease_expires_at: Micros,
-    pub lease: Micros,
-}
-
-/// A stored final outcome: a completion or a failure.
-pub struct Outcome {
-    pub state: State,
-    pub http_status: i32,
-    pub response: Option<pg_sys::Datum>,
-    pub resource: Option<pg_sys::Datum>,
-}
 
 /// The columns a lookup reads, in this order: `Col::x as i32` is the number SPI gives column
 /// `x` of the lookup's result, and `lookup_select_list!()` the lookup's SELECT list.
@@ -118,6 +78,11 @@ macro_rules! plans {
 plans! {
     lookup: (TEXTOID, TEXTOID)
         concat!("SELECT ", lookup_select_list!(), " FROM idempotency.records WHERE ", where_key!());
+    /// The read of a decision under REPEATABLE READ and SERIALIZABLE: the row lock refuses
+    /// (40001) a version that another transaction replaced or deleted after the snapshot.
+    lookup_locked: (TEXTOID, TEXTOID)
+        concat!("SELECT ", lookup_select_list!(), " FROM idempotency.records WHERE ", where_key!(),
+                " FOR SHARE");
     insert: (TEXTOID, TEXTOID, REGROLEOID, BYTEAOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID)
         "INSERT INTO idempotency.records (scope, key, owner, state, fingerprint, attempt, \
          created_at, expires_at, lease_expires_at, lease) \
@@ -208,46 +173,17 @@ fn spi_result_text(rc: i32) -> String {
 
 /// An open SPI connection running as the table's owner. Dropping it disconnects and gives the
 /// caller's identity back (an error does both through PostgreSQL's abort processing).
-pub struct Records {
+pub struct Sql {
     outer: pg_sys::MemoryContext,
     plans: Plans,
     saved_user: pg_sys::Oid,
     saved_context: i32,
 }
 
-/// The table's relation oid, or an error if the extension's schema is not there.
-pub fn records_relid() -> Result<pg_sys::Oid, IdemError> {
-    // SAFETY: catalog lookups by name.
-    unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"idempotency".as_ptr(), true);
-        let rel = if nsp == pg_sys::InvalidOid {
-            pg_sys::InvalidOid
-        } else {
-            pg_sys::get_relname_relid(c"records".as_ptr(), nsp)
-        };
-        if rel == pg_sys::InvalidOid {
-            return Err(IdemError::Internal(
-                "table idempotency.records does not exist".into(),
-            ));
-        }
-        Ok(rel)
-    }
-}
-
-pub fn owner_of(relid: pg_sys::Oid) -> pg_sys::Oid {
-    // SAFETY: a relcache lookup of an existing relation, closed right after.
-    unsafe {
-        let rel = pg_sys::RelationIdGetRelation(relid);
-        let owner = (*(*rel).rd_rel).relowner;
-        pg_sys::RelationClose(rel);
-        owner
-    }
-}
-
-impl Records {
+impl Sql {
     /// Connects to SPI and switches to the table owner's rights (without letting anything run
     /// under them but this store's own statements: SECURITY_RESTRICTED_OPERATION).
-    pub fn open() -> Result<Records, IdemError> {
+    pub fn open() -> Result<Sql, IdemError> {
         let owner = owner_of(records_relid()?);
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_context = 0;
@@ -268,7 +204,7 @@ impl Records {
                     "could not connect to SPI to reach idempotency.records".into(),
                 ));
             }
-            let mut records = Records {
+            let mut records = Sql {
                 outer,
                 plans: PLANS.get().unwrap_or(Plans::NONE),
                 saved_user,
@@ -321,15 +257,20 @@ impl Records {
         Ok(unsafe { pg_sys::SPI_processed })
     }
 
-    /// Reads the record of a key, expired or not. `read_only` runs it in the caller's
-    /// snapshot without a new one (for `idem_check`, which must work on a hot standby).
+    /// Reads the record of a key (`Read` says how).
     pub fn lookup(
         &self,
         scope: pg_sys::Datum,
         key: pg_sys::Datum,
-        read_only: bool,
+        read: Read,
     ) -> Result<Option<Row>, IdemError> {
-        if self.run(self.plans.lookup, &[Some(scope), Some(key)], read_only, 1)? == 0 {
+        let plan = if read.locks() {
+            self.plans.lookup_locked
+        } else {
+            self.plans.lookup
+        };
+        let read_only = read == Read::InActiveSnapshot;
+        if self.run(plan, &[Some(scope), Some(key)], read_only, 1)? == 0 {
             return Ok(None);
         }
         // SAFETY: one row of the lookup's columns is in SPI_tuptable.
@@ -350,18 +291,10 @@ impl Records {
                     ))
                 })
             };
-            let state = match required(Col::state)?.value() as u8 {
-                b'p' => State::InProgress,
-                b'c' => State::Completed,
-                b'f' => State::Failed {
-                    retryable: col(Col::retryable).is_some_and(|d| d.value() != 0),
-                },
-                other => {
-                    return Err(IdemError::Internal(format!(
-                        "unknown state {other} in idempotency.records"
-                    )))
-                }
-            };
+            let state = state_of(
+                required(Col::state)?.value() as u8,
+                col(Col::retryable).map(|d| d.value() != 0),
+            )?;
             let fp = varlena_bytes(required(Col::fingerprint)?);
             let fingerprint: [u8; 32] = fp.try_into().map_err(|_| {
                 IdemError::Internal("a fingerprint in idempotency.records is not 32 bytes".into())
@@ -517,7 +450,7 @@ impl Records {
     }
 }
 
-impl Drop for Records {
+impl Drop for Sql {
     fn drop(&mut self) {
         // SAFETY: closes the connection opened in `open` and restores the caller's identity.
         unsafe {
@@ -540,25 +473,3 @@ fn claim_args(c: &Claim) -> [Option<pg_sys::Datum>; 8] {
     ]
 }
 
-/// The bytes of a (possibly toasted or short-header) varlena datum.
-///
-/// # Safety
-/// `d` must be a valid varlena datum that outlives the returned slice.
-pub unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
-    unsafe {
-        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-        let len = pgrx::varlena::varsize_any_exhdr(v);
-        let data = pgrx::varlena::vardata_any(v) as *const u8;
-        std::slice::from_raw_parts(data, len)
-    }
-}
-
-/// A text datum's contents as `&str` (the database is UTF8, checked at CREATE EXTENSION, and
-/// the server validates text on input).
-///
-/// # Safety
-/// As for [`varlena_bytes`].
-pub unsafe fn text_str<'a>(d: pg_sys::Datum) -> Result<&'a str, IdemError> {
-    let bytes = unsafe { varlena_bytes(d) };
-    std::str::from_utf8(bytes).map_err(|e| IdemError::Internal(format!("text is not UTF-8: {e}")))
-}

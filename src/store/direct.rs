@@ -1,0 +1,607 @@
+//! The direct path: `idempotency.records` read with an index scan of its primary key and
+//! written with `heap_insert`, `heap_update` and `index_insert`, as PostgreSQL's catalog code
+//! and its foreign-key checks do, instead of through SPI and the executor. It must give the
+//! SQL path's results (store/sql.rs) in every case; how it keeps the executor's guarantees:
+//!
+//! - **Snapshots.** A read for a writing function uses a snapshot taken at that read, after
+//!   the key's lock is held (under READ COMMITTED a new one each time, so that a read after a
+//!   wait sees the holder's commit; under REPEATABLE READ and SERIALIZABLE the transaction's).
+//!   `idem_check` reads in the active snapshot and takes only a reader's lock (hot standby).
+//!   The snapshot stays active while the call writes (TOAST needs one).
+//! - **Command ids.** A writing call first advances the command counter, as SPI does before
+//!   each statement, so that it sees what the statements before it in the transaction wrote.
+//! - **Concurrent writers of a row.** Only the key's lock holder changes a record, but
+//!   `idem_purge` deletes expired rows without that lock. `heap_update` waits for a concurrent
+//!   writer as UPDATE does; then under REPEATABLE READ and SERIALIZABLE a row updated or
+//!   deleted since the snapshot is 40001 with the executor's words ("could not serialize access
+//!   due to concurrent update" / "delete"), and under READ COMMITTED a deleted row is no row
+//!   (as UPDATE's recheck finds it) and an updated one is read again and updated.
+//! - **Inserts.** The unique b-tree checks the key as an INSERT does (23505 for a committed
+//!   duplicate). Under REPEATABLE READ and SERIALIZABLE an INSERT ... ON CONFLICT finds a
+//!   committed row that the snapshot cannot see and raises 40001; the direct path looks for
+//!   such a row with a dirty snapshot first and raises the same.
+//! - **Serializable.** The index scan and the heap calls take and check SSI's predicate
+//!   locks themselves, as in a plain SELECT, INSERT or UPDATE.
+//! - **Indexes after an update.** Only when the update is not HOT (or, from 16, only into
+//!   BRIN when it changed expires_at); see `compat::heap_update`.
+
+use idempotency_core::decision::Micros;
+use pgrx::{pg_sys, IntoDatum};
+
+use super::shape::{self, Col, Shape, NCOLS};
+use super::{state_byte, state_of, varlena_bytes, xact_snapshot, Claim, Outcome, Read, Row};
+use crate::compat::{self, IndexUpdate};
+use crate::errors::IdemError;
+use idempotency_core::decision::State;
+
+/// What the function that opens the table does with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Reads in the active snapshot only (idem_check).
+    Read,
+    /// Reads in fresh snapshots and writes.
+    Write,
+}
+
+/// The open table and its primary key, and the row last read (kept in `slot`).
+pub struct Direct {
+    heap: pg_sys::Relation,
+    pkey: pg_sys::Relation,
+    shape: Shape,
+    intent: Intent,
+    lockmode: pg_sys::LOCKMODE,
+    slot: *mut pg_sys::TupleTableSlot,
+    /// Whether `slot` holds the row of the key last looked up (false: there was none).
+    found: std::cell::Cell<bool>,
+    /// How many snapshots this value pushed (popped on drop).
+    pushed: std::cell::Cell<u32>,
+}
+
+/// Column values of a row being formed.
+struct Values {
+    values: [pg_sys::Datum; NCOLS],
+    nulls: [bool; NCOLS],
+}
+
+impl Values {
+    fn set(&mut self, shape: &Shape, c: Col, v: Option<pg_sys::Datum>) {
+        let i = shape.at(c);
+        self.values[i] = v.unwrap_or(pg_sys::Datum::from(0));
+        self.nulls[i] = v.is_none();
+    }
+}
+
+
+impl Direct {
+    /// Opens the table if the direct path may use it (the table has its expected shape);
+    /// None sends the caller to the SQL path.
+    pub fn open(intent: Intent) -> Result<Option<Direct>, IdemError> {
+        let lockmode = match intent {
+            Intent::Read => pg_sys::AccessShareLock,
+            Intent::Write => pg_sys::RowExclusiveLock,
+        } as pg_sys::LOCKMODE;
+        let relid = shape::relid()?;
+        // SAFETY: opens and locks the table (the lock, kept to the end of the transaction,
+        // also processes pending invalidations, so the shape read next is current); a table
+        // dropped since the oid was kept gives NULL and is looked up again by name.
+        unsafe {
+            let mut heap = pg_sys::try_relation_open(relid, lockmode);
+            if heap.is_null() {
+                heap = pg_sys::relation_open(super::records_relid()?, lockmode);
+            }
+            let Some(shape) = shape::of(heap)? else {
+                pg_sys::relation_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+                return Ok(None);
+            };
+            let pkey = pg_sys::index_open(shape.pkey, lockmode);
+            if intent == Intent::Write {
+                // As SPI does before each statement: see what this transaction wrote so far.
+                pg_sys::CommandCounterIncrement();
+            }
+            let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+            Ok(Some(Direct {
+                heap,
+                pkey,
+                shape,
+                intent,
+                lockmode,
+                slot,
+                found: std::cell::Cell::new(false),
+                pushed: std::cell::Cell::new(0),
+            }))
+        }
+    }
+
+    /// The snapshot a read uses: the active one for idem_check, else one taken now (and made
+    /// active until the call ends).
+    fn snapshot(&self, read_only: bool) -> pg_sys::Snapshot {
+        // SAFETY: snapshot calls inside a transaction.
+        unsafe {
+            if read_only || self.intent == Intent::Read {
+                return pg_sys::GetActiveSnapshot();
+            }
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            self.pushed.set(self.pushed.get() + 1);
+            pg_sys::GetActiveSnapshot()
+        }
+    }
+
+    /// Probes the primary key for (scope, key) under `snapshot`; the row found, if any, is
+    /// left in `slot` (pinned) and its oid-free values deformed.
+    fn probe(&self, scope: pg_sys::Datum, key: pg_sys::Datum, snapshot: pg_sys::Snapshot) -> bool {
+        // SAFETY: both relations are open and locked; the scan keys compare text with
+        // texteq, the index's equality operator for its columns.
+        unsafe {
+            let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+            for (i, value) in [scope, key].into_iter().enumerate() {
+                pg_sys::ScanKeyInit(
+                    &mut keys[i],
+                    (i + 1) as pg_sys::AttrNumber,
+                    pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                    pg_sys::F_TEXTEQ.into(),
+                    value,
+                );
+                keys[i].sk_collation = pg_sys::C_COLLATION_OID;
+            }
+            pg_sys::ExecClearTuple(self.slot);
+            let scan = compat::index_beginscan(self.heap, self.pkey, snapshot, 2);
+            pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+            let found =
+                pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, self.slot);
+            pg_sys::index_endscan(scan);
+            if found {
+                pg_sys::slot_getsomeattrs_int(self.slot, NCOLS as i32);
+            }
+            self.found.set(found);
+            found
+        }
+    }
+
+    fn value(&self, c: Col) -> Option<pg_sys::Datum> {
+        // SAFETY: `slot` holds a deformed row of the table (`probe` returned true).
+        unsafe {
+            let i = self.shape.at(c);
+            (!*(*self.slot).tts_isnull.add(i)).then(|| *(*self.slot).tts_values.add(i))
+        }
+    }
+
+    fn required(&self, c: Col) -> Result<pg_sys::Datum, IdemError> {
+        self.value(c)
+            .ok_or_else(|| IdemError::Internal(format!("column {c:?} of idempotency.records is null")))
+    }
+
+    /// A copy of a varlena value of the row, detoasted, in the function's memory context.
+    fn copied(&self, c: Col) -> Option<pg_sys::Datum> {
+        // SAFETY: a varlena column of the row in `slot`; the copy outlives the slot.
+        self.value(c)
+            .map(|d| pg_sys::Datum::from(unsafe { pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr()) }))
+    }
+
+    pub fn lookup(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        read: Read,
+    ) -> Result<Option<Row>, IdemError> {
+        let snapshot = self.snapshot(read == Read::InActiveSnapshot);
+        if !self.probe(scope, key, snapshot) {
+            return Ok(None);
+        }
+        if read.locks() && self.intent == Intent::Write {
+            self.lock_shared()?;
+        }
+        self.row().map(Some)
+    }
+
+    /// Locks the row in `slot` FOR SHARE, as the SQL path's `lookup_locked` does: 40001
+    /// if another transaction updated or deleted it after the snapshot (waiting first for
+    /// one still in progress).
+    fn lock_shared(&self) -> Result<(), IdemError> {
+        // SAFETY: the slot holds a row of the open table; heap_lock_tuple reads its address
+        // from t_self and gives back a pinned buffer, released here.
+        unsafe {
+            let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+            tuple.t_self = (*self.slot).tts_tid;
+            let mut buffer: pg_sys::Buffer = 0;
+            let mut tmfd: pg_sys::TM_FailureData = std::mem::zeroed();
+            let result = pg_sys::heap_lock_tuple(
+                self.heap,
+                &mut tuple,
+                pg_sys::GetCurrentCommandId(true),
+                pg_sys::LockTupleMode::LockTupleShare,
+                pg_sys::LockWaitPolicy::LockWaitBlock,
+                true,
+                &mut buffer,
+                &mut tmfd,
+            );
+            if buffer != 0 {
+                pg_sys::ReleaseBuffer(buffer);
+            }
+            match result {
+                pg_sys::TM_Result::TM_Ok | pg_sys::TM_Result::TM_SelfModified => Ok(()),
+                pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted => {
+                    self.found.set(false);
+                    Err(IdemError::SerializationFailure(
+                        "could not serialize access due to concurrent update",
+                    ))
+                }
+                other => Err(IdemError::Internal(format!(
+                    "could not lock a row of idempotency.records (result {other})"
+                ))),
+            }
+        }
+    }
+
+    /// The row in `slot` as a `Row`.
+    fn row(&self) -> Result<Row, IdemError> {
+        let state = state_of(
+            self.required(Col::state)?.value() as u8,
+            self.value(Col::retryable).map(|d| d.value() != 0),
+        )?;
+        // SAFETY: a bytea column of the row in `slot`.
+        let fp = unsafe { varlena_bytes(self.required(Col::fingerprint)?) };
+        let fingerprint: [u8; 32] = fp.try_into().map_err(|_| {
+            IdemError::Internal("a fingerprint in idempotency.records is not 32 bytes".into())
+        })?;
+        Ok(Row {
+            owner: pg_sys::Oid::from(self.required(Col::owner)?.value() as u32),
+            state,
+            fingerprint,
+            attempt: self.required(Col::attempt)?.value() as i32,
+            created_at: self.required(Col::created_at)?.value() as i64,
+            expires_at: self.required(Col::expires_at)?.value() as i64,
+            lease_expires_at: self.value(Col::lease_expires_at).map(|d| d.value() as i64),
+            lease: self.required(Col::lease)?.value() as i64,
+            http_status: self.value(Col::http_status).map(|d| i32::from(d.value() as i16)),
+            response: self.copied(Col::response),
+            resource: self.copied(Col::resource),
+            recovery_point: self.copied(Col::recovery_point),
+            recovery_data: self.copied(Col::recovery_data),
+        })
+    }
+
+    /// Makes sure `slot` holds the current row of the key (read now if the last lookup was
+    /// of nothing); false if there is none.
+    fn current(&self, scope: pg_sys::Datum, key: pg_sys::Datum) -> bool {
+        self.found.get() || self.probe(scope, key, self.snapshot(false))
+    }
+
+    pub fn insert(&self, c: &Claim) -> Result<bool, IdemError> {
+        if xact_snapshot() {
+            self.refuse_unseen_row(c.scope, c.key)?;
+        }
+        let mut row = Values {
+            values: [pg_sys::Datum::from(0); NCOLS],
+            nulls: [true; NCOLS],
+        };
+        let s = &self.shape;
+        row.set(s, Col::scope, Some(c.scope));
+        row.set(s, Col::key, Some(c.key));
+        row.set(s, Col::owner, Some(pg_sys::Datum::from(c.owner)));
+        row.set(s, Col::state, Some(pg_sys::Datum::from(state_byte(State::InProgress))));
+        row.set(s, Col::fingerprint, (&c.fingerprint[..]).into_datum());
+        row.set(s, Col::attempt, Some(pg_sys::Datum::from(1i32)));
+        row.set(s, Col::created_at, Some(c.now.into()));
+        row.set(s, Col::expires_at, Some(c.expires_at.into()));
+        row.set(s, Col::lease_expires_at, Some(c.lease_expires_at.into()));
+        row.set(s, Col::lease, Some(c.lease.into()));
+        // SAFETY: a row of the table's descriptor, inserted into the open, locked table;
+        // heap_insert TOASTs what needs it, WAL-logs and checks SSI conflicts.
+        unsafe {
+            let tuple = pg_sys::heap_form_tuple(
+                (*self.heap).rd_att,
+                row.values.as_mut_ptr(),
+                row.nulls.as_mut_ptr(),
+            );
+            pg_sys::heap_insert(self.heap, tuple, pg_sys::GetCurrentCommandId(true), 0, std::ptr::null_mut());
+            self.index_entries(&mut (*tuple).t_self, &row, IndexUpdate::All, false);
+            pg_sys::heap_freetuple(tuple);
+        }
+        self.found.set(false);
+        Ok(true)
+    }
+
+    /// Under REPEATABLE READ and SERIALIZABLE: 40001 if the key has a committed row that the
+    /// transaction's snapshot cannot see (what INSERT ... ON CONFLICT raises).
+    fn refuse_unseen_row(&self, scope: pg_sys::Datum, key: pg_sys::Datum) -> Result<(), IdemError> {
+        loop {
+            // SAFETY: a dirty snapshot (InitDirtySnapshot) on the stack, used for one probe.
+            unsafe {
+                let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
+                dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+                if !self.probe(scope, key, &mut dirty) {
+                    return Ok(());
+                }
+                self.found.set(false);
+                // A writer still in progress (only idem_purge can be: everyone else holds the
+                // key's lock): wait for it and look again, as the unique check would.
+                let waiting_for = if dirty.xmin != pg_sys::InvalidTransactionId {
+                    dirty.xmin
+                } else {
+                    dirty.xmax
+                };
+                if waiting_for == pg_sys::InvalidTransactionId {
+                    return Err(IdemError::SerializationFailure(
+                        "could not serialize access due to concurrent update",
+                    ));
+                }
+                pg_sys::ExecClearTuple(self.slot);
+                pg_sys::XactLockTableWait(
+                    waiting_for,
+                    self.heap,
+                    std::ptr::null_mut(),
+                    pg_sys::XLTW_Oper::XLTW_InsertIndex,
+                );
+            }
+        }
+    }
+
+    /// Adds the index entries of the row at `tid`: every index (a new row, an update that
+    /// is not HOT) or only BRIN.
+    ///
+    /// # Safety
+    /// `tid` is the row just written, `row` its values.
+    unsafe fn index_entries(
+        &self,
+        tid: pg_sys::ItemPointer,
+        row: &Values,
+        which: IndexUpdate,
+        update: bool,
+    ) {
+        if which == IndexUpdate::None {
+            return;
+        }
+        let s = &self.shape;
+        unsafe {
+            if which == IndexUpdate::All {
+                let mut values = [row.values[s.at(Col::scope)], row.values[s.at(Col::key)]];
+                let mut nulls = [false; 2];
+                let info = pg_sys::BuildIndexInfo(self.pkey);
+                // The unique check as the executor makes it; an update keeps scope and key.
+                compat::index_insert(
+                    self.pkey,
+                    values.as_mut_ptr(),
+                    nulls.as_mut_ptr(),
+                    tid,
+                    self.heap,
+                    true,
+                    update,
+                    info,
+                );
+                compat::index_insert_cleanup(self.pkey, info);
+            }
+            let brin = pg_sys::index_open(s.brin, self.lockmode);
+            let info = pg_sys::BuildIndexInfo(brin);
+            let mut values = [row.values[s.at(Col::expires_at)]];
+            let mut nulls = [false; 1];
+            compat::index_insert(
+                brin,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+                tid,
+                self.heap,
+                false,
+                false,
+                info,
+            );
+            compat::index_insert_cleanup(brin, info);
+            pg_sys::index_close(brin, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+
+    /// Updates the key's current row with `changes`; false if it has none (READ COMMITTED: it
+    /// was deleted meanwhile). `keep(row)` must hold for the row to be updated (the SQL
+    /// statement's extra conditions), else false with nothing written.
+    fn update(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        changes: &[(Col, Option<pg_sys::Datum>)],
+        keep: &dyn Fn(&Direct) -> Result<bool, IdemError>,
+    ) -> Result<bool, IdemError> {
+        loop {
+            if !self.current(scope, key) || !keep(self)? {
+                return Ok(false);
+            }
+            let mut row = Values {
+                values: [pg_sys::Datum::from(0); NCOLS],
+                nulls: [true; NCOLS],
+            };
+            // SAFETY: the slot holds the deformed row; the new row is formed while its buffer
+            // is still pinned, then written over it with heap_update.
+            let (result, tmfd) = unsafe {
+                for i in 0..NCOLS {
+                    row.values[i] = *(*self.slot).tts_values.add(i);
+                    row.nulls[i] = *(*self.slot).tts_isnull.add(i);
+                }
+                for (c, v) in changes {
+                    row.set(&self.shape, *c, *v);
+                }
+                let tuple = pg_sys::heap_form_tuple(
+                    (*self.heap).rd_att,
+                    row.values.as_mut_ptr(),
+                    row.nulls.as_mut_ptr(),
+                );
+                let mut otid = (*self.slot).tts_tid;
+                let mut tmfd: pg_sys::TM_FailureData = std::mem::zeroed();
+                let (result, indexes) = compat::heap_update(
+                    self.heap,
+                    &mut otid,
+                    tuple,
+                    pg_sys::GetCurrentCommandId(true),
+                    &mut tmfd,
+                );
+                if result == pg_sys::TM_Result::TM_Ok {
+                    self.index_entries(&mut (*tuple).t_self, &row, indexes, true);
+                }
+                pg_sys::heap_freetuple(tuple);
+                (result, tmfd)
+            };
+            self.found.set(false);
+            match result {
+                pg_sys::TM_Result::TM_Ok => return Ok(true),
+                pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted => {
+                    let deleted = result == pg_sys::TM_Result::TM_Deleted;
+                    if xact_snapshot() {
+                        return Err(IdemError::SerializationFailure(if deleted {
+                            "could not serialize access due to concurrent delete"
+                        } else {
+                            "could not serialize access due to concurrent update"
+                        }));
+                    }
+                    if deleted {
+                        return Ok(false);
+                    }
+                    // READ COMMITTED: read the newer version and apply the change to it.
+                    let _ = tmfd;
+                }
+                other => {
+                    return Err(IdemError::Internal(format!(
+                        "could not update a row of idempotency.records (result {other})"
+                    )))
+                }
+            }
+        }
+    }
+
+    pub fn reclaim(&self, c: &Claim) -> Result<bool, IdemError> {
+        let now = c.now;
+        self.update(
+            c.scope,
+            c.key,
+            &[
+                (Col::owner, Some(pg_sys::Datum::from(c.owner))),
+                (Col::state, Some(pg_sys::Datum::from(state_byte(State::InProgress)))),
+                (Col::retryable, None),
+                (Col::fingerprint, (&c.fingerprint[..]).into_datum()),
+                (Col::attempt, Some(pg_sys::Datum::from(1i32))),
+                (Col::created_at, Some(c.now.into())),
+                (Col::expires_at, Some(c.expires_at.into())),
+                (Col::lease_expires_at, Some(c.lease_expires_at.into())),
+                (Col::lease, Some(c.lease.into())),
+                (Col::http_status, None),
+                (Col::response, None),
+                (Col::resource, None),
+                (Col::recovery_point, None),
+                (Col::recovery_data, None),
+            ],
+            &|d| Ok(d.required(Col::expires_at)?.value() as i64 <= now),
+        )
+    }
+
+    pub fn resume(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        attempt: i32,
+        lease_expires_at: Micros,
+        lease: Micros,
+    ) -> Result<bool, IdemError> {
+        self.update(
+            scope,
+            key,
+            &[
+                (Col::state, Some(pg_sys::Datum::from(state_byte(State::InProgress)))),
+                (Col::retryable, None),
+                (Col::attempt, Some(pg_sys::Datum::from(attempt))),
+                (Col::lease_expires_at, Some(lease_expires_at.into())),
+                (Col::lease, Some(lease.into())),
+                (Col::http_status, None),
+                (Col::response, None),
+                (Col::resource, None),
+            ],
+            &|_| Ok(true),
+        )
+    }
+
+    fn outcome_changes(o: &Outcome) -> Result<Vec<(Col, Option<pg_sys::Datum>)>, IdemError> {
+        let status = Some(pg_sys::Datum::from(o.http_status as i16));
+        Ok(match o.state {
+            State::Completed => vec![
+                (Col::state, Some(pg_sys::Datum::from(state_byte(State::Completed)))),
+                (Col::http_status, status),
+                (Col::response, o.response),
+                (Col::resource, o.resource),
+                (Col::lease_expires_at, None),
+                (Col::recovery_point, None),
+                (Col::recovery_data, None),
+            ],
+            State::Failed { retryable } => vec![
+                (Col::state, Some(pg_sys::Datum::from(state_byte(o.state)))),
+                (Col::retryable, Some(retryable.into())),
+                (Col::http_status, status),
+                (Col::response, o.response),
+                (Col::lease_expires_at, None),
+            ],
+            State::InProgress => {
+                return Err(IdemError::Internal(
+                    "an outcome cannot be in progress".into(),
+                ))
+            }
+        })
+    }
+
+    pub fn finish(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        o: &Outcome,
+    ) -> Result<bool, IdemError> {
+        self.update(scope, key, &Self::outcome_changes(o)?, &|_| Ok(true))
+    }
+
+    pub fn complete_owned(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        o: &Outcome,
+        now: Micros,
+        caller: pg_sys::Oid,
+        attempt: Option<i32>,
+    ) -> Result<bool, IdemError> {
+        // The conditions of the SQL path's complete_owned statement.
+        let owned = |d: &Direct| -> Result<bool, IdemError> {
+            Ok(d.required(Col::state)?.value() as u8 == state_byte(State::InProgress)
+                && d.required(Col::expires_at)?.value() as i64 > now
+                && pg_sys::Oid::from(d.required(Col::owner)?.value() as u32) == caller
+                && attempt.is_none_or(|a| d.value(Col::attempt).map(|v| v.value() as i32) == Some(a)))
+        };
+        self.found.set(false);
+        self.update(scope, key, &Self::outcome_changes(o)?, &owned)
+    }
+
+    pub fn checkpoint(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        point: pg_sys::Datum,
+        data: Option<pg_sys::Datum>,
+        lease_expires_at: Micros,
+    ) -> Result<bool, IdemError> {
+        self.update(
+            scope,
+            key,
+            &[
+                (Col::recovery_point, Some(point)),
+                (Col::recovery_data, data),
+                (Col::lease_expires_at, Some(lease_expires_at.into())),
+            ],
+            &|_| Ok(true),
+        )
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        // SAFETY: releases what `open` and the reads took; the locks stay to the end of the
+        // transaction, as the executor keeps them.
+        unsafe {
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+            pg_sys::index_close(self.pkey, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::relation_close(self.heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+            for _ in 0..self.pushed.get() {
+                pg_sys::PopActiveSnapshot();
+            }
+        }
+    }
+}
