@@ -11,7 +11,10 @@
 -- LAST_ERROR_SQLSTATE).
 \set VERBOSITY default
 SELECT idem_canonical('{}') AS loads_the_library;
-SELECT name, setting, vartype, context FROM pg_settings WHERE name LIKE 'idempotency.%' ORDER BY name;
+-- (direct_access shows its built-in default: the suites run once with it off, on the SQL path.)
+SELECT name, CASE name WHEN 'idempotency.direct_access' THEN boot_val ELSE setting END AS setting,
+       vartype, context
+  FROM pg_settings WHERE name LIKE 'idempotency.%' ORDER BY name;
 
 -- After the library is loaded: every spelling, and what idem_begin makes of it
 -- (expires_at - created_at is the ttl, lease_expires_at - created_at the lease, exactly).
