@@ -86,12 +86,16 @@ test-meta:
 test-pg: setup
 	bash scripts/pgrx-test.sh
 
-# Over client connections, each on a scratch cluster of its own.
+# Over client connections, each on a scratch cluster of its own. The pg_regress files, the
+# isolation specs and the torture run on both paths of the store with the same expectations:
+# the direct path (the default), then the SQL path (IDEM_ACCESS=sql: direct_access off).
 test-regress: $(STAMP).debug
 	bash scripts/regress.sh
+	IDEM_ACCESS=sql bash scripts/regress.sh
 
 test-isolation: $(STAMP).debug
 	bash scripts/isolation.sh
+	IDEM_ACCESS=sql bash scripts/isolation.sh
 
 test-vectors: $(STAMP).debug
 	bash scripts/vectors.sh
@@ -107,6 +111,7 @@ test-dump: $(STAMP).debug
 
 test-torture: $(STAMP).debug
 	bash scripts/torture.sh load --connections 32 --requests 10000 --keys 16
+	IDEM_ACCESS=sql bash scripts/torture.sh load --connections 32 --requests 10000 --keys 16
 
 test-crash: $(STAMP).debug
 	bash scripts/torture.sh crash --cycles 6 --workers 8

@@ -414,14 +414,17 @@ run_pg_regress() {
   return $rc
 }
 
-# access_path_options: IDEM_ACCESS=sql makes every connection of this script take the store's
-# SQL path (idempotency.direct_access off, through PGOPTIONS, which libpq reads); direct (the
-# default) leaves the setting at its default, on. The suites run on both paths with the same
-# expected output.
+# access_path_options: IDEM_ACCESS=sql makes this script's connections take the store's SQL
+# path (idempotency.direct_access off): through PGOPTIONS, which libpq reads, and for a cluster
+# started after this call through its configuration (PGCLUSTER_SETTINGS), for clients that
+# do not read PGOPTIONS. direct (the default) leaves the setting at its default, on. The
+# suites run on both paths with the same expected output.
 access_path_options() {
   case "${IDEM_ACCESS:-direct}" in
     direct) ;;
     sql) export PGOPTIONS="${PGOPTIONS:+$PGOPTIONS }-c idempotency.direct_access=off"
+         export PGCLUSTER_SETTINGS="${PGCLUSTER_SETTINGS:+$PGCLUSTER_SETTINGS
+}idempotency.direct_access = off"
          log "the SQL path: idempotency.direct_access = off" ;;
     *) die "IDEM_ACCESS is direct or sql, not '$IDEM_ACCESS'" ;;
   esac

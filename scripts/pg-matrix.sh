@@ -35,10 +35,13 @@ SUITES=(
   "install|bash scripts/lib.sh install \"\$PG_CONFIG\" debug"
   # the pg_isolation_regress specs against a scratch cluster of that version
   "isolation|TEST_DIR=build/matrix/iso\$PG_MAJOR bash scripts/isolation.sh"
+  # the same on the store's SQL path (idempotency.direct_access off): the same expected output
+  "isolation-sql|TEST_DIR=build/matrix/iso\$PG_MAJOR IDEM_ACCESS=sql bash scripts/isolation.sh"
   # the frozen fingerprint vectors over a client connection
   "vectors|TEST_DIR=build/matrix/vec\$PG_MAJOR bash scripts/vectors.sh"
   # the pg_regress files, then no crashed backend
   "regress|TEST_DIR=build/matrix/reg\$PG_MAJOR bash scripts/regress.sh"
+  "regress-sql|TEST_DIR=build/matrix/reg\$PG_MAJOR IDEM_ACCESS=sql bash scripts/regress.sh"
   # from every kept release to this one with ALTER EXTENSION UPDATE
   "upgrade|TEST_DIR=build/matrix/upg\$PG_MAJOR bash scripts/upgrade-test.sh"
   # preloaded: the purge worker, counters, settings placed unchecked, a standby, crashes

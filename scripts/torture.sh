@@ -28,6 +28,7 @@ require_installed
 BIN=$ROOT/target/debug/idempotency-torture
 
 # A fresh cluster every run: the crash test must start from a clean WAL, the load from empty tables.
+access_path_options
 cluster_fresh "$DIR" "$PORT"
 if [ "$mode" = crash ]; then
   # Real durability for the crash test, whatever the defaults are: fsync and synchronous
@@ -52,4 +53,13 @@ else
     --pgdata "$DIR/data" --pgcluster "$ROOT/scripts/pgcluster.sh" "$@" || rc=$?
 fi
 log "$mode: exit $rc after $(($(date +%s) - start)) s"
-exit $rc
+[ $rc -eq 0 ] || exit $rc
+# What the runs wrote, checked by PostgreSQL's own amcheck: every index entry points at a live
+# heap row and every heap row that should be indexed is (heapallindexed), in both indexes'
+# structure; an error here fails the run.
+cluster_running "$DIR" || cluster_start "$DIR" "$PORT"
+sql "$DIR" "$PORT" torture "CREATE EXTENSION IF NOT EXISTS amcheck" >/dev/null
+sql "$DIR" "$PORT" torture "SELECT bt_index_check('idempotency.records_pkey', true)" >/dev/null \
+  || die "amcheck found a problem in idempotency.records_pkey"
+log "amcheck: records_pkey and the heap agree ($(sql "$DIR" "$PORT" torture "SELECT count(*) FROM idempotency.records") rows)"
+exit 0

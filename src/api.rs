@@ -302,7 +302,9 @@ impl<'a> Settling<'a> {
     /// Reads the record and checks that it is the caller's, live, in progress and, given an
     /// attempt, at that attempt (`decision::settle`).
     fn guard(&self) -> Result<Row, IdemError> {
-        let row = self.records.lookup(self.scope_d, self.key_d, Read::ToWrite)?;
+        let row = self
+            .records
+            .lookup(self.scope_d, self.key_d, Read::ToWrite)?;
         decision::settle(
             row.as_ref().map(|r| existing(r, self.caller)).as_ref(),
             self.now,

@@ -132,7 +132,10 @@ pub enum IndexUpdate {
     All,
     /// Only BRIN and other summarizing indexes (16+: a HOT update that changed a column of
     /// one of them).
-    #[cfg_attr(any(feature = "pg13", feature = "pg14", feature = "pg15"), allow(dead_code))]
+    #[cfg_attr(
+        any(feature = "pg13", feature = "pg14", feature = "pg15"),
+        allow(dead_code)
+    )]
     Summarizing,
 }
 
@@ -261,7 +264,9 @@ pub unsafe fn heap_update(
 
 /// Registers a callback for relcache invalidations (declared here: pgrx's bindings for 13 lack
 /// utils/inval.h).
-pub fn register_relcache_callback(callback: unsafe extern "C-unwind" fn(pg_sys::Datum, pg_sys::Oid)) {
+pub fn register_relcache_callback(
+    callback: unsafe extern "C-unwind" fn(pg_sys::Datum, pg_sys::Oid),
+) {
     unsafe extern "C-unwind" {
         fn CacheRegisterRelcacheCallback(
             func: Option<unsafe extern "C-unwind" fn(pg_sys::Datum, pg_sys::Oid)>,

@@ -71,7 +71,6 @@ impl Values {
     }
 }
 
-
 impl Direct {
     /// Opens the table if the direct path may use it (the table has its expected shape);
     /// None sends the caller to the SQL path.
@@ -146,8 +145,11 @@ impl Direct {
             pg_sys::ExecClearTuple(self.slot);
             let scan = compat::index_beginscan(self.heap, self.pkey, snapshot, 2);
             pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
-            let found =
-                pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, self.slot);
+            let found = pg_sys::index_getnext_slot(
+                scan,
+                pg_sys::ScanDirection::ForwardScanDirection,
+                self.slot,
+            );
             pg_sys::index_endscan(scan);
             if found {
                 pg_sys::slot_getsomeattrs_int(self.slot, NCOLS as i32);
@@ -166,15 +168,17 @@ impl Direct {
     }
 
     fn required(&self, c: Col) -> Result<pg_sys::Datum, IdemError> {
-        self.value(c)
-            .ok_or_else(|| IdemError::Internal(format!("column {c:?} of idempotency.records is null")))
+        self.value(c).ok_or_else(|| {
+            IdemError::Internal(format!("column {c:?} of idempotency.records is null"))
+        })
     }
 
     /// A copy of a varlena value of the row, detoasted, in the function's memory context.
     fn copied(&self, c: Col) -> Option<pg_sys::Datum> {
         // SAFETY: a varlena column of the row in `slot`; the copy outlives the slot.
-        self.value(c)
-            .map(|d| pg_sys::Datum::from(unsafe { pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr()) }))
+        self.value(c).map(|d| {
+            pg_sys::Datum::from(unsafe { pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr()) })
+        })
     }
 
     pub fn lookup(
@@ -252,7 +256,9 @@ impl Direct {
             expires_at: self.required(Col::expires_at)?.value() as i64,
             lease_expires_at: self.value(Col::lease_expires_at).map(|d| d.value() as i64),
             lease: self.required(Col::lease)?.value() as i64,
-            http_status: self.value(Col::http_status).map(|d| i32::from(d.value() as i16)),
+            http_status: self
+                .value(Col::http_status)
+                .map(|d| i32::from(d.value() as i16)),
             response: self.copied(Col::response),
             resource: self.copied(Col::resource),
             recovery_point: self.copied(Col::recovery_point),
@@ -278,7 +284,11 @@ impl Direct {
         row.set(s, Col::scope, Some(c.scope));
         row.set(s, Col::key, Some(c.key));
         row.set(s, Col::owner, Some(pg_sys::Datum::from(c.owner)));
-        row.set(s, Col::state, Some(pg_sys::Datum::from(state_byte(State::InProgress))));
+        row.set(
+            s,
+            Col::state,
+            Some(pg_sys::Datum::from(state_byte(State::InProgress))),
+        );
         row.set(s, Col::fingerprint, (&c.fingerprint[..]).into_datum());
         row.set(s, Col::attempt, Some(pg_sys::Datum::from(1i32)));
         row.set(s, Col::created_at, Some(c.now.into()));
@@ -293,7 +303,13 @@ impl Direct {
                 row.values.as_mut_ptr(),
                 row.nulls.as_mut_ptr(),
             );
-            pg_sys::heap_insert(self.heap, tuple, pg_sys::GetCurrentCommandId(true), 0, std::ptr::null_mut());
+            pg_sys::heap_insert(
+                self.heap,
+                tuple,
+                pg_sys::GetCurrentCommandId(true),
+                0,
+                std::ptr::null_mut(),
+            );
             self.index_entries(&mut (*tuple).t_self, &row, IndexUpdate::All, false);
             pg_sys::heap_freetuple(tuple);
         }
@@ -471,7 +487,10 @@ impl Direct {
             c.key,
             &[
                 (Col::owner, Some(pg_sys::Datum::from(c.owner))),
-                (Col::state, Some(pg_sys::Datum::from(state_byte(State::InProgress)))),
+                (
+                    Col::state,
+                    Some(pg_sys::Datum::from(state_byte(State::InProgress))),
+                ),
                 (Col::retryable, None),
                 (Col::fingerprint, (&c.fingerprint[..]).into_datum()),
                 (Col::attempt, Some(pg_sys::Datum::from(1i32))),
@@ -501,7 +520,10 @@ impl Direct {
             scope,
             key,
             &[
-                (Col::state, Some(pg_sys::Datum::from(state_byte(State::InProgress)))),
+                (
+                    Col::state,
+                    Some(pg_sys::Datum::from(state_byte(State::InProgress))),
+                ),
                 (Col::retryable, None),
                 (Col::attempt, Some(pg_sys::Datum::from(attempt))),
                 (Col::lease_expires_at, Some(lease_expires_at.into())),
@@ -518,7 +540,10 @@ impl Direct {
         let status = Some(pg_sys::Datum::from(o.http_status as i16));
         Ok(match o.state {
             State::Completed => vec![
-                (Col::state, Some(pg_sys::Datum::from(state_byte(State::Completed)))),
+                (
+                    Col::state,
+                    Some(pg_sys::Datum::from(state_byte(State::Completed))),
+                ),
                 (Col::http_status, status),
                 (Col::response, o.response),
                 (Col::resource, o.resource),
@@ -561,10 +586,13 @@ impl Direct {
     ) -> Result<bool, IdemError> {
         // The conditions of the SQL path's complete_owned statement.
         let owned = |d: &Direct| -> Result<bool, IdemError> {
-            Ok(d.required(Col::state)?.value() as u8 == state_byte(State::InProgress)
-                && d.required(Col::expires_at)?.value() as i64 > now
-                && pg_sys::Oid::from(d.required(Col::owner)?.value() as u32) == caller
-                && attempt.is_none_or(|a| d.value(Col::attempt).map(|v| v.value() as i32) == Some(a)))
+            Ok(
+                d.required(Col::state)?.value() as u8 == state_byte(State::InProgress)
+                    && d.required(Col::expires_at)?.value() as i64 > now
+                    && pg_sys::Oid::from(d.required(Col::owner)?.value() as u32) == caller
+                    && attempt
+                        .is_none_or(|a| d.value(Col::attempt).map(|v| v.value() as i32) == Some(a)),
+            )
         };
         self.found.set(false);
         self.update(scope, key, &Self::outcome_changes(o)?, &owned)

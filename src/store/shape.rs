@@ -44,9 +44,21 @@ pub const NCOLS: usize = 16;
 
 /// Each column's name and type.
 const COLUMNS: [(Col, &CStr, u32); NCOLS] = [
-    (Col::created_at, c"created_at", pg_sys::TIMESTAMPTZOID.to_u32()),
-    (Col::expires_at, c"expires_at", pg_sys::TIMESTAMPTZOID.to_u32()),
-    (Col::lease_expires_at, c"lease_expires_at", pg_sys::TIMESTAMPTZOID.to_u32()),
+    (
+        Col::created_at,
+        c"created_at",
+        pg_sys::TIMESTAMPTZOID.to_u32(),
+    ),
+    (
+        Col::expires_at,
+        c"expires_at",
+        pg_sys::TIMESTAMPTZOID.to_u32(),
+    ),
+    (
+        Col::lease_expires_at,
+        c"lease_expires_at",
+        pg_sys::TIMESTAMPTZOID.to_u32(),
+    ),
     (Col::lease, c"lease", pg_sys::INT8OID.to_u32()),
     (Col::owner, c"owner", pg_sys::REGROLEOID.to_u32()),
     (Col::attempt, c"attempt", pg_sys::INT4OID.to_u32()),
@@ -57,8 +69,16 @@ const COLUMNS: [(Col, &CStr, u32); NCOLS] = [
     (Col::key, c"key", pg_sys::TEXTOID.to_u32()),
     (Col::fingerprint, c"fingerprint", pg_sys::BYTEAOID.to_u32()),
     (Col::resource, c"resource", pg_sys::TEXTOID.to_u32()),
-    (Col::recovery_point, c"recovery_point", pg_sys::TEXTOID.to_u32()),
-    (Col::recovery_data, c"recovery_data", pg_sys::JSONBOID.to_u32()),
+    (
+        Col::recovery_point,
+        c"recovery_point",
+        pg_sys::TEXTOID.to_u32(),
+    ),
+    (
+        Col::recovery_data,
+        c"recovery_data",
+        pg_sys::JSONBOID.to_u32(),
+    ),
     (Col::response, c"response", pg_sys::JSONBOID.to_u32()),
 ];
 
@@ -156,9 +176,13 @@ unsafe fn read(rel: pg_sys::Relation) -> Result<Result<Shape, &'static str>, Ide
         }
         let constr = (*desc).constr;
         if !constr.is_null()
-            && ((*constr).num_defval > 0 || (*constr).num_check > 0 || (*constr).has_generated_stored)
+            && ((*constr).num_defval > 0
+                || (*constr).num_check > 0
+                || (*constr).has_generated_stored)
         {
-            return Ok(Err("it has a default, a CHECK constraint or a generated column"));
+            return Ok(Err(
+                "it has a default, a CHECK constraint or a generated column",
+            ));
         }
         let mut position = [0usize; NCOLS];
         for (col, name, typ) in COLUMNS {

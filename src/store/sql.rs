@@ -472,4 +472,3 @@ fn claim_args(c: &Claim) -> [Option<pg_sys::Datum>; 8] {
         Some(c.lease.into()),
     ]
 }
-
