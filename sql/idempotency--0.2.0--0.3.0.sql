@@ -495,3 +495,19 @@ COMMENT ON FUNCTION idem_stalled(interval) IS
 -- ============================================================================================
 -- END operations
 -- ============================================================================================
+
+-- ============================================================================================
+-- BEGIN hot path (0.3.0; docs/design.md, "The two paths of the store")
+--
+-- The C functions lose their SET search_path: the clause cost every call a GUC save and
+-- restore, and nothing in them resolves a name on the caller's search_path (the direct path
+-- runs no SQL; the SQL path's statements are schema-qualified, operators included).
+-- ============================================================================================
+ALTER FUNCTION idem_begin(text, text, jsonb, interval, interval, interval) RESET search_path;
+ALTER FUNCTION idem_complete(text, text, jsonb, text, integer, integer) RESET search_path;
+ALTER FUNCTION idem_fail(text, text, jsonb, boolean, integer, integer) RESET search_path;
+ALTER FUNCTION idem_checkpoint(text, text, text, jsonb, integer) RESET search_path;
+ALTER FUNCTION idem_check(text, text, jsonb) RESET search_path;
+ALTER FUNCTION idem_purge(integer) RESET search_path;
+ALTER FUNCTION idem_forget(text, text) RESET search_path;
+-- END hot path
