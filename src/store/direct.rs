@@ -34,6 +34,40 @@ use crate::compat::{self, IndexUpdate};
 use crate::errors::IdemError;
 use idempotency_core::decision::State;
 
+/// Where this backend last wrote a record, in which transaction, for which key.
+struct Remembered {
+    xid: pg_sys::TransactionId,
+    tid: pg_sys::ItemPointerData,
+    scope: Vec<u8>,
+    key: Vec<u8>,
+}
+
+thread_local! {
+    /// The row the last claim or update of this backend wrote: a completion in the claim's own
+    /// transaction fetches it by address instead of probing the index. Checked on use (same
+    /// transaction, same scope and key, visible in the snapshot, which a version this
+    /// transaction replaced since, or one of a rolled-back savepoint, is not); anything else
+    /// falls back to the probe.
+    static LAST_WRITE: std::cell::RefCell<Option<Remembered>> = const { std::cell::RefCell::new(None) };
+}
+
+fn remember(tid: pg_sys::ItemPointerData, scope: pg_sys::Datum, key: pg_sys::Datum) {
+    // SAFETY: the transaction id (assigned: this transaction just wrote) and two text datums.
+    let (xid, scope, key) = unsafe {
+        (
+            pg_sys::GetTopTransactionIdIfAny(),
+            varlena_bytes(scope).to_vec(),
+            varlena_bytes(key).to_vec(),
+        )
+    };
+    LAST_WRITE.set(Some(Remembered {
+        xid,
+        tid,
+        scope,
+        key,
+    }));
+}
+
 /// What the function that opens the table does with it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Intent {
@@ -267,9 +301,53 @@ impl Direct {
     }
 
     /// Makes sure `slot` holds the current row of the key (read now if the last lookup was
-    /// of nothing); false if there is none.
+    /// of nothing: by its remembered address, else by a probe); false if there is none.
     fn current(&self, scope: pg_sys::Datum, key: pg_sys::Datum) -> bool {
-        self.found.get() || self.probe(scope, key, self.snapshot(false))
+        if self.found.get() {
+            return true;
+        }
+        let snapshot = self.snapshot(false);
+        self.fetch_remembered(scope, key, snapshot) || self.probe(scope, key, snapshot)
+    }
+
+    /// The row this transaction last wrote for (scope, key), fetched by its address, if it is
+    /// still the version the snapshot sees.
+    fn fetch_remembered(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        snapshot: pg_sys::Snapshot,
+    ) -> bool {
+        // SAFETY: two text datums; the fetch reads one row address of the open table under
+        // the snapshot (an invisible or vanished version gives false).
+        unsafe {
+            let xid = pg_sys::GetTopTransactionIdIfAny();
+            let tid = LAST_WRITE.with_borrow(|last| match last {
+                Some(r)
+                    if xid != pg_sys::InvalidTransactionId
+                        && r.xid == xid
+                        && r.scope == varlena_bytes(scope)
+                        && r.key == varlena_bytes(key) =>
+                {
+                    Some(r.tid)
+                }
+                _ => None,
+            });
+            let Some(mut tid) = tid else {
+                return false;
+            };
+            if !pg_sys::table_tuple_fetch_row_version(self.heap, &mut tid, snapshot, self.slot) {
+                return false;
+            }
+            pg_sys::slot_getsomeattrs_int(self.slot, NCOLS as i32);
+            let same = |c: Col, given: pg_sys::Datum| {
+                self.value(c)
+                    .is_some_and(|d| varlena_bytes(d) == varlena_bytes(given))
+            };
+            let found = same(Col::scope, scope) && same(Col::key, key);
+            self.found.set(found);
+            found
+        }
     }
 
     pub fn insert(&self, c: &Claim) -> Result<bool, IdemError> {
@@ -449,6 +527,7 @@ impl Direct {
                 );
                 if result == pg_sys::TM_Result::TM_Ok {
                     self.index_entries(&mut (*tuple).t_self, &row, indexes, true);
+                    remember((*tuple).t_self, scope, key);
                 }
                 pg_sys::heap_freetuple(tuple);
                 (result, tmfd)
