@@ -7,7 +7,8 @@
 //! The shape: the pure core (`idempotency-core`: canonical form, fingerprint, decision) and
 //! this thin PostgreSQL shell around it:
 //! - `api`: the SQL functions and the protocol of each;
-//! - `store`: the queries on the record table;
+//! - `store`: the record table, read and written on one of two paths: the direct path (heap
+//!   and index access methods) where the table has its expected shape, else SQL (SPI);
 //! - `lock`: the per-key lock that makes uncommitted claims visible without blocking;
 //! - `signature`: each SQL function's arguments and result, declared once and checked
 //!   against `pg_proc`;
@@ -17,7 +18,8 @@
 //! - `citus`: what changes when the records are distributed by Citus (docs/scale-out.md);
 //! - `stats`: the counters in shared memory (`idem_stats`);
 //! - `worker`: the purge launcher and its per-database workers;
-//! - `compat`: what differs between PostgreSQL versions in the last three.
+//! - `compat`: what differs between PostgreSQL versions (the last three and the store's
+//!   direct path).
 //!
 //! The SQL objects are declared in `sql/idempotency.sql`.
 
