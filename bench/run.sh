@@ -127,8 +127,7 @@ hot_counters() {  # n_tup_upd n_tup_hot_upd of idempotency.records (after the st
 # --- the matrix ----------------------------------------------------------------------------
 # Each (synchronous_commit, clients) cell runs every case BENCH_ROUNDS times, the cases
 # interleaved and their order rotated each round, and keeps each case's median: the machine's
-# load drifts, and interleaving spreads the drift over all cases alike.
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+# load drifts, and interleaving spreads the drift over all cases alike (median: scripts/lib.sh).
 declare -A HOT_UPD HOT_HOT
 CASES=(baseline idem replay pkselect alt phases)
 for sync in $BENCH_SYNC; do
