@@ -48,8 +48,8 @@ PORT=${TEST_PORT:-$(port_of instructions)}
 [ "$KEYS" -ge "$N2" ] || die "INSTR_KEYS ($KEYS) must be at least INSTR_N2 ($N2)"
 START=$(date -u +%s)
 
-# config_options CONFIG: the postgres options of a config; config_setting CONFIG: the value of
-# idempotency.direct_access it sets (none for default).
+# config_setting CONFIG: the value of idempotency.direct_access that a config sets with -c
+# (nothing for default).
 config_setting() {
   case "$1" in
     default) ;;
