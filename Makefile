@@ -8,7 +8,8 @@
 #   make package   the same files as a tree to copy onto another machine
 #
 # CI-sized suites are test-<name> (make test runs them all); long runs are soak-torture,
-# soak-crash and soak-fuzz; the benchmark is bench. Each installs what it needs first
+# soak-crash and soak-fuzz; the benchmark is bench (bench-instructions is its instruction
+# counts alone). Each installs what it needs first
 # (scripts/setup.sh: Debian packages, the pinned cargo-pgrx, `cargo pgrx init`, cargo-fuzz).
 #
 # Settings:
@@ -32,7 +33,7 @@ export PG_BINDIR
 	test-standby test-dump test-torture test-crash test-bench test-fuzz test-matrix \
 	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
 	test-client-python test-client-typescript test-http-examples test-citus bench-citus \
-	test-ops-worker bench-counters
+	test-ops-worker bench-counters test-instructions bench-instructions
 
 setup:
 	@bash scripts/setup.sh
@@ -66,8 +67,8 @@ check: test-core test-pg test-regress test-isolation
 	@echo "make check: passed"
 
 test: check test-meta test-vectors test-upgrade test-standby test-dump test-torture test-crash \
-	test-bench test-fuzz test-matrix test-http test-client-python test-client-typescript \
-	test-http-examples test-ops-worker test-citus
+	test-bench test-instructions test-fuzz test-matrix test-http test-client-python \
+	test-client-typescript test-http-examples test-ops-worker test-citus
 	@if [ "$$(cat build/citus/status 2>/dev/null)" = PASSED ]; then \
 		echo "make test: every suite passed"; \
 	else \
@@ -116,12 +117,20 @@ test-torture: $(STAMP).debug
 test-crash: $(STAMP).debug
 	bash scripts/torture.sh crash --cycles 6 --workers 8
 
-# The benchmark harness on a debug build at a size that only keeps it from rotting.
+# The benchmark harness on a debug build at a size that only keeps it from rotting (without
+# the instruction counts: test-instructions runs them).
 test-bench: $(STAMP).debug
 	BENCH_PROFILE=debug BENCH_SECONDS=1 BENCH_ROUNDS=1 BENCH_CLIENTS="1 4" \
 		BENCH_SCALES="1000 10000" BENCH_REPLAY_KEYS=1000 BENCH_PURGE=10000 \
 		BENCH_PURGE_SECONDS=5 BENCH_RESULTS=build/bench-smoke BENCH_COMMAND="make test-bench" \
-		bash bench/run.sh
+		BENCH_INSTRUCTIONS=off bash bench/run.sh
+
+# bench/instructions.sh on a debug build at a tiny size, one round: it fails when a case errs
+# or does not do what it claims; its figures mean nothing.
+test-instructions: $(STAMP).debug
+	INSTR_PROFILE=debug INSTR_N1=20 INSTR_N2=60 INSTR_ROUNDS=1 INSTR_KEYS=10000 \
+		INSTR_OUT=build/instructions-smoke INSTR_COMMAND="make test-instructions" \
+		bash bench/instructions.sh
 
 test-fuzz:
 	FUZZ_SECONDS=20 bash scripts/fuzz.sh
@@ -170,9 +179,16 @@ serve: $(STAMP).debug
 bench-http: $(STAMP).release
 	bash bench/http/run.sh
 
-# The full benchmark on a release build; it writes bench/results/ (bench/README.md).
+# The full benchmark on a release build; it writes bench/results/ (bench/README.md), the
+# instruction counts (bench/instructions.sh) included.
 bench: $(STAMP).release
 	BENCH_PROFILE=release BENCH_COMMAND="make bench PG_CONFIG=$(PG_CONFIG)" bash bench/run.sh
+
+# Instructions per request of each case, callgrind, full size (bench/instructions.sh;
+# INSTR_CONFIGS the settings; results in build/bench/instructions).
+bench-instructions: $(STAMP).release
+	INSTR_COMMAND="make bench-instructions PG_CONFIG=$(PG_CONFIG)$(if $(INSTR_CONFIGS), INSTR_CONFIGS=\"$(INSTR_CONFIGS)\")" \
+		bash bench/instructions.sh
 
 # --- The client libraries (clients/python, clients/typescript; docs/clients.md) -------------
 #   test-client-python      the Python package's tests (pytest) on a scratch PostgreSQL, then

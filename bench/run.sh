@@ -16,9 +16,11 @@
 #   purge        idem_purge of BENCH_PURGE expired records under a rate-limited load: p99 with
 #                and without it; then the same purge by the purge worker (library preloaded)
 #   scale        begin latency and bytes per record at each of BENCH_SCALES stored keys
-# Results: results.csv, results.md and bench.png (bench/report.py), machine.txt and
-# canonical.txt, written to BENCH_RESULTS (default bench/results, where the last full run is
-# kept) once the run has passed; the raw pgbench logs stay in build/bench/out/logs.
+#   instructions instructions per request of each case, callgrind (bench/instructions.sh, its
+#                INSTR_* settings; BENCH_INSTRUCTIONS=off leaves it out)
+# Results: results.csv, results.md and bench.png (bench/report.py), machine.txt,
+# canonical.txt and instructions.md, written to BENCH_RESULTS (default bench/results, where the
+# last full run is kept) once the run has passed; the raw pgbench logs stay in build/bench/out/logs.
 # The extension must already be installed into the PostgreSQL of PG_BINDIR (the Makefile
 # does it). Ratios are what to read: absolute figures drift with the machine's load.
 set -euo pipefail
@@ -127,8 +129,7 @@ hot_counters() {  # n_tup_upd n_tup_hot_upd of idempotency.records (after the st
 # --- the matrix ----------------------------------------------------------------------------
 # Each (synchronous_commit, clients) cell runs every case BENCH_ROUNDS times, the cases
 # interleaved and their order rotated each round, and keeps each case's median: the machine's
-# load drifts, and interleaving spreads the drift over all cases alike.
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+# load drifts, and interleaving spreads the drift over all cases alike (median: scripts/lib.sh).
 declare -A HOT_UPD HOT_HOT
 CASES=(baseline idem replay pkselect alt phases)
 for sync in $BENCH_SYNC; do
@@ -342,8 +343,18 @@ for nkeys in $BENCH_SCALES; do
   done
 done
 
+# --- instructions per request (bench/instructions.sh, its own template server) -------------
+# BENCH_INSTRUCTIONS=off leaves it out (make test-bench does: make test-instructions runs it).
+cluster_stop "$DIR"
+if [ "${BENCH_INSTRUCTIONS:-on}" = on ]; then
+  log "instructions per request (bench/instructions.sh)"
+  env -u TEST_PORT -u TEST_DIR INSTR_PROFILE="${BENCH_PROFILE:-release}" \
+    INSTR_COMMAND="${BENCH_COMMAND:-bash bench/run.sh}" bash "$ROOT/bench/instructions.sh"
+fi
+
 echo "duration: $(( ($(date -u +%s) - RUN_TAG + 30) / 60 )) min (the whole run, cluster set-up included)" >> "$BENCH_OUT/machine.txt"
 python3 "$ROOT/bench/report.py" "$BENCH_OUT"
 mkdir -p "$BENCH_RESULTS"
 cp "$BENCH_OUT"/{results.md,results.csv,bench.png,machine.txt,canonical.txt} "$BENCH_RESULTS/"
+[ "${BENCH_INSTRUCTIONS:-on}" != on ] || cp "$ROOT/build/bench/instructions/results.md" "$BENCH_RESULTS/instructions.md"
 log "results: $BENCH_RESULTS/results.md, results.csv, bench.png (raw logs in $BENCH_OUT/logs)"

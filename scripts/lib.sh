@@ -42,6 +42,7 @@ port_of() {  # NAME [MAJOR]
     crash) offset=12 ;;
     bench) offset=20 ;;
     bench-http) offset=21 ;;
+    instructions) offset=22 ;;  # the template of bench/instructions.sh (its measurements listen on none)
     http) offset=30 ;;     # its hot standby listens on the next port
     client-python) offset=40 ;;
     client-typescript) offset=41 ;;
@@ -365,6 +366,88 @@ check_records() {
     "$(sql "$h" "$p" "$db" "$as SELECT outcome, attempt
         FROM idem_begin('$scope', 'expired', '{\"amount\": \"61.00\"}')")" \
     'execute|1'
+}
+
+# --- instruction counts (bench/counters.sh, bench/instructions.sh) --------------------------
+# A request's instructions, counted by callgrind in a single-user backend (`postgres --single`:
+# no other process, so the count is the backend's alone) on a fresh copy of a template data
+# directory, running a DO block of N requests. Each measurement runs at N1 and at N2 requests,
+# ROUNDS times with the measurements interleaved; the cost of a request is (the median at N2 -
+# the median at N1) / (N2 - N1), so that start-up, library loading and shared memory set-up
+# cancel out. Single-user mode ends a statement at a newline: each statement is one line.
+
+# median: the median of the numbers on stdin (separated by spaces or newlines).
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+
+# instr_outdir OUT: OUT, emptied, for the data directories and counts (owned by the clusters'
+# owner when we are root). OUT must be an absolute path.
+instr_outdir() {
+  command -v valgrind >/dev/null || die "valgrind is not installed (apt-get install valgrind)"
+  case "$1" in /*) ;; *) die "instr_outdir: not an absolute path: $1" ;; esac
+  rm -rf "$1"
+  mkdir -p "$1"
+  _cluster_make_accessible "$1"
+}
+
+# single_user DATA [OPTION...] < SQL: SQL in a single-user backend on DATA (jit off); its
+# result rows and messages on stdout.
+single_user() {
+  local data=$1
+  shift
+  as_owner "$PG_BINDIR/postgres" --single -D "$data" -c jit=off "$@" postgres 2>&1
+}
+
+# single_value DATA SQL [OPTION...]: the value of the first column of the one row SQL returns.
+single_value() {
+  local data=$1 query=$2
+  shift 2
+  echo "$query" | single_user "$data" "$@" \
+    | sed -n 's/^[[:space:]]*1: [^ ]* = "\(.*\)"[[:space:]]*(typeid.*/\1/p'
+}
+
+# callgrind_single DATA [OPTION...] < SQL: SQL in a single-user backend on DATA under callgrind;
+# prints the instructions of the whole backend. The backend's output is kept in DATA.out,
+# callgrind's in DATA.valgrind and DATA.callgrind. A backend in single-user mode goes on after
+# an error, so any ERROR, FATAL, PANIC or WARNING in its output fails the measurement.
+callgrind_single() {
+  local data=$1 ir
+  shift
+  as_owner valgrind --tool=callgrind --callgrind-out-file="$data.callgrind" --log-file="$data.valgrind" \
+    "$PG_BINDIR/postgres" --single -D "$data" -c jit=off "$@" postgres >"$data.out" 2>&1 \
+    || { cat "$data.out" "$data.valgrind" >&2; die "the single-user backend on $data failed"; }
+  if grep -Eq '(ERROR|FATAL|PANIC|WARNING): ' "$data.out"; then
+    cat "$data.out" >&2
+    die "the single-user backend on $data reported an error or a warning"
+  fi
+  ir=$(sed -n 's/^summary: \([0-9]*\).*/\1/p' "$data.callgrind")
+  [ -n "$ir" ] || { cat "$data.valgrind" >&2; die "no instruction count in $data.callgrind"; }
+  echo "$ir"
+}
+
+# instr_measure_all MEASURE LABEL...: `MEASURE LABEL N ROUND` (which prints the instructions of
+# one measurement) for every LABEL at N1 and N2, ROUNDS times, interleaved; then for each LABEL
+# IR1[LABEL] and IR2[LABEL] are the medians at N1 and N2, and PER[LABEL] the instructions per
+# request. Reads N1, N2, ROUNDS.
+declare -A IR1 IR2 PER
+instr_measure_all() {
+  local measure=$1 label n round ir
+  shift
+  local -A all=()
+  for round in $(seq 1 "$ROUNDS"); do
+    for label in "$@"; do
+      for n in "$N1" "$N2"; do
+        # (set -e again: bash clears it in a command substitution)
+        ir=$(set -e; "$measure" "$label" "$n" "$round")
+        log "round $round, $label, $n requests: $ir instructions"
+        all[$label-$n]="${all[$label-$n]:-} $ir"
+      done
+    done
+  done
+  for label in "$@"; do
+    IR1[$label]=$(echo "${all[$label-$N1]}" | median)
+    IR2[$label]=$(echo "${all[$label-$N2]}" | median)
+    PER[$label]=$(( (${IR2[$label]} - ${IR1[$label]}) / (N2 - N1) ))
+  done
 }
 
 # --- pg_regress ------------------------------------------------------------------------------
