@@ -23,7 +23,7 @@
 #
 # Settings: INSTR_N1/INSTR_N2 (default 1000/3000), INSTR_ROUNDS (default 2: every case and size
 # runs that many times, interleaved; the median is kept), INSTR_KEYS (the replay set's size, at
-# least N2; default 100000, as bench/run.sh's BENCH_REPLAY_KEYS), INSTR_CONFIGS (default "default"):
+# least N2; default 100000, as bench/run.sh's BENCH_REPLAY_KEYS), INSTR_CONFIGS (default "sql direct"):
 # the server settings the extension's cases run under, each a name:
 #   default  no setting
 #   sql      -c idempotency.direct_access=off
@@ -42,7 +42,7 @@ N1=${INSTR_N1:-1000}
 N2=${INSTR_N2:-3000}
 ROUNDS=${INSTR_ROUNDS:-2}
 KEYS=${INSTR_KEYS:-100000}
-CONFIGS=${INSTR_CONFIGS:-default}
+CONFIGS=${INSTR_CONFIGS:-sql direct}
 PORT=${TEST_PORT:-$(port_of instructions)}
 [ "$N2" -gt "$N1" ] || die "INSTR_N2 ($N2) must be larger than INSTR_N1 ($N1)"
 [ "$KEYS" -ge "$N2" ] || die "INSTR_KEYS ($KEYS) must be at least INSTR_N2 ($N2)"

@@ -39,8 +39,15 @@ cases = [("baseline", "(1) baseline: payment insert"),
          ("replay", "(3) replay: idem_begin on a completed key"),
          ("pkselect", "(3') primary-key SELECT of a same-size row"),
          ("alt", "(4) hand-written PL/pgSQL alternative"),
-         ("phases", "(5) phases: begin, then insert + complete")]
+         ("phases", "(5) phases: begin, then insert + complete"),
+         ("floor", "(6) round-trip floor of (2): trivial SELECTs for begin and complete")]
 targets = []  # (what, value, goal, met)
+# The ratios the targets name, and the other ones worth a look.
+TARGET_RATIOS = [("(2) / (4): one transaction against the PL/pgSQL alternative", "idem", "alt", 1.5),
+                 ("(2) / (6): one transaction against its round-trip floor", "idem", "floor", 0.85),
+                 ("(3) / (3'): replay against a primary-key SELECT", "replay", "pkselect", 0.8)]
+RATIOS = [(label.split(":")[0], a, b) for label, a, b, _ in TARGET_RATIOS] + [
+    ("(2) / (1)", "idem", "baseline"), ("(5) / (1)", "phases", "baseline"), ("(4) / (1)", "alt", "baseline")]
 md = ["# Benchmark results", "", "```", machine, "```", ""]
 
 md += ["## Throughput (TPS; a transaction is one request)", ""]
@@ -52,22 +59,15 @@ for sync in syncs:
         md.append(f"| {label} | " + " | ".join(f"{pick('matrix', case, sync, c):,.0f}" for c in clients) + " |")
     md += ["", "Ratios:", "",
            "| ratio | " + " | ".join(str(c) for c in clients) + " |", "|---|" + "---:|" * len(clients)]
-    for label, a, b in [("(2) / (1)", "idem", "baseline"), ("(2) / (4)", "idem", "alt"),
-                        ("(3) / (3')", "replay", "pkselect"), ("(5) / (1)", "phases", "baseline"),
-                        ("(4) / (1)", "alt", "baseline")]:
+    for label, a, b in RATIOS:
         md.append(f"| {label} | " + " | ".join(
             f"{pick('matrix', a, sync, c) / pick('matrix', b, sync, c):.2f}" for c in clients) + " |")
     md.append("")
 
-top = max(clients)
-if "on" in syncs:
-    v = pick("matrix", "idem", "on", top) / pick("matrix", "baseline", "on", top)
-    targets.append((f"(2) ≥ 0.85 × (1), synchronous_commit on, {top} clients", f"{v:.2f}", 0.85, v >= 0.85))
-if "off" in syncs:
-    v = min(pick("matrix", "idem", "off", c) / pick("matrix", "alt", "off", c) for c in clients)
-    targets.append(("(2) ≥ 1.5 × (4), synchronous_commit off (worst client count)", f"{v:.2f}", 1.5, v >= 1.5))
-v = min(pick("matrix", "replay", s, c) / pick("matrix", "pkselect", s, c) for s in syncs for c in clients)
-targets.append(("(3) ≥ 0.8 × primary-key SELECT (worst cell)", f"{v:.2f}", 0.8, v >= 0.8))
+for label, a, b, goal in TARGET_RATIOS:
+    v = min(pick("matrix", a, s, c) / pick("matrix", b, s, c) for s in syncs for c in clients)
+    targets.append((f"{label.split(':')[0]} ≥ {goal} (worst cell: every client count, synchronous_commit "
+                    f"{' and '.join(syncs)})", f"{v:.2f}", goal, v >= goal))
 
 bd = [r for r in rows if r["section"] == "breakdown"]
 if bd:
@@ -153,19 +153,23 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# The ratios the targets name, per client count, each beside its target line.
 fig, axes = plt.subplots(1, len(syncs), figsize=(6 * len(syncs), 4.5), squeeze=False)
-width = 0.8 / len(cases)
+width = 0.8 / len(TARGET_RATIOS)
+colors = ["tab:blue", "tab:orange", "tab:green"]
 for ax, sync in zip(axes[0], syncs):
-    for k, (case, label) in enumerate(cases):
-        xs = [j + (k - len(cases) / 2 + 0.5) * width for j in range(len(clients))]
-        ax.bar(xs, [pick("matrix", case, sync, c) for c in clients], width, label=label.split(":")[0] + " " + case)
+    for k, (label, a, b, goal) in enumerate(TARGET_RATIOS):
+        xs = [j + (k - len(TARGET_RATIOS) / 2 + 0.5) * width for j in range(len(clients))]
+        ax.bar(xs, [pick("matrix", a, sync, c) / pick("matrix", b, sync, c) for c in clients], width,
+               label=label, color=colors[k])
+        ax.hlines(goal, xs[0] - width / 2, xs[-1] + width / 2, colors=colors[k], linestyles="dashed")
     ax.set_xticks(range(len(clients)))
-    ax.set_xticklabels([f"{c} clients" for c in clients])
-    ax.set_ylabel("transactions per second")
+    ax.set_xticklabels([f"{c} client{'s' if c > 1 else ''}" for c in clients])
+    ax.set_ylabel("ratio of TPS (dashed: the target)")
     ax.set_title(f"synchronous_commit = {sync}")
     ax.grid(axis="y", alpha=0.3)
 axes[0][0].legend(fontsize=7, loc="upper left")
-fig.suptitle("idempotency: TPS by case (" + machine.splitlines()[0] + ")", fontsize=10)
+fig.suptitle("idempotency: the ratios the targets name (" + machine.splitlines()[0] + ")", fontsize=10)
 fig.tight_layout()
 fig.savefig(os.path.join(out, "bench.png"), dpi=110)
 print("\n".join(md))

@@ -131,7 +131,7 @@ hot_counters() {  # n_tup_upd n_tup_hot_upd of idempotency.records (after the st
 # interleaved and their order rotated each round, and keeps each case's median: the machine's
 # load drifts, and interleaving spreads the drift over all cases alike (median: scripts/lib.sh).
 declare -A HOT_UPD HOT_HOT
-CASES=(baseline idem replay pkselect alt phases)
+CASES=(baseline idem replay pkselect alt phases floor)
 for sync in $BENCH_SYNC; do
   sql "$DIR" "$PORT" postgres "ALTER SYSTEM SET synchronous_commit = $sync" >/dev/null
   q "SELECT pg_reload_conf()" >/dev/null

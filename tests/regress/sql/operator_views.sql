@@ -70,15 +70,19 @@ SELECT * FROM pg_temp.seen ORDER BY key;
 RESET ROLE;
 SELECT owner, key, state FROM pg_temp.seen ORDER BY key;
 
--- A leaky function in the caller's own condition sees only the caller's rows.
+-- A leaky function in the caller's own condition sees only the caller's rows (what it saw
+-- is kept in a table and shown sorted: the scan's order is the heap's, not the test's).
+CREATE TEMP TABLE leaked (key text);
+GRANT INSERT ON pg_temp.leaked TO PUBLIC;
 CREATE FUNCTION pg_temp.leak(text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS
-$$ BEGIN RAISE NOTICE 'leak saw %', $1; RETURN true; END $$;
+$$ BEGIN INSERT INTO pg_temp.leaked VALUES ($1); RETURN true; END $$;
 SET ROLE idem_ops_bob;
 SELECT key FROM idem_keys WHERE pg_temp.leak(key) AND scope = 'ops' ORDER BY key;
 -- and the table itself stays closed
 SELECT count(*) FROM idempotency.records;
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
+SELECT key AS leak_saw FROM pg_temp.leaked ORDER BY key;
 
 -- idem_stalled: the caller's lapsed, untaken claims, the oldest lease end first (a-stalled-1's
 -- lease, renewed by its checkpoint, still ran out before a-stalled-2's).
