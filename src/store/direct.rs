@@ -389,6 +389,7 @@ impl Direct {
                 std::ptr::null_mut(),
             );
             self.index_entries(&mut (*tuple).t_self, &row, IndexUpdate::All, false);
+            remember((*tuple).t_self, c.scope, c.key);
             pg_sys::heap_freetuple(tuple);
         }
         self.found.set(false);
