@@ -38,6 +38,9 @@ rm -rf "$DIR"
 mkdir -p "$P" "$R"
 on_exit cluster_stop "$P"
 on_exit cluster_stop "$R"
+# wal_level logical: the end of the test decodes the primary's writes.
+export PGCLUSTER_SETTINGS="${PGCLUSTER_SETTINGS:+$PGCLUSTER_SETTINGS
+}wal_level = logical"
 cluster_start "$P" "$PORT"
 
 # initdb's pg_hba.conf trusts local replication connections; wal_level is replica by default.
@@ -115,4 +118,15 @@ wait_replayed
 expect_eq "the completion on the primary reads on the replica" \
   "$(sql "$R" "$PORT2" standby "SELECT state, http_status, resource, recovery_point FROM idem_check('sb', 'held')")" \
   'completed|201|payments/983|'
+
+# Logical decoding sees the writes of the store's direct path (heap_insert and heap_update log
+# them as the executor's INSERT and UPDATE do): a claim and its completion, in order.
+sql "$P" "$PORT" standby "SELECT 1 FROM pg_create_logical_replication_slot('idem_decoding', 'test_decoding')" >/dev/null
+sql "$P" "$PORT" standby "SELECT outcome FROM idem_begin('sb', 'decoded', '{\"amount\": 1}')" >/dev/null
+sql "$P" "$PORT" standby "SELECT idem_complete('sb', 'decoded', resource => 'payments/1', http_status => 201)" >/dev/null
+changes=$(sql "$P" "$PORT" standby "SELECT string_agg(substring(data from '^table idempotency.records: ([A-Z]+):'), ',' ORDER BY lsn)
+  FROM pg_logical_slot_get_changes('idem_decoding', NULL, NULL)
+  WHERE data LIKE 'table idempotency.records:%key[text]:''decoded''%'")
+sql "$P" "$PORT" standby "SELECT pg_drop_replication_slot('idem_decoding')" >/dev/null
+expect_eq "logical decoding sees the claim and its completion" "$changes" "INSERT,UPDATE"
 log "passed"
