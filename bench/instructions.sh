@@ -164,6 +164,25 @@ done
 for case in "${OTHER_CASES[@]}"; do LABELS+=("$case.none"); done
 instr_measure_all measure "${LABELS[@]}"
 
+# What of a request runs inside the extension's own functions: the inclusive instructions of
+# the SQL functions' entry points (idem_begin, idem_complete) in the first round's profiles, per
+# request as above. The rest of a request is the loop's: the PL/pgSQL statement around the
+# call, its executor, the command's jsonb_build_object, the check of the outcome.
+in_extension() {  # label
+  local f n total=()
+  for n in "$N1" "$N2"; do
+    f=$OUT/run-$1-$n-1.callgrind
+    [ -f "$f" ] || die "no profile $f"
+    total+=("$(callgrind_annotate --inclusive=yes --threshold=100 "$f" 2>/dev/null \
+      | awk '/[?]:idem_(begin|complete) \[/ { gsub(",", "", $1); s += $1 } END { print s + 0 }')")
+  done
+  echo $(( (total[1] - total[0]) / (N2 - N1) ))
+}
+declare -A EXT
+for config in $CONFIGS; do
+  for case in "${EXT_CASES[@]}"; do EXT[$case.$config]=$(in_extension "$case.$config"); done
+done
+
 # --- the results ---------------------------------------------------------------------------
 describe() {
   case "$1" in
@@ -178,9 +197,9 @@ describe() {
 }
 thousands() { echo "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta'; }
 {
-  echo "case,config,instructions_per_request,ir_n1,ir_n2,n1,n2,rounds"
+  echo "case,config,instructions_per_request,in_extension_per_request,ir_n1,ir_n2,n1,n2,rounds"
   for label in "${LABELS[@]}"; do
-    echo "${label%%.*},${label#*.},${PER[$label]},${IR1[$label]},${IR2[$label]},$N1,$N2,$ROUNDS"
+    echo "${label%%.*},${label#*.},${PER[$label]},${EXT[$label]:-},${IR1[$label]},${IR2[$label]},$N1,$N2,$ROUNDS"
   done
 } >"$OUT/results.csv"
 {
@@ -205,6 +224,16 @@ thousands() { echo "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\
   done
   echo
   echo "The last three rows do not call the extension: each was measured once, under no setting, and stands in every column."
+  echo
+  echo "Of which inside the extension's functions (\`idem_begin\` + \`idem_complete\`, inclusive, from the first round's profiles); the rest is the loop's statement around each call:"
+  echo
+  printf '| case |'; for c in $CONFIGS; do printf ' %s |' "$c"; done; echo
+  printf '|---|'; for _ in $CONFIGS; do printf -- '---:|'; done; echo
+  for case in "${EXT_CASES[@]}"; do
+    printf '| %s |' "$(describe "$case")"
+    for c in $CONFIGS; do printf ' %s |' "$(thousands "${EXT[$case.$c]}")"; done; echo
+  done
+  echo
   echo "Every request checks its outcome in the loop (a PL/pgSQL IF, counted with it); the new key, phased, alternative and INSERT cases are counted again afterwards."
   echo "Raw counts (Ir at N1 and N2) in results.csv. The whole run took $(( $(date -u +%s) - START )) s."
 } >"$OUT/results.md"
