@@ -15,7 +15,9 @@ SET idempotency.direct_access = on;
 CREATE PROCEDURE amcheck_index(index regclass, parent boolean DEFAULT false) LANGUAGE plpgsql AS $$
 BEGIN
   IF EXISTS (SELECT FROM pg_available_extensions WHERE name = 'amcheck') THEN
-    CREATE EXTENSION IF NOT EXISTS amcheck;
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'amcheck') THEN
+      CREATE EXTENSION amcheck;
+    END IF;
     IF parent THEN
       EXECUTE 'SELECT bt_index_parent_check($1, true)' USING index;
     ELSE
@@ -94,4 +96,4 @@ DROP TABLE trigger_log;
 DROP FUNCTION log_write();
 DROP FUNCTION flow(text);
 DROP PROCEDURE amcheck_index(regclass, boolean);
-DROP EXTENSION IF EXISTS amcheck;
+DO $$ BEGIN IF EXISTS (SELECT FROM pg_extension WHERE extname = 'amcheck') THEN DROP EXTENSION amcheck; END IF; END $$;

@@ -45,7 +45,9 @@ DROP TABLE toast_before, big;
 CREATE PROCEDURE amcheck_index(index regclass, parent boolean DEFAULT false) LANGUAGE plpgsql AS $$
 BEGIN
   IF EXISTS (SELECT FROM pg_available_extensions WHERE name = 'amcheck') THEN
-    CREATE EXTENSION IF NOT EXISTS amcheck;
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'amcheck') THEN
+      CREATE EXTENSION amcheck;
+    END IF;
     IF parent THEN
       EXECUTE 'SELECT bt_index_parent_check($1, true)' USING index;
     ELSE
@@ -101,7 +103,7 @@ INSERT INTO idempotency.records (scope, key, owner, state, fingerprint, attempt,
     FROM idempotency.records WHERE scope = 'records_storage' AND key = 'toast';
 SELECT count(*) AS rows FROM idempotency.records WHERE scope = 'records_storage' AND key = 'toast';
 CALL amcheck_index('idempotency.records_pkey');
-DROP EXTENSION IF EXISTS amcheck;
+DO $$ BEGIN IF EXISTS (SELECT FROM pg_extension WHERE extname = 'amcheck') THEN DROP EXTENSION amcheck; END IF; END $$;
 DROP PROCEDURE amcheck_index(regclass, boolean);
 
 -- cleanup
