@@ -174,8 +174,10 @@ in_extension() {  # label
     f=$OUT/run-$1-$n-1.callgrind
     [ -f "$f" ] || die "no profile $f"
     total+=("$(callgrind_annotate --inclusive=yes --threshold=100 "$f" 2>/dev/null \
-      | awk '/[?]:idem_(begin|complete) \[/ { gsub(",", "", $1); s += $1 } END { print s + 0 }')")
+      | awk '/:idem_(begin|complete) \[/ { gsub(",", "", $1); s += $1 } END { print s + 0 }')")
   done
+  [ "${total[0]}" -gt 0 ] && [ "${total[1]}" -gt "${total[0]}" ] \
+    || die "$1: no instructions of idem_begin/idem_complete in the profiles (${total[*]})"
   echo $(( (total[1] - total[0]) / (N2 - N1) ))
 }
 declare -A EXT
