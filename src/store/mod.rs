@@ -135,6 +135,14 @@ impl Records {
         Ok(Records::Sql(sql::Sql::open()?))
     }
 
+    /// Whether `idem_begin` should try a new key's claim before reading: on the SQL path under
+    /// READ COMMITTED, where a read is a statement of its own (an executor) and either order
+    /// gives the same outcomes. The direct path's read is one index probe, and under
+    /// REPEATABLE READ and SERIALIZABLE both paths read first (the read locks the row).
+    pub fn insert_first(&self) -> bool {
+        matches!(self, Records::Sql(_)) && !xact_snapshot()
+    }
+
     /// Reads the record of a key, expired or not.
     pub fn lookup(
         &self,
