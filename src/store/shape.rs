@@ -18,69 +18,44 @@ use pgrx::pg_sys;
 
 use crate::errors::IdemError;
 
-/// The columns, in the order of the table's definition.
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Col {
-    created_at,
-    expires_at,
-    lease_expires_at,
-    lease,
-    owner,
-    attempt,
-    http_status,
-    state,
-    retryable,
-    scope,
-    key,
-    fingerprint,
-    resource,
-    recovery_point,
-    recovery_data,
-    response,
+/// The columns with their types, in the order of the table's definition: `Col`, `NCOLS` and
+/// `COLUMNS` (each column's name and type oid), from one list.
+macro_rules! columns {
+    ($($col:ident: $ty:ident),* $(,)?) => {
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        pub enum Col { $($col),* }
+
+        pub const NCOLS: usize = [$(Col::$col),*].len();
+
+        const COLUMNS: [(Col, &CStr, u32); NCOLS] = [$((
+            Col::$col,
+            match CStr::from_bytes_with_nul(concat!(stringify!($col), "\0").as_bytes()) {
+                Ok(name) => name,
+                Err(_) => panic!("a column name with a NUL"),
+            },
+            pg_sys::$ty.to_u32(),
+        )),*];
+    };
 }
-
-pub const NCOLS: usize = 16;
-
-/// Each column's name and type.
-const COLUMNS: [(Col, &CStr, u32); NCOLS] = [
-    (
-        Col::created_at,
-        c"created_at",
-        pg_sys::TIMESTAMPTZOID.to_u32(),
-    ),
-    (
-        Col::expires_at,
-        c"expires_at",
-        pg_sys::TIMESTAMPTZOID.to_u32(),
-    ),
-    (
-        Col::lease_expires_at,
-        c"lease_expires_at",
-        pg_sys::TIMESTAMPTZOID.to_u32(),
-    ),
-    (Col::lease, c"lease", pg_sys::INT8OID.to_u32()),
-    (Col::owner, c"owner", pg_sys::REGROLEOID.to_u32()),
-    (Col::attempt, c"attempt", pg_sys::INT4OID.to_u32()),
-    (Col::http_status, c"http_status", pg_sys::INT2OID.to_u32()),
-    (Col::state, c"state", pg_sys::CHAROID.to_u32()),
-    (Col::retryable, c"retryable", pg_sys::BOOLOID.to_u32()),
-    (Col::scope, c"scope", pg_sys::TEXTOID.to_u32()),
-    (Col::key, c"key", pg_sys::TEXTOID.to_u32()),
-    (Col::fingerprint, c"fingerprint", pg_sys::BYTEAOID.to_u32()),
-    (Col::resource, c"resource", pg_sys::TEXTOID.to_u32()),
-    (
-        Col::recovery_point,
-        c"recovery_point",
-        pg_sys::TEXTOID.to_u32(),
-    ),
-    (
-        Col::recovery_data,
-        c"recovery_data",
-        pg_sys::JSONBOID.to_u32(),
-    ),
-    (Col::response, c"response", pg_sys::JSONBOID.to_u32()),
-];
+columns!(
+    created_at: TIMESTAMPTZOID,
+    expires_at: TIMESTAMPTZOID,
+    lease_expires_at: TIMESTAMPTZOID,
+    lease: INT8OID,
+    owner: REGROLEOID,
+    attempt: INT4OID,
+    http_status: INT2OID,
+    state: CHAROID,
+    retryable: BOOLOID,
+    scope: TEXTOID,
+    key: TEXTOID,
+    fingerprint: BYTEAOID,
+    resource: TEXTOID,
+    recovery_point: TEXTOID,
+    recovery_data: JSONBOID,
+    response: JSONBOID,
+);
 
 /// The table as the direct path uses it.
 #[derive(Clone, Copy, Debug)]
