@@ -17,6 +17,8 @@ mod direct;
 mod shape;
 mod sql;
 
+pub use sql::Sql;
+
 use idempotency_core::decision::{Micros, State};
 use pgrx::pg_sys;
 
@@ -130,9 +132,10 @@ impl Records {
         Ok(Records::Sql(sql::Sql::open()?))
     }
 
-    /// Opens the SQL path whatever the setting (for `idem_purge` and `idem_forget`).
-    pub fn open_sql() -> Result<Records, IdemError> {
-        Ok(Records::Sql(sql::Sql::open()?))
+    /// Opens the SQL path whatever the setting: `idem_purge` and `idem_forget`, which only it
+    /// serves.
+    pub fn open_sql() -> Result<Sql, IdemError> {
+        Sql::open()
     }
 
     /// Whether `idem_begin` should try a new key's claim before reading: on the SQL path under
@@ -210,20 +213,6 @@ impl Records {
         lease_expires_at: Micros,
     ) -> Result<bool, IdemError> {
         on_path!(self, r => r.checkpoint(scope, key, point, data, lease_expires_at))
-    }
-
-    pub fn forget(&self, scope: pg_sys::Datum, key: pg_sys::Datum) -> Result<bool, IdemError> {
-        match self {
-            Records::Sql(r) => r.forget(scope, key),
-            Records::Direct(_) => Err(IdemError::Internal("forget takes the SQL path".into())),
-        }
-    }
-
-    pub fn purge(&self, now: Micros, max_rows: i32) -> Result<u64, IdemError> {
-        match self {
-            Records::Sql(r) => r.purge(now, max_rows),
-            Records::Direct(_) => Err(IdemError::Internal("purge takes the SQL path".into())),
-        }
     }
 }
 
