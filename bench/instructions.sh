@@ -197,6 +197,18 @@ describe() {
     pkselect) echo 'primary-key SELECT of a row of the same size' ;;
   esac
 }
+# config_table ARRAY: the table's header and a row per extension case, a column per config,
+# the figures from ARRAY (PER or EXT, keyed CASE.CONFIG).
+config_table() {
+  local -n figures=$1
+  local case c
+  printf '| case |'; for c in $CONFIGS; do printf ' %s |' "$c"; done; echo
+  printf '|---|'; for _ in $CONFIGS; do printf -- '---:|'; done; echo
+  for case in "${EXT_CASES[@]}"; do
+    printf '| %s |' "$(describe "$case")"
+    for c in $CONFIGS; do printf ' %s |' "$(thousands "${figures[$case.$c]}")"; done; echo
+  done
+}
 thousands() { echo "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta'; }
 {
   echo "case,config,instructions_per_request,in_extension_per_request,ir_n1,ir_n2,n1,n2,rounds"
@@ -214,12 +226,7 @@ thousands() { echo "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\
   echo "- method: callgrind, \`postgres --single\`, a DO loop of N requests; per request = (Ir(N2) - Ir(N1)) / (N2 - N1), N1 = $N1, N2 = $N2, median of $ROUNDS interleaved rounds (bench/README.md); $KEYS stored completed keys"
   echo "- configs: $(for c in $CONFIGS; do s=$(config_setting "$c"); printf '`%s` (%s) ' "$c" "${s:+-c idempotency.direct_access=$s}"; done | sed 's/ ()/ (no setting)/g; s/ $//')"
   echo
-  printf '| case |'; for c in $CONFIGS; do printf ' %s |' "$c"; done; echo
-  printf '|---|'; for _ in $CONFIGS; do printf -- '---:|'; done; echo
-  for case in "${EXT_CASES[@]}"; do
-    printf '| %s |' "$(describe "$case")"
-    for c in $CONFIGS; do printf ' %s |' "$(thousands "${PER[$case.$c]}")"; done; echo
-  done
+  config_table PER
   for case in "${OTHER_CASES[@]}"; do
     printf '| %s |' "$(describe "$case")"
     for _ in $CONFIGS; do printf ' %s |' "$(thousands "${PER[$case.none]}")"; done; echo
@@ -229,12 +236,7 @@ thousands() { echo "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\
   echo
   echo "Of which inside the extension's functions (\`idem_begin\` + \`idem_complete\`, inclusive, from the first round's profiles); the rest is the loop's statement around each call:"
   echo
-  printf '| case |'; for c in $CONFIGS; do printf ' %s |' "$c"; done; echo
-  printf '|---|'; for _ in $CONFIGS; do printf -- '---:|'; done; echo
-  for case in "${EXT_CASES[@]}"; do
-    printf '| %s |' "$(describe "$case")"
-    for c in $CONFIGS; do printf ' %s |' "$(thousands "${EXT[$case.$c]}")"; done; echo
-  done
+  config_table EXT
   echo
   echo "Every request checks its outcome in the loop (a PL/pgSQL IF, counted with it); the new key, phased, alternative and INSERT cases are counted again afterwards."
   echo "Raw counts (Ir at N1 and N2) in results.csv. The whole run took $(( $(date -u +%s) - START )) s."
