@@ -50,13 +50,17 @@ thread_local! {
 
 /// Forgets the layout when the records table's relcache entry (or every entry) is invalidated.
 unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    LAYOUT.with(|l| {
-        if let Some((rel, _, _)) = l.get() {
-            if relid == pg_sys::InvalidOid || relid == rel {
-                l.set(None);
+    // SAFETY: a relcache callback's outermost frame.
+    unsafe {
+        crate::entry::enter(c"idempotency relcache callback", || {
+            if let Some((rel, _, _)) = LAYOUT.get() {
+                if relid == pg_sys::InvalidOid || relid == rel {
+                    LAYOUT.set(None);
+                }
             }
-        }
-    });
+            Ok(())
+        })
+    }
 }
 
 /// The records table's layout, read once and kept until invalidated.
@@ -370,19 +374,38 @@ impl Drop for Spi {
 /// shard, without checking for NULL, and a NULL text crashes the backend in `hashtext`, which
 /// makes the postmaster restart every backend of the node (crash recovery). So a client that
 /// sends `idem_begin(NULL, ...)` (the contract's 22004) to any node would take the node down.
-/// This hook runs before Citus's (the library is loaded after Citus: listed after it in
-/// `shared_preload_libraries`, or in `session_preload_libraries`; `idem_distribute` checks)
-/// and answers such a call with the function's own 22004 before Citus plans it. It looks
-/// only at the two forms Citus delegates, folds the scope argument with the bound parameters
-/// (as the planner will: `NULL`, `$1` bound to NULL in a custom plan, `lower(NULL)`), and acts
-/// only for this extension's functions on distributed records; anything else plans as before.
+/// This hook runs before Citus's and answers such a call with the function's own 22004 before
+/// Citus plans it.
+///
+/// It is installed only where Citus was loaded before this library (listed after it in
+/// `shared_preload_libraries`, or in `session_preload_libraries`; `idem_distribute` checks):
+/// without Citus there is nothing to protect, and loaded before Citus it would run after
+/// Citus's hook, too late. Its first act on a query is to find the one function call of the
+/// two forms Citus delegates and to check, by the function's oid, that it is one of this
+/// extension's; only then does it fold the scope argument with the bound parameters (as the
+/// planner will: `NULL`, `$1` bound to NULL in a custom plan, `lower(NULL)`). Anything else
+/// plans exactly as before.
 static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
 
 pub fn install_planner_hook() {
+    if !citus_loaded() {
+        return;
+    }
     // SAFETY: called once from _PG_init; chains to the hook that was there.
     unsafe {
         PREV_PLANNER = pg_sys::planner_hook;
         pg_sys::planner_hook = Some(planner);
+    }
+}
+
+/// Whether Citus's library is loaded in this process: it defines `citus.version` when it is
+/// (a placeholder for a `citus.*` line of the configuration file does not count).
+fn citus_loaded() -> bool {
+    // SAFETY: looks a setting up by name; missing_ok, so no error.
+    unsafe {
+        let name = c"citus.version".as_ptr();
+        !pg_sys::GetConfigOption(name, true, false).is_null()
+            && pg_sys::GetConfigOptionFlags(name, true) & pg_sys::GUC_CUSTOM_PLACEHOLDER as i32 == 0
     }
 }
 
@@ -396,31 +419,39 @@ const DELEGATED: [&str; 6] = [
     "idem_forget",
 ];
 
+// The planner proper, declared here rather than through pgrx's guarded wrapper: an ERROR while
+// planning must leave by PostgreSQL's own longjmp, unchanged (entry.rs).
+unsafe extern "C-unwind" {
+    #[link_name = "standard_planner"]
+    fn standard_planner_unguarded(
+        parse: *mut pg_sys::Query,
+        query_string: *const std::ffi::c_char,
+        cursor_options: std::ffi::c_int,
+        bound_params: pg_sys::ParamListInfo,
+    ) -> *mut pg_sys::PlannedStmt;
+}
+
 unsafe extern "C-unwind" fn planner(
     parse: *mut pg_sys::Query,
     query_string: *const std::ffi::c_char,
     cursor_options: std::ffi::c_int,
     bound_params: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
-    let mut pending = crate::errors::Pending::default();
-    // SAFETY: the guard turns PostgreSQL errors and panics inside into PostgreSQL errors.
+    // SAFETY: the hook's outermost frame; after the guard only plain values are alive, and
+    // the chained planner is called as PostgreSQL would call it.
     unsafe {
-        pg_sys::submodules::panic::pgrx_extern_c_guard(|| {
-            if let Some(function) = null_scope_call(parse, bound_params) {
-                pending.set(
-                    &IdemError::NullArgument {
-                        function,
-                        argument: "scope",
-                    },
-                    c"idempotency planner hook",
-                );
+        crate::entry::enter(c"idempotency planner hook", || {
+            match null_scope_call(parse, bound_params) {
+                Some(function) => Err(IdemError::NullArgument {
+                    function,
+                    argument: "scope",
+                }),
+                None => Ok(()),
             }
         });
-        // Only plain values are alive here: the raise leaves by longjmp.
-        pending.raise_if_set();
         match PREV_PLANNER {
             Some(prev) => prev(parse, query_string, cursor_options, bound_params),
-            None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
+            None => standard_planner_unguarded(parse, query_string, cursor_options, bound_params),
         }
     }
 }
@@ -477,6 +508,9 @@ fn null_scope_call(
             }
             _ => return None,
         };
+        // First, by its oid: is it one of this extension's delegated functions? Nothing of
+        // anyone else's call is looked at further (nor evaluated).
+        let function = delegated((*call).funcid)?;
         // The scope: the first positional argument, or the one named for position 0.
         let args = PgList::<pg_sys::Node>::from_pg((*call).args);
         let mut scope = None;
@@ -495,19 +529,6 @@ fn null_scope_call(
         {
             return None;
         }
-        // Only now (rarely) the catalog: is it one of this extension's functions?
-        let ext = pg_sys::get_extension_oid(c"idempotency".as_ptr(), true);
-        if ext == pg_sys::InvalidOid
-            || pg_sys::getExtensionOfObject(pg_sys::ProcedureRelationId, (*call).funcid) != ext
-        {
-            return None;
-        }
-        let name = pg_sys::get_func_name((*call).funcid);
-        if name.is_null() {
-            return None;
-        }
-        let name = std::ffi::CStr::from_ptr(name).to_str().ok()?;
-        let function = DELEGATED.iter().find(|f| **f == name)?;
         // A plain server answers the call itself (with the same 22004); act only where Citus
         // would plan it.
         if !distributed().ok()? {
@@ -515,6 +536,46 @@ fn null_scope_call(
         }
         Some(function)
     }
+}
+
+/// The name of the delegated function `funcid` if it is one of this extension's, else None;
+/// kept per backend by oid (a function's oid is not reused while it exists, and a new
+/// extension's functions have new oids).
+fn delegated(funcid: pg_sys::Oid) -> Option<&'static str> {
+    thread_local! {
+        static SEEN: std::cell::RefCell<Vec<(pg_sys::Oid, Option<&'static str>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if let Some(known) = SEEN.with_borrow(|seen| {
+        seen.iter()
+            .find(|(oid, _)| *oid == funcid)
+            .map(|(_, name)| *name)
+    }) {
+        return known;
+    }
+    // SAFETY: catalog look-ups by oid (the syscache for the name; pg_depend only for a
+    // function named like one of ours).
+    let answer = unsafe {
+        let name = pg_sys::get_func_name(funcid);
+        let function = if name.is_null() {
+            None
+        } else {
+            let name = std::ffi::CStr::from_ptr(name).to_bytes();
+            DELEGATED.iter().find(|f| f.as_bytes() == name).copied()
+        };
+        function.filter(|_| {
+            let ext = pg_sys::get_extension_oid(c"idempotency".as_ptr(), true);
+            ext != pg_sys::InvalidOid
+                && pg_sys::getExtensionOfObject(pg_sys::ProcedureRelationId, funcid) == ext
+        })
+    };
+    SEEN.with_borrow_mut(|seen| {
+        if seen.len() >= 64 {
+            seen.clear();
+        }
+        seen.push((funcid, answer));
+    });
+    answer
 }
 
 /// A copy of `node` with constants folded as the planner will, bound parameters included.

@@ -54,30 +54,36 @@ pub fn install_shmem_hooks(request: fn(), startup: fn()) {
     }
 }
 
+// The hook that was there runs first, outside the guard (entry.rs: its ERROR leaves as it
+// would without this library); then this library's part, inside it.
 #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-#[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_request() {
-    // SAFETY: set once in install_shmem_hooks.
+    // SAFETY: set once in install_shmem_hooks; the hook's outermost frame.
     unsafe {
         if let Some(prev) = PREV_REQUEST {
             prev();
         }
-        if let Some(request) = REQUEST {
-            request();
-        }
+        crate::entry::enter(c"idempotency shmem_request_hook", || {
+            if let Some(request) = REQUEST {
+                request();
+            }
+            Ok(())
+        })
     }
 }
 
-#[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_startup() {
-    // SAFETY: set once in install_shmem_hooks.
+    // SAFETY: set once in install_shmem_hooks; the hook's outermost frame.
     unsafe {
         if let Some(prev) = PREV_STARTUP {
             prev();
         }
-        if let Some(startup) = STARTUP {
-            startup();
-        }
+        crate::entry::enter(c"idempotency shmem_startup_hook", || {
+            if let Some(startup) = STARTUP {
+                startup();
+            }
+            Ok(())
+        })
     }
 }
 

@@ -476,26 +476,45 @@ impl Pending {
         };
     }
 
-    /// Raises the error if one is pending; does not return then.
+    /// The report of an error that could not be reported (building its report failed, out of
+    /// memory): fixed texts, nothing allocated.
+    pub fn unreportable(function: &'static CStr) -> Self {
+        Pending {
+            sqlstate: INTERNAL_ERROR,
+            message: c"idempotency could not report an error".as_ptr().cast_mut(),
+            detail: c"Building the error's report failed; see the server log for what came before."
+                .as_ptr()
+                .cast_mut(),
+            hint: std::ptr::null_mut(),
+            filename: c"src/entry.rs".as_ptr(),
+            lineno: 0,
+            funcname: function.as_ptr(),
+        }
+    }
+
+    /// Raises the error; never returns.
     ///
     /// # Safety
     /// Call it from the outermost frame of a function that PostgreSQL called, with no Rust
     /// value alive that needs dropping: `errfinish` leaves by longjmp.
-    pub unsafe fn raise_if_set(self) {
-        if self.message.is_null() {
-            return;
-        }
+    pub unsafe fn raise(self) -> ! {
+        let this = if self.message.is_null() {
+            // Nothing was set: a caller's bug, reported rather than ignored.
+            Pending::unreportable(c"idempotency")
+        } else {
+            self
+        };
         unsafe {
             if errstart(pg_sys::elog::PgLogLevel::ERROR as c_int, std::ptr::null()) {
-                errcode(self.sqlstate);
-                errmsg_internal(PERCENT_S.as_ptr(), self.message);
-                if !self.detail.is_null() {
-                    errdetail_internal(PERCENT_S.as_ptr(), self.detail);
+                errcode(this.sqlstate);
+                errmsg_internal(PERCENT_S.as_ptr(), this.message);
+                if !this.detail.is_null() {
+                    errdetail_internal(PERCENT_S.as_ptr(), this.detail);
                 }
-                if !self.hint.is_null() {
-                    errhint(PERCENT_S.as_ptr(), self.hint);
+                if !this.hint.is_null() {
+                    errhint(PERCENT_S.as_ptr(), this.hint);
                 }
-                errfinish(self.filename, self.lineno, self.funcname);
+                errfinish(this.filename, this.lineno, this.funcname);
             }
             // errstart returns false only below the reporting threshold, never for ERROR.
             unreachable_error();
@@ -523,15 +542,19 @@ pub fn log(sqlstate: c_int, message: &str, detail: Option<&str>, funcname: &'sta
     let message = std::ffi::CString::new(message.replace('\0', "")).unwrap_or_default();
     let detail = detail.map(|d| std::ffi::CString::new(d.replace('\0', "")).unwrap_or_default());
     // SAFETY: a report at LOG level, which errfinish returns from; the strings outlive it.
+    // Guarded like any pg_sys call: an ERROR while reporting (out of memory) comes back as a
+    // panic, for the way in's guard (entry.rs) to raise.
     unsafe {
-        if errstart(pg_sys::elog::PgLogLevel::LOG as c_int, std::ptr::null()) {
-            errcode(sqlstate);
-            errmsg_internal(PERCENT_S.as_ptr(), message.as_ptr());
-            if let Some(d) = &detail {
-                errdetail_internal(PERCENT_S.as_ptr(), d.as_ptr());
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            if errstart(pg_sys::elog::PgLogLevel::LOG as c_int, std::ptr::null()) {
+                errcode(sqlstate);
+                errmsg_internal(PERCENT_S.as_ptr(), message.as_ptr());
+                if let Some(d) = &detail {
+                    errdetail_internal(PERCENT_S.as_ptr(), d.as_ptr());
+                }
+                errfinish(c"idempotency".as_ptr(), 0, funcname.as_ptr());
             }
-            errfinish(c"idempotency".as_ptr(), 0, funcname.as_ptr());
-        }
+        })
     }
 }
 

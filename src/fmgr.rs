@@ -33,47 +33,39 @@ macro_rules! sql_functions {
         /// Called by PostgreSQL's function manager only.
         #[no_mangle]
         pub unsafe extern "C-unwind" fn $name(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
-            // SAFETY: called by the function manager with this function's call info.
+            // SAFETY: called by the function manager with this function's call info; `call`
+            // goes through `entry::enter`, the guard of every way in.
             unsafe { $crate::fmgr::call(fcinfo, &$crate::signature::$name::SIGNATURE, $body) }
         }
     )*};
 }
 pub(crate) use sql_functions;
 
-/// Runs one call of a SQL function: the body's errors and whatever unwinds out of it (errors
-/// PostgreSQL raised inside, which pgrx turns into panics) are raised as PostgreSQL errors
-/// once the body and everything it owned are gone.
+/// Runs one call of a SQL function through the guard of every way in (`entry.rs`): the
+/// body's errors and whatever unwinds out of it (errors PostgreSQL raised inside, which pgrx
+/// turns into panics) are raised as PostgreSQL errors once the body and everything it owned
+/// are gone. A refusal is counted and logged inside the guard.
 ///
 /// # Safety
-/// `fcinfo` is the call info PostgreSQL passed to the function that `signature` declares.
+/// `fcinfo` is the call info PostgreSQL passed to the function that `signature` declares;
+/// called from that function's outermost frame.
 pub unsafe fn call(
     fcinfo: pg_sys::FunctionCallInfo,
     signature: &'static Signature,
     body: fn(&Args) -> Result<pg_sys::Datum, IdemError>,
 ) -> pg_sys::Datum {
     let function = signature.c_name();
-    let mut pending = crate::errors::Pending::default();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        body(&Args::new(fcinfo, signature)?)
-    }));
-    let datum = match result {
-        Ok(Ok(datum)) => datum,
-        Ok(Err(e)) => {
-            crate::stats::refused(&e);
-            if crate::settings::log_refusals() {
-                e.log(function);
-            }
-            pending.set(&e, function);
-            pg_sys::Datum::from(0)
-        }
-        Err(payload) => {
-            pending.set_caught(payload, function);
-            pg_sys::Datum::from(0)
-        }
-    };
-    // Only `pending` (plain pointers) and `datum` are alive here.
-    unsafe { pending.raise_if_set() };
-    datum
+    // SAFETY: the outermost frame of the SQL function; nothing here needs dropping.
+    unsafe {
+        crate::entry::enter(function, || {
+            body(&Args::new(fcinfo, signature)?).inspect_err(|e| {
+                crate::stats::refused(e);
+                if crate::settings::log_refusals() {
+                    e.log(function);
+                }
+            })
+        })
+    }
 }
 
 /// The arguments of one call.

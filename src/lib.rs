@@ -12,6 +12,8 @@
 //! - `lock`: the per-key lock that makes uncommitted claims visible without blocking;
 //! - `signature`: each SQL function's arguments and result, declared once and checked
 //!   against `pg_proc`;
+//! - `entry`: the one guard of every way in from PostgreSQL (SQL functions, hooks,
+//!   callbacks, workers, `_PG_init`): panics and errors inside come out as PostgreSQL errors;
 //! - `fmgr`: the C calling convention (arguments, NULLs, results);
 //! - `errors`: every error and its SQLSTATE;
 //! - `settings`: the GUCs;
@@ -26,6 +28,7 @@
 mod api;
 mod citus;
 mod compat;
+mod entry;
 mod errors;
 mod fmgr;
 mod lock;
@@ -41,14 +44,20 @@ mod worker;
 
 /// Called once when a backend loads the library, or in the postmaster when it is in
 /// shared_preload_libraries: then also the counters' shared memory and the purge launcher.
-#[pgrx::pg_guard]
+#[no_mangle]
 pub extern "C-unwind" fn _PG_init() {
-    settings::register();
-    citus::install_planner_hook();
-    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
-    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
-        stats::init_preloaded();
-        worker::register();
+    // SAFETY: the outermost frame of the library's initialisation (entry.rs).
+    unsafe {
+        entry::enter(c"idempotency _PG_init", || {
+            settings::register();
+            citus::install_planner_hook();
+            // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
+            if pgrx::pg_sys::process_shared_preload_libraries_in_progress {
+                stats::init_preloaded();
+                worker::register();
+            }
+            Ok(())
+        })
     }
 }
 

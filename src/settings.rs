@@ -223,7 +223,24 @@ unsafe extern "C-unwind" fn check_duration<const I: usize>(
     extra: *mut *mut c_void,
     source: pg_sys::GucSource::Type,
 ) -> bool {
-    let setting = &DURATIONS[I];
+    // SAFETY: a GUC check hook's outermost frame.
+    unsafe {
+        crate::entry::enter(DURATIONS[I].name, || {
+            Ok(check(&DURATIONS[I], newval, extra, source))
+        })
+    }
+}
+
+/// The check hook's work: parses the new value and hands the assign hook what it found.
+///
+/// # Safety
+/// The arguments of a GUC check hook of `setting`.
+unsafe fn check(
+    setting: &Duration,
+    newval: *mut *mut c_char,
+    extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
     // SAFETY: PostgreSQL passes the new value as a NUL-terminated string (never NULL: the
     // boot value is set).
     let text = unsafe { CStr::from_ptr(*newval) }.to_string_lossy();
@@ -263,14 +280,19 @@ unsafe extern "C-unwind" fn assign_duration<const I: usize>(
     _newval: *const c_char,
     extra: *mut c_void,
 ) {
-    if extra.is_null() {
-        return;
+    // SAFETY: a GUC assign hook's outermost frame; `extra` is what check_duration made for
+    // this value.
+    unsafe {
+        crate::entry::enter(DURATIONS[I].name, || {
+            if !extra.is_null() {
+                let checked = &*extra.cast::<Checked>();
+                let setting = &DURATIONS[I];
+                setting.micros.store(checked.micros, Relaxed);
+                setting.invalid_from.store(checked.invalid_from, Relaxed);
+            }
+            Ok(())
+        })
     }
-    // SAFETY: the extra that check_duration made for this value.
-    let checked = unsafe { &*extra.cast::<Checked>() };
-    let setting = &DURATIONS[I];
-    setting.micros.store(checked.micros, Relaxed);
-    setting.invalid_from.store(checked.invalid_from, Relaxed);
 }
 
 fn error_string(s: &str) -> *mut c_char {

@@ -58,9 +58,18 @@ struct Database {
 }
 
 /// The launcher's main loop.
-#[pgrx::pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn idem_purge_launcher_main(_arg: pg_sys::Datum) {
+    // SAFETY: the worker's outermost frame (entry.rs).
+    unsafe {
+        crate::entry::enter(c"idempotency purge launcher", || {
+            launcher();
+            Ok(())
+        })
+    }
+}
+
+fn launcher() {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(None, None);
     let mut interval = settings::purge_interval();
@@ -258,9 +267,18 @@ fn purge_in(db: &Database) -> bool {
 }
 
 /// The purge worker of one database.
-#[pgrx::pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn idem_purge_worker_main(arg: pg_sys::Datum) {
+    // SAFETY: the worker's outermost frame (entry.rs).
+    unsafe {
+        crate::entry::enter(c"idempotency purge worker", || {
+            purge_worker(arg);
+            Ok(())
+        })
+    }
+}
+
+fn purge_worker(arg: pg_sys::Datum) {
     crate::compat::sigterm_dies();
     // SAFETY: a background worker with a database connection, started by the launcher with
     // the database's oid as its argument.

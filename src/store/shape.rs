@@ -81,10 +81,16 @@ thread_local! {
 }
 
 unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    if let Some((rel, _)) = KNOWN.get() {
-        if relid == pg_sys::InvalidOid || relid == rel {
-            KNOWN.set(None);
-        }
+    // SAFETY: a relcache callback's outermost frame.
+    unsafe {
+        crate::entry::enter(c"idempotency relcache callback", || {
+            if let Some((rel, _)) = KNOWN.get() {
+                if relid == pg_sys::InvalidOid || relid == rel {
+                    KNOWN.set(None);
+                }
+            }
+            Ok(())
+        })
     }
 }
 
