@@ -29,7 +29,7 @@ FUZZ_SECONDS ?= 300
 export PG_BINDIR
 
 .PHONY: setup install package demo clean check test \
-	test-core test-meta test-pg test-regress test-isolation test-vectors test-upgrade \
+	test-guard test-core test-meta test-pg test-regress test-isolation test-vectors test-upgrade \
 	test-standby test-dump test-torture test-crash test-bench test-fuzz test-matrix \
 	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
 	test-client-python test-client-typescript test-http-examples test-citus bench-citus \
@@ -63,7 +63,7 @@ demo: $(STAMP).debug
 # --- the everyday loop and the full run ---------------------------------------------------------
 # check comes first in test: its #[pg_test]s put a test build into PostgreSQL 15 before the
 # other suites install theirs.
-check: test-core test-pg test-regress test-isolation
+check: test-guard test-core test-pg test-regress test-isolation
 	@echo "make check: passed"
 
 test: check test-meta test-vectors test-upgrade test-standby test-dump test-torture test-crash \
@@ -78,6 +78,11 @@ test: check test-meta test-vectors test-upgrade test-standby test-dump test-tort
 # The pure core: unit, property and vector tests, no PostgreSQL.
 test-core:
 	cargo test -p idempotency-core
+
+# Every function exported to C goes through entry::enter (src/entry.rs), and the checker
+# catches one that does not.
+test-guard:
+	python3 scripts/guard-check.py --self-test
 
 # META.json against the PGXN Meta Spec, and the checker against broken copies of it.
 test-meta:
