@@ -33,7 +33,7 @@ export PG_BINDIR
 	test-standby test-dump test-torture test-crash test-bench test-fuzz test-matrix \
 	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
 	test-client-python test-client-typescript test-http-examples test-citus bench-citus \
-	test-ops-worker bench-counters test-instructions bench-instructions
+	test-ops-worker bench-counters test-instructions bench-instructions bench-guest
 
 setup:
 	@bash scripts/setup.sh
@@ -129,6 +129,14 @@ test-bench: $(STAMP).debug
 		BENCH_SCALES="1000 10000" BENCH_REPLAY_KEYS=1000 BENCH_PURGE=10000 \
 		BENCH_PURGE_SECONDS=5 BENCH_RESULTS=build/bench-smoke BENCH_COMMAND="make test-bench" \
 		BENCH_INSTRUCTIONS=off bash bench/run.sh
+	INSTR_N1=100 INSTR_N2=300 INSTR_ROUNDS=1 GUEST_SECONDS=1 GUEST_ROUNDS=1 GUEST_SCALE=1 \
+		GUEST_OUT=build/bench-smoke/guest GUEST_COMMAND="make test-bench" bash bench/guest.sh
+
+# bench/guest.sh (what the loaded library costs other queries: pgbench -S instructions and
+# TPS with the library not loaded, loaded, preloaded) on the release build; figures in
+# bench/README.md. test-bench runs it at a tiny size.
+bench-guest: $(STAMP).release
+	GUEST_COMMAND="make bench-guest" bash bench/guest.sh
 
 # bench/instructions.sh on a debug build at a tiny size, one round: it fails when a case errs
 # or does not do what it claims; its figures mean nothing.

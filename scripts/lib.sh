@@ -43,12 +43,14 @@ port_of() {  # NAME [MAJOR]
     bench) offset=20 ;;
     bench-http) offset=21 ;;
     instructions) offset=22 ;;  # the template of bench/instructions.sh (its measurements listen on none)
+    bench-guest) offset=23 ;;   # bench/guest.sh
     http) offset=30 ;;     # its hot standby listens on the next port
     client-python) offset=40 ;;
     client-typescript) offset=41 ;;
     http-examples) offset=42 ;;
     citus) offset=50 ;;        # a coordinator and two workers: this port and the next two
     bench-citus) offset=53 ;;  # the same, and a plain node on the fourth
+    guest) offset=60 ;;        # scripts/guest-test.sh: its runs A..E on this port and the next four
     matrix) offset=$((70 + ${2:?port_of matrix needs the major version})) ;;  # every suite of that version, one after the other
     *) die "no port for '$1'" ;;
   esac
