@@ -9,7 +9,8 @@
 //! - a setting's check-hook "extra" is freed with `free` before 16 and with `pfree` (in
 //!   PostgreSQL's GUC memory context) from 16 on, so it must come from `malloc` or from
 //!   `guc_malloc` accordingly;
-//! - the heap and index calls of the record store's direct path (below).
+//! - what the record store reads of a relation, and the heap and index calls of its direct
+//!   path (below).
 
 use std::ffi::CStr;
 
@@ -123,13 +124,47 @@ pub fn guc_extra_alloc(size: usize) -> *mut std::ffi::c_void {
     }
 }
 
-// --- the record store's direct path (store/direct.rs) -------------------------------------------
+// --- the record store (store/shape.rs, store/direct.rs) -----------------------------------------
+// - a tuple descriptor's attributes are an array right after its header before 18, and from 18
+//   on come after an array of compact attributes (`TupleDescAttr`);
+// - a relation's storage is named by `rd_node` (a RelFileNode) before 16 and by `rd_locator`
+//   (a RelFileLocator) from 16 on;
 // - `index_beginscan` takes an instrumentation argument from 18 on;
 // - `index_insert` takes the `indexUnchanged` hint from 14 on;
 // - `index_insert_cleanup` exists from 17 on: BRIN keeps its insert state (a pinned revmap
 //   buffer) in the IndexInfo between inserts and must be told to release it;
 // - `heap_update` says from 16 on which indexes need new entries (none, all, or only the
 //   summarizing ones such as BRIN); before, a HOT update needs none and any other all.
+
+/// The `i`th (0-based) attribute of a tuple descriptor.
+///
+/// # Safety
+/// `desc` a valid descriptor with more than `i` attributes; the result lives as long as it.
+pub unsafe fn tuple_desc_attr(
+    desc: pg_sys::TupleDesc,
+    i: usize,
+) -> *const pg_sys::FormData_pg_attribute {
+    unsafe {
+        #[cfg(feature = "pg18")]
+        return pg_sys::TupleDescAttr(desc, i as std::ffi::c_int);
+        #[cfg(not(feature = "pg18"))]
+        return (*desc).attrs.as_ptr().add(i);
+    }
+}
+
+/// The number of the file that holds the relation's rows now: another one after TRUNCATE,
+/// CLUSTER, VACUUM FULL, a rewriting ALTER TABLE or SET TABLESPACE.
+///
+/// # Safety
+/// `rel` an open relation.
+pub unsafe fn relfilenumber(rel: pg_sys::Relation) -> pg_sys::Oid {
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        return (*rel).rd_node.relNode;
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        return (*rel).rd_locator.relNumber;
+    }
+}
 
 /// Which indexes an updated row needs new entries in.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -24,6 +24,13 @@
 //!   locks themselves, as in a plain SELECT, INSERT or UPDATE.
 //! - **Indexes after an update.** Only when the update is not HOT (or, from 16, only into
 //!   BRIN when it changed expires_at); see `compat::heap_update`.
+//! - **Publications.** Before an update, the executor's own check that a publication of the
+//!   table can replicate it (`CheckCmdReplicaIdentity`: 55000 without a replica identity),
+//!   at the point where an UPDATE statement makes it, whether or not a row is found.
+//! - **The row a claim wrote.** A completion in the claim's transaction fetches it by the
+//!   address the claim remembered, only while that address surely names a block of the
+//!   table's current file (`fetch_remembered`); else it probes the index.
+//! - **Lock waits** name the row they wait for (`XactLockTableWait`), as the executor's do.
 
 use idempotency_core::decision::Micros;
 use pgrx::{pg_sys, IntoDatum};
@@ -34,9 +41,12 @@ use crate::compat::{self, IndexUpdate};
 use crate::errors::IdemError;
 use idempotency_core::decision::State;
 
-/// Where this backend last wrote a record, in which transaction, for which key.
+/// Where this backend last wrote a record: in which (sub)transaction, in which relation and
+/// file, for which key.
 struct Remembered {
     xid: pg_sys::TransactionId,
+    relid: pg_sys::Oid,
+    file: pg_sys::Oid,
     tid: pg_sys::ItemPointerData,
     scope: Vec<u8>,
     key: Vec<u8>,
@@ -44,28 +54,36 @@ struct Remembered {
 
 thread_local! {
     /// The row the last claim or update of this backend wrote: a completion in the claim's own
-    /// transaction fetches it by address instead of probing the index. Checked on use (same
-    /// transaction, same scope and key, visible in the snapshot, which a version this
-    /// transaction replaced since, or one of a rolled-back savepoint, is not); anything else
-    /// falls back to the probe.
+    /// transaction fetches it by address instead of probing the index. Checked before the
+    /// address is read (`fetch_remembered`) and on use (same scope and key, visible in the
+    /// snapshot, which a version this transaction replaced since is not); anything else falls
+    /// back to the probe.
     static LAST_WRITE: std::cell::RefCell<Option<Remembered>> = const { std::cell::RefCell::new(None) };
 }
 
-fn remember(tid: pg_sys::ItemPointerData, scope: pg_sys::Datum, key: pg_sys::Datum) {
-    // SAFETY: the transaction id (assigned: this transaction just wrote) and two text datums.
-    let (xid, scope, key) = unsafe {
-        (
-            pg_sys::GetTopTransactionIdIfAny(),
-            varlena_bytes(scope).to_vec(),
-            varlena_bytes(key).to_vec(),
-        )
+/// Remembers the row just written at `tid` of `heap`.
+///
+/// # Safety
+/// `heap` open; `scope` and `key` text datums.
+unsafe fn remember(
+    heap: pg_sys::Relation,
+    tid: pg_sys::ItemPointerData,
+    scope: pg_sys::Datum,
+    key: pg_sys::Datum,
+) {
+    // SAFETY: the id of the (sub)transaction that wrote (assigned: it just wrote), the open
+    // relation's oid and file, and two text datums.
+    let remembered = unsafe {
+        Remembered {
+            xid: pg_sys::GetCurrentTransactionIdIfAny(),
+            relid: (*heap).rd_id,
+            file: compat::relfilenumber(heap),
+            tid,
+            scope: varlena_bytes(scope).to_vec(),
+            key: varlena_bytes(key).to_vec(),
+        }
     };
-    LAST_WRITE.set(Some(Remembered {
-        xid,
-        tid,
-        scope,
-        key,
-    }));
+    LAST_WRITE.set(Some(remembered));
 }
 
 /// What the function that opens the table does with it.
@@ -312,22 +330,30 @@ impl Direct {
 
     /// The row this transaction last wrote for (scope, key), fetched by its address, if it is
     /// still the version the snapshot sees.
+    ///
+    /// The address is read only while it surely names a block of the table's file: the
+    /// (sub)transaction that wrote it is this one or committed into it (not rolled back to a
+    /// savepoint), so the RowExclusiveLock that the write took is still held and no other
+    /// session can have truncated the file (VACUUM's truncation, TRUNCATE, CLUSTER need
+    /// AccessExclusiveLock); and the table still has the file it was written to (this
+    /// transaction's own TRUNCATE, CLUSTER or rewrite gave it a new, emptier one).
     fn fetch_remembered(
         &self,
         scope: pg_sys::Datum,
         key: pg_sys::Datum,
         snapshot: pg_sys::Snapshot,
     ) -> bool {
-        // SAFETY: two text datums; the fetch reads one row address of the open table under
-        // the snapshot (an invisible or vanished version gives false).
+        // SAFETY: two text datums; the fetch reads one row address of the open table, in a
+        // block of its file (above), under the snapshot (an invisible or vanished version
+        // gives false).
         unsafe {
-            let xid = pg_sys::GetTopTransactionIdIfAny();
             let tid = LAST_WRITE.with_borrow(|last| match last {
                 Some(r)
-                    if xid != pg_sys::InvalidTransactionId
-                        && r.xid == xid
+                    if r.relid == (*self.heap).rd_id
+                        && r.file == compat::relfilenumber(self.heap)
                         && r.scope == varlena_bytes(scope)
-                        && r.key == varlena_bytes(key) =>
+                        && r.key == varlena_bytes(key)
+                        && pg_sys::TransactionIdIsCurrentTransactionId(r.xid) =>
                 {
                     Some(r.tid)
                 }
@@ -351,6 +377,9 @@ impl Direct {
     }
 
     pub fn insert(&self, c: &Claim) -> Result<bool, IdemError> {
+        // (The executor calls CheckCmdReplicaIdentity for an INSERT too, where it returns at
+        // once on every version from 13 to 18: a publication needs no replica identity for
+        // an INSERT. Not called.)
         if xact_snapshot() {
             self.refuse_unseen_row(c.scope, c.key)?;
         }
@@ -389,7 +418,7 @@ impl Direct {
                 std::ptr::null_mut(),
             );
             self.index_entries(&mut (*tuple).t_self, &row, IndexUpdate::All, false);
-            remember((*tuple).t_self, c.scope, c.key);
+            remember(self.heap, (*tuple).t_self, c.scope, c.key);
             pg_sys::heap_freetuple(tuple);
         }
         self.found.set(false);
@@ -420,15 +449,30 @@ impl Direct {
                         "could not serialize access due to concurrent update",
                     ));
                 }
+                // The row's address, for the wait's error context (as the unique check gives
+                // it), taken before the slot lets the row go.
+                let mut tid = (*self.slot).tts_tid;
                 pg_sys::ExecClearTuple(self.slot);
                 pg_sys::XactLockTableWait(
                     waiting_for,
                     self.heap,
-                    std::ptr::null_mut(),
+                    &mut tid,
                     pg_sys::XLTW_Oper::XLTW_InsertIndex,
                 );
             }
         }
+    }
+
+    /// Raises what the executor raises for a `cmd` on the table when the statement starts
+    /// (`CheckCmdReplicaIdentity`, from `ExecInitModifyTable`): 55000 for an UPDATE of a table
+    /// that a publication replicates without a replica identity (REPLICA IDENTITY NOTHING,
+    /// USING INDEX of an index since dropped), 42P10 where a publication's row filter or
+    /// column list does not fit the replica identity; a subscriber could never apply such an
+    /// UPDATE. PostgreSQL keeps what it needs in the table's relcache entry: after the first
+    /// call, a few comparisons.
+    fn check_replica_identity(&self, cmd: pg_sys::CmdType::Type) {
+        // SAFETY: the table is open and locked; an ERROR comes back as a panic for the guard.
+        unsafe { pg_sys::CheckCmdReplicaIdentity(self.heap, cmd) }
     }
 
     /// Adds the index entries of the row at `tid`: every index (a new row, an update that
@@ -494,6 +538,8 @@ impl Direct {
         changes: &[(Col, Option<pg_sys::Datum>)],
         keep: &dyn Fn(&Direct) -> Result<bool, IdemError>,
     ) -> Result<bool, IdemError> {
+        // Where the executor checks it: when the UPDATE starts, before it looks for the row.
+        self.check_replica_identity(pg_sys::CmdType::CMD_UPDATE);
         loop {
             if !self.current(scope, key) || !keep(self)? {
                 return Ok(false);
@@ -528,7 +574,7 @@ impl Direct {
                 );
                 if result == pg_sys::TM_Result::TM_Ok {
                     self.index_entries(&mut (*tuple).t_self, &row, indexes, true);
-                    remember((*tuple).t_self, scope, key);
+                    remember(self.heap, (*tuple).t_self, scope, key);
                 }
                 pg_sys::heap_freetuple(tuple);
                 (result, tmfd)

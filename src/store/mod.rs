@@ -7,8 +7,9 @@
 //!   the extension created (`shape`).
 //! - `sql`: the extension's SQL statements through SPI, the reference: what the direct path
 //!   must match, outcome for outcome, and what runs whenever the table is not as expected
-//!   (another index, a trigger, row security, a Citus table, ...). `idem_purge` and
-//!   `idem_forget` always take it.
+//!   (another index, a trigger, row security, a NOT NULL or identity column the script did not
+//!   create, an inheritance child, a Citus table, ...). `idem_purge` and `idem_forget` always
+//!   take it.
 //!
 //! The store reads and writes what it is told; the decisions are in `idempotency_core::decision`
 //! and the protocol (locking, order of steps) in `api`.

@@ -1,15 +1,20 @@
 //! Whether the direct path may touch `idempotency.records`: the table must be exactly what
 //! the extension's script created, or the direct path would skip what the executor does for
-//! the difference (fire a trigger, apply a policy or a default, fill another index, route to
-//! a Citus shard). Checked once per backend and kept until the table's relcache entry is
-//! invalidated (any ALTER TABLE, CREATE or DROP INDEX or TRIGGER, DROP EXTENSION, Citus's
-//! metadata changes); whatever is unexpected makes the store take the SQL path.
+//! the difference (fire a trigger, apply a policy or a default, refuse a NULL, fill another
+//! index, read a child table, route to a Citus shard). Checked once per backend and kept
+//! until the table's relcache entry is invalidated (any ALTER TABLE, CREATE or DROP INDEX or
+//! TRIGGER, a new inheritance child, DROP EXTENSION, Citus's metadata changes); whatever is
+//! unexpected makes the store take the SQL path.
 //!
-//! The expected shape: a plain, unpartitioned heap table; exactly these 16 columns of these
-//! types (no dropped or added column, no default, no CHECK, no generated column); no trigger,
-//! rule or row security; exactly two indexes, valid and ready: the unique, immediate b-tree
-//! on (scope, key) in the "C" collation, and a BRIN index on expires_at, neither with an
-//! expression or a predicate; not a Citus table.
+//! The expected shape: a plain, unpartitioned heap table with no inheritance child and no
+//! parent; exactly these 16 columns of these types, each NOT NULL exactly where the script
+//! made it so (no dropped or added column, no default, no CHECK, no identity or generated
+//! column); no trigger, rule or row security; exactly two indexes, valid and ready: the
+//! unique, immediate b-tree on (scope, key) in the "C" collation, and a BRIN index on
+//! expires_at, neither with an expression or a predicate; not a Citus table.
+//!
+//! What is not a matter of shape is checked where the executor checks it: a publication that
+//! cannot replicate an UPDATE of the table (`CheckCmdReplicaIdentity`, store/direct.rs).
 
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -18,39 +23,49 @@ use pgrx::pg_sys;
 
 use crate::errors::IdemError;
 
-/// The columns with their types, in the order of the table's definition: `Col`, `NCOLS` and
-/// `COLUMNS` (each column's name and type oid), from one list.
+/// The columns with their types and NOT NULL, in the order of the table's definition
+/// (sql/idempotency.sql): `Col`, `NCOLS` and `COLUMNS` (each column's name, type oid and
+/// whether it is NOT NULL), from one list.
 macro_rules! columns {
-    ($($col:ident: $ty:ident),* $(,)?) => {
+    ($($col:ident: $ty:ident $($not_null:ident)*),* $(,)?) => {
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, PartialEq, Eq, Debug)]
         pub enum Col { $($col),* }
 
         pub const NCOLS: usize = [$(Col::$col),*].len();
 
-        const COLUMNS: [(Col, &CStr, u32); NCOLS] = [$((
+        const COLUMNS: [(Col, &CStr, u32, bool); NCOLS] = [$((
             Col::$col,
             match CStr::from_bytes_with_nul(concat!(stringify!($col), "\0").as_bytes()) {
                 Ok(name) => name,
                 Err(_) => panic!("a column name with a NUL"),
             },
             pg_sys::$ty.to_u32(),
+            not_null!($($not_null)*),
         )),*];
     };
 }
+macro_rules! not_null {
+    () => {
+        false
+    };
+    (NOT NULL) => {
+        true
+    };
+}
 columns!(
-    created_at: TIMESTAMPTZOID,
-    expires_at: TIMESTAMPTZOID,
+    created_at: TIMESTAMPTZOID NOT NULL,
+    expires_at: TIMESTAMPTZOID NOT NULL,
     lease_expires_at: TIMESTAMPTZOID,
-    lease: INT8OID,
-    owner: REGROLEOID,
-    attempt: INT4OID,
+    lease: INT8OID NOT NULL,
+    owner: REGROLEOID NOT NULL,
+    attempt: INT4OID NOT NULL,
     http_status: INT2OID,
-    state: CHAROID,
+    state: CHAROID NOT NULL,
     retryable: BOOLOID,
-    scope: TEXTOID,
-    key: TEXTOID,
-    fingerprint: BYTEAOID,
+    scope: TEXTOID NOT NULL,
+    key: TEXTOID NOT NULL,
+    fingerprint: BYTEAOID NOT NULL,
     resource: TEXTOID,
     recovery_point: TEXTOID,
     recovery_data: JSONBOID,
@@ -77,17 +92,24 @@ impl Shape {
 thread_local! {
     /// The table's oid and, if the direct path may use it, its shape.
     static KNOWN: Cell<Option<(pg_sys::Oid, Option<Shape>)>> = const { Cell::new(None) };
+    /// The table whose invalidations the callback counts: the one whose shape was read last.
+    static WATCHED: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// How many invalidations of `WATCHED` (or of every relation) this backend has processed.
+    static INVALIDATIONS: Cell<u64> = const { Cell::new(0) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
+
+/// How many times `of` reads a shape that an invalidation overtook before it gives the call
+/// to the SQL path (and reads again on the next call).
+const READ_ATTEMPTS: u32 = 3;
 
 unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     // SAFETY: a relcache callback's outermost frame.
     unsafe {
         crate::entry::enter(c"idempotency relcache callback", || {
-            if let Some((rel, _)) = KNOWN.get() {
-                if relid == pg_sys::InvalidOid || relid == rel {
-                    KNOWN.set(None);
-                }
+            if relid == pg_sys::InvalidOid || relid == WATCHED.get() {
+                KNOWN.set(None);
+                INVALIDATIONS.set(INVALIDATIONS.get().wrapping_add(1));
             }
             Ok(())
         })
@@ -106,6 +128,14 @@ pub fn relid() -> Result<pg_sys::Oid, IdemError> {
 /// Call after the table is locked: taking the lock processes the invalidations that a
 /// change of the table sent.
 ///
+/// A shape is kept only if no invalidation of the table arrived while it was read. Reading
+/// looks at catalogs (the indexes, pg_inherits), and opening one processes the invalidations
+/// that are pending: the table's relcache entry is then rebuilt under the read, which may
+/// already have looked at the old one (the index list, say, before a CREATE INDEX
+/// CONCURRENTLY's new index). Nothing was kept yet for the callback to drop, so such a shape
+/// would stay until the table's next change: it is read again instead, and after
+/// `READ_ATTEMPTS` overtaken reads the call takes the SQL path (and the next call reads again).
+///
 /// # Safety
 /// `rel` is the records table, open and locked.
 pub unsafe fn of(rel: pg_sys::Relation) -> Result<Option<Shape>, IdemError> {
@@ -119,22 +149,38 @@ pub unsafe fn of(rel: pg_sys::Relation) -> Result<Option<Shape>, IdemError> {
         crate::compat::register_relcache_callback(invalidate);
         CALLBACK_REGISTERED.set(true);
     }
-    let shape = match unsafe { read(rel) }? {
-        Ok(shape) => {
-            pgrx::debug1!("idempotency: idempotency.records takes the direct path");
-            Some(shape)
+    WATCHED.set(relid);
+    for _ in 0..READ_ATTEMPTS {
+        let before = INVALIDATIONS.get();
+        let read = unsafe { read(rel) }?;
+        if INVALIDATIONS.get() != before {
+            continue;
         }
-        Err(why) => {
-            pgrx::debug1!("idempotency: idempotency.records takes the SQL path: {why}");
-            None
-        }
-    };
-    KNOWN.set(Some((relid, shape)));
-    Ok(shape)
+        let shape = match read {
+            Ok(shape) => {
+                pgrx::debug1!("idempotency: idempotency.records takes the direct path");
+                Some(shape)
+            }
+            Err(why) => {
+                pgrx::debug1!("idempotency: idempotency.records takes the SQL path: {why}");
+                None
+            }
+        };
+        KNOWN.set(Some((relid, shape)));
+        return Ok(shape);
+    }
+    pgrx::debug1!(
+        "idempotency: idempotency.records takes the SQL path for this call: it changed while its shape was read"
+    );
+    Ok(None)
 }
 
-/// Reads the shape from the catalogs: the shape, or why the direct path must not be taken
-/// (logged at DEBUG1 once per backend and change of the table).
+/// Reads the shape: the shape, or why the direct path must not be taken (logged at DEBUG1
+/// once per backend and change of the table).
+///
+/// First everything that the relcache entry itself holds, without a catalog lookup (which
+/// could process an invalidation and rebuild the entry while its fields are read); then the
+/// catalogs. `of` discards the result if an invalidation arrived meanwhile.
 unsafe fn read(rel: pg_sys::Relation) -> Result<Result<Shape, &'static str>, IdemError> {
     unsafe {
         let relid = (*rel).rd_id;
@@ -147,6 +193,11 @@ unsafe fn read(rel: pg_sys::Relation) -> Result<Result<Shape, &'static str>, Ide
         }
         if form.relrowsecurity {
             return Ok(Err("it has row security"));
+        }
+        // The executor's statements read and update the children too (the primary key covers
+        // none of their rows). Set by the first child, cleared by ANALYZE once none is left.
+        if form.relhassubclass {
+            return Ok(Err("it has inheritance children"));
         }
         if !(*rel).trigdesc.is_null() || !(*rel).rd_rules.is_null() {
             return Ok(Err("it has a trigger or a rule"));
@@ -165,16 +216,40 @@ unsafe fn read(rel: pg_sys::Relation) -> Result<Result<Shape, &'static str>, Ide
                 "it has a default, a CHECK constraint or a generated column",
             ));
         }
-        let mut position = [0usize; NCOLS];
-        for (col, name, typ) in COLUMNS {
-            let attnum = pg_sys::get_attnum(relid, name.as_ptr());
-            if attnum < 1 || pg_sys::get_atttype(relid, attnum) != pg_sys::Oid::from(typ) {
+        let mut position = [usize::MAX; NCOLS];
+        for i in 0..NCOLS {
+            let att = &*crate::compat::tuple_desc_attr(desc, i);
+            let name = CStr::from_ptr(att.attname.data.as_ptr());
+            let Some(&(col, _, typ, not_null)) = COLUMNS.iter().find(|c| c.1 == name) else {
+                return Ok(Err("its columns are not the extension's"));
+            };
+            if att.attisdropped
+                || att.atttypid != pg_sys::Oid::from(typ)
+                || position[col as usize] != usize::MAX
+            {
                 return Ok(Err("its columns are not the extension's"));
             }
-            position[col as usize] = attnum as usize - 1;
+            if att.attnotnull != not_null {
+                return Ok(Err(
+                    "a column's NOT NULL is not as the extension created it",
+                ));
+            }
+            if att.attidentity != 0 {
+                return Ok(Err("it has an identity column"));
+            }
+            if att.attgenerated != 0 {
+                return Ok(Err(
+                    "it has a default, a CHECK constraint or a generated column",
+                ));
+            }
+            position[col as usize] = i;
         }
         let attnum = |c: Col| position[c as usize] as i16 + 1;
 
+        // From here on catalogs are read (each may process invalidations).
+        if has_superclass(relid) {
+            return Ok(Err("it inherits from another table"));
+        }
         let list = pg_sys::RelationGetIndexList(rel);
         if list.is_null() || (*list).length != 2 {
             return Ok(Err("its indexes are not the extension's"));
@@ -203,6 +278,17 @@ unsafe fn read(rel: pg_sys::Relation) -> Result<Result<Shape, &'static str>, Ide
             position,
         }))
     }
+}
+
+/// Whether the table inherits from another (a row in pg_inherits; pgrx's bindings have no
+/// catalog/pg_inherits.h).
+fn has_superclass(relid: pg_sys::Oid) -> bool {
+    unsafe extern "C-unwind" {
+        fn has_superclass(relid: pg_sys::Oid) -> bool;
+    }
+    // SAFETY: a catalog scan by oid, inside a transaction; guarded like any pg_sys call (an
+    // ERROR comes back as a panic for the way in's guard).
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| has_superclass(relid)) }
 }
 
 enum IndexKind {
