@@ -511,3 +511,14 @@ ALTER FUNCTION idem_check(text, text, jsonb) RESET search_path;
 ALTER FUNCTION idem_purge(integer) RESET search_path;
 ALTER FUNCTION idem_forget(text, text) RESET search_path;
 -- END hot path
+
+-- ============================================================================================
+-- BEGIN roles (0.3.0; README, "Roles and grants")
+--
+-- pg_dump leaves out the records of roles that no longer exist (sql/idempotency.sql says
+-- why): the dump registration gets a filter. Nothing else of the roles model is SQL: the
+-- settings and the checks live in the library.
+-- ============================================================================================
+SELECT pg_catalog.pg_extension_config_dump('idempotency.records',
+    'WHERE owner::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT r.oid FROM pg_catalog.pg_roles r))');
+-- END roles

@@ -59,8 +59,14 @@ CREATE TABLE idempotency.records (
 CREATE INDEX records_expires_at_brin ON idempotency.records USING brin (expires_at);
 REVOKE ALL ON idempotency.records FROM PUBLIC;
 COMMENT ON TABLE idempotency.records IS 'idempotency keys: one row per (scope, key); reach it only through the idem_* functions';
--- Keep the rows in pg_dump output: they are data, not extension scaffolding.
-SELECT pg_catalog.pg_extension_config_dump('idempotency.records', '');
+-- Keep the rows in pg_dump output: they are data, not extension scaffolding. But only the
+-- rows of roles that exist: DROP ROLE leaves a dropped role's records behind with its bare
+-- oid (regrole records no dependency), which a dump would write as a number and a restore
+-- would hand to whichever role has that oid there. pg_dump runs with an empty search_path,
+-- hence every name qualified; pg_roles (not pg_authid) so that any role that may read the
+-- table may run the dump. (roles block of sql/idempotency--0.2.0--0.3.0.sql: the same text.)
+SELECT pg_catalog.pg_extension_config_dump('idempotency.records',
+    'WHERE owner::pg_catalog.oid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT r.oid FROM pg_catalog.pg_roles r))');
 
 -- The functions run as the caller (so that the caller's role can be checked against each
 -- record's owner). They have no SET search_path: a SET clause costs every call a GUC save and

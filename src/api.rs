@@ -77,11 +77,39 @@ fn existing(r: &Row, caller: pg_sys::Oid) -> Existing {
     }
 }
 
-/// Whether the caller may use a record of `owner`'s: as a member of it (superusers are
-/// members of every role).
+/// Whether the caller may use (read, claim, settle) a record of `owner`'s: it is the owner, a
+/// superuser, or could act as the owner anyway. Before PostgreSQL 16 that is any member of the
+/// owner's role (every member may SET ROLE to it). From 16 a membership grant can have INHERIT
+/// FALSE and SET FALSE (the grant WITH ADMIN OPTION that CREATEROLE gets on the roles it
+/// creates has both by default), and such a member cannot act as the role: it must inherit
+/// the role's privileges or be allowed to SET ROLE to it (`is_member_of_role`, which ignores
+/// both options, is PostgreSQL's test for group membership, not for privileges). A dropped
+/// owner's oid matches no role: only superusers pass.
 fn owns(caller: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
+    caller == owner || can_act_as(caller, owner)
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+fn can_act_as(caller: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
     // SAFETY: a catalog lookup.
     unsafe { pg_sys::is_member_of_role(caller, owner) }
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+fn can_act_as(caller: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups.
+    unsafe {
+        pg_sys::has_privs_of_role(caller, owner) || pg_sys::member_can_set_role(caller, owner)
+    }
+}
+
+/// Whether the caller may evict (`idem_forget`) a record of `owner`'s: it may use it, or it
+/// administers the owner's role (PostgreSQL's `is_admin_of_role`: a superuser, or a member of
+/// a role that holds ADMIN OPTION on it; from 16 that includes a CREATEROLE role on the roles
+/// it created). Administering a role lets one evict its keys, not read its responses.
+fn may_evict(caller: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
+    // SAFETY: a catalog lookup.
+    owns(caller, owner) || unsafe { pg_sys::is_admin_of_role(caller, owner) }
 }
 
 /// 42501 unless the caller may use a record of `owner`'s (for the functions that need no
@@ -97,6 +125,7 @@ fn require_owner(
     } else {
         Err(IdemError::NotOwner {
             at: KeyRef::new(scope, key),
+            evict: false,
         })
     }
 }
@@ -112,6 +141,9 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             argument: p.command.name,
         })?;
     let ttl = a.duration(p.ttl, settings::ttl, 1)?;
+    // No role holds a key, its own or one another role will need, beyond the ceiling that only
+    // a superuser sets.
+    settings::check_ttl(ttl, a.datum(p.ttl).is_none())?;
     let lease = a.duration(p.lease, settings::lease, 1)?;
     let wait = a.duration(p.wait, settings::wait, 0)?;
     prevent_if_read_only(c"idem_begin()")?;
@@ -524,7 +556,12 @@ fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     else {
         return Ok(pg_sys::Datum::from(false));
     };
-    require_owner(caller, r.owner, scope, key)?;
+    if !may_evict(caller, r.owner) {
+        return Err(IdemError::NotOwner {
+            at: KeyRef::new(scope, key),
+            evict: true,
+        });
+    }
     let forgotten = records.forget(scope_d, key_d)?;
     if forgotten {
         stats::count(Counter::Forgets);

@@ -79,8 +79,9 @@ pub enum IdemError {
         given: i32,
         current: i32,
     },
-    /// 42501: the record belongs to a role the caller is not a member of.
-    NotOwner { at: KeyRef },
+    /// 42501: the record belongs to a role the caller may not act as (`evict`: nor administers,
+    /// for idem_forget); see `api::owns`.
+    NotOwner { at: KeyRef, evict: bool },
     /// 25006: a writing function on a hot standby (in a read-only transaction on a primary,
     /// PostgreSQL's own PreventCommandIfReadOnly reports the same code).
     DuringRecovery { function: &'static str },
@@ -108,6 +109,13 @@ pub enum IdemError {
         size: usize,
         limit: usize,
         setting: &'static str,
+    },
+    /// 22023: a ttl, given or from `idempotency.ttl` (`from_setting`), beyond the ceiling that
+    /// `idempotency.max_ttl` sets.
+    TtlTooLong {
+        ttl: Micros,
+        max: Micros,
+        from_setting: bool,
     },
     /// 22023: a duration setting holds a value that PostgreSQL let through unchecked (set
     /// before the library was loaded, or in the configuration file); see `settings`.
@@ -140,7 +148,7 @@ impl IdemError {
     /// The error for a refusal of the decision about the key `at`.
     pub fn from_refusal(refusal: Refusal, at: KeyRef) -> Self {
         match refusal {
-            Refusal::NotOwner => IdemError::NotOwner { at },
+            Refusal::NotOwner => IdemError::NotOwner { at, evict: false },
             Refusal::CommandMismatch {
                 first_used,
                 stored,
@@ -166,6 +174,7 @@ impl IdemError {
             IdemError::NullArgument { .. } => NULL_VALUE_NOT_ALLOWED,
             IdemError::InvalidArgument { .. }
             | IdemError::TooLarge { .. }
+            | IdemError::TtlTooLong { .. }
             | IdemError::InvalidSetting { .. } => INVALID_PARAMETER_VALUE,
             IdemError::VersionMismatch { .. } | IdemError::NotPreloaded { .. } => {
                 OBJECT_NOT_IN_PREREQUISITE_STATE
@@ -236,12 +245,18 @@ impl IdemError {
                         .into(),
                 ),
             ),
-            IdemError::NotOwner { at } => (
+            IdemError::NotOwner { at, evict } => (
                 format!("permission denied for idempotency key \"{}\"", at.key),
                 Some(format!(
                     "Scope \"{}\", key \"{}\" belongs to a role that the current role is not a \
-                     member of.",
-                    at.scope, at.key
+                     member of{}.",
+                    at.scope,
+                    at.key,
+                    if *evict {
+                        " and has no ADMIN OPTION on"
+                    } else {
+                        ""
+                    }
                 )),
                 None,
             ),
@@ -278,6 +293,38 @@ impl IdemError {
                     "Raise idempotency.{setting}, or pass a smaller value."
                 )),
             ),
+            IdemError::TtlTooLong {
+                ttl,
+                max,
+                from_setting,
+            } => {
+                let detail = Some(format!(
+                    "It is {}; the limit is {}.",
+                    duration_text(*ttl),
+                    duration_text(*max)
+                ));
+                if *from_setting {
+                    (
+                        "idempotency.ttl is longer than idempotency.max_ttl".into(),
+                        detail,
+                        Some(
+                            "Set idempotency.ttl to at most idempotency.max_ttl, or pass a \
+                             shorter ttl; only a superuser can raise idempotency.max_ttl."
+                                .into(),
+                        ),
+                    )
+                } else {
+                    (
+                        "ttl of idem_begin() is longer than idempotency.max_ttl".into(),
+                        detail,
+                        Some(
+                            "Pass a ttl of at most idempotency.max_ttl; only a superuser can \
+                             raise idempotency.max_ttl."
+                                .into(),
+                        ),
+                    )
+                }
+            }
             IdemError::InvalidSetting {
                 name,
                 value,
@@ -384,6 +431,30 @@ impl From<FormatError> for IdemError {
     fn from(e: FormatError) -> Self {
         IdemError::Corrupted(e)
     }
+}
+
+/// A positive duration as PostgreSQL prints an interval of days and time ("30 days",
+/// "1 day 02:00:00", "00:00:00.5"); the largest value, to which a longer interval (or
+/// `infinity`) was clamped, as what it is.
+pub fn duration_text(micros: Micros) -> String {
+    const DAY: Micros = 86_400_000_000;
+    if micros == Micros::MAX {
+        return "longer than a timestamp can reach (292,000 years or more)".into();
+    }
+    let (days, rest) = (micros.max(0) / DAY, micros.max(0) % DAY);
+    let mut parts = Vec::new();
+    if days > 0 {
+        parts.push(format!("{days} day{}", if days == 1 { "" } else { "s" }));
+    }
+    if rest > 0 || days == 0 {
+        let (secs, frac) = (rest / 1_000_000, rest % 1_000_000);
+        let mut clock = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+        if frac > 0 {
+            clock.push_str(format!(".{frac:06}").trim_end_matches('0'));
+        }
+        parts.push(clock);
+    }
+    parts.join(" ")
 }
 
 fn hex8(fp: &[u8; 32]) -> String {

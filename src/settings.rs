@@ -1,10 +1,21 @@
-//! The extension's settings (GUCs): defaults for the arguments a caller leaves NULL, the size
-//! limits, logging, and the purge worker's schedule. Each is settable per session, role,
-//! database and by ALTER SYSTEM (the worker's in the configuration file only).
+//! The extension's settings (GUCs): defaults for the arguments a caller leaves NULL, the
+//! limits that protect the database, logging, and the purge worker's schedule. Each is
+//! settable per session, role, database and by ALTER SYSTEM (the worker's in the configuration
+//! file only). The limits that protect the database from its users (`max_ttl`,
+//! `max_command_size`, `max_response_size`) and `log_refusals` are PGC_SUSET: only superusers
+//! (and, from PostgreSQL 15, roles granted SET on them) may set them; anyone else's SET is
+//! PostgreSQL's own 42501 "permission denied to set parameter".
 //!
-//! The durations (`ttl`, `lease`, `wait`, `purge_interval`) are string settings read by
-//! `idempotency_core::duration`: interval syntax ('2 hours', '1 day', '90 s') and unit syntax
-//! ('2h', '500ms'); a bare number is in the unit of the integer settings of earlier releases.
+//! `idempotency.max_ttl` is the ceiling of every ttl, argument or setting. It is checked where
+//! a ttl is used (`check_ttl`, from idem_begin), never when `idempotency.ttl` is set: a check
+//! hook that compared two settings would depend on the order in which PostgreSQL applies them
+//! (at connection, in the configuration file, when a parallel worker restores the leader's),
+//! and a value let through in one order and refused in another helps nobody.
+//!
+//! The durations (`ttl`, `lease`, `wait`, `purge_interval`, `max_ttl`) are string settings
+//! read by `idempotency_core::duration`: interval syntax ('2 hours', '1 day', '90 s') and unit
+//! syntax ('2h', '500ms'); a bare number is in the unit of the integer settings of earlier
+//! releases (seconds for `max_ttl`, which is new).
 //!
 //! A value PostgreSQL lets through unchecked is never replaced by the default behind the
 //! user's back. PostgreSQL stores a value set before the library is loaded (a placeholder:
@@ -139,10 +150,14 @@ pub const TTL: usize = 0;
 pub const LEASE: usize = 1;
 pub const WAIT: usize = 2;
 pub const PURGE_INTERVAL: usize = 3;
+pub const MAX_TTL: usize = 4;
 
-use pg_sys::GucContext::{PGC_SIGHUP, PGC_USERSET};
+use pg_sys::GucContext::{PGC_SIGHUP, PGC_SUSET, PGC_USERSET};
 
-pub static DURATIONS: [Duration; 4] = [
+/// The default ceiling of a ttl: 30 days, one interval month (README, "Roles and grants").
+const MAX_TTL_DEFAULT_MICROS: Micros = 30 * 86_400_000_000;
+
+pub static DURATIONS: [Duration; 5] = [
     Duration::new(
         c"idempotency.ttl",
         c"1d",
@@ -183,10 +198,20 @@ pub static DURATIONS: [Duration; 4] = [
         0,
         60_000_000,
     ),
+    Duration::new(
+        c"idempotency.max_ttl",
+        c"30d",
+        c"Sets the longest ttl that idem_begin accepts, as its argument or from idempotency.ttl.",
+        c"An interval ('30 days') or a number with a unit ('720h'); a bare number is in seconds. A longer ttl is refused with 22023, so that no role can hold a key, its own or one another role will need, for longer. Only superusers can change this setting.",
+        PGC_SUSET,
+        Unit::Second,
+        1,
+        MAX_TTL_DEFAULT_MICROS,
+    ),
 ];
 
 /// The GUC machinery's text of each duration setting (its `valueAddr`).
-static mut TEXTS: [*mut c_char; 4] = [std::ptr::null_mut(); 4];
+static mut TEXTS: [*mut c_char; 5] = [std::ptr::null_mut(); 5];
 
 /// True while the settings are being defined: PostgreSQL then applies the values that were
 /// set before the library was loaded, and would only WARN about an invalid one.
@@ -325,26 +350,27 @@ pub fn register() {
     define_duration::<LEASE>();
     define_duration::<WAIT>();
     define_duration::<PURGE_INTERVAL>();
+    define_duration::<MAX_TTL>();
     DEFINING.store(false, Relaxed);
 
     GucRegistry::define_int_guc(
         c"idempotency.max_command_size",
         c"Sets the largest command that idem_begin and idem_check accept.",
-        c"The size is that of the uncompressed jsonb value; larger commands are refused with 22023.",
+        c"The size is that of the uncompressed jsonb value; larger commands are refused with 22023. Only superusers can change this setting.",
         &MAX_COMMAND_KB,
         1,
         i32::MAX / 1024,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"idempotency.max_response_size",
         c"Sets the largest response, error, resource, recovery point or recovery data that can be stored.",
-        c"The size is that of the uncompressed value; larger values are refused with 22023.",
+        c"The size is that of the uncompressed value; larger values are refused with 22023. Only superusers can change this setting.",
         &MAX_RESPONSE_KB,
         1,
         i32::MAX / 1024,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_KB,
     );
     GucRegistry::define_bool_guc(
@@ -429,6 +455,26 @@ pub fn wait() -> Result<Micros, IdemError> {
 
 pub fn purge_interval() -> Result<Micros, IdemError> {
     DURATIONS[PURGE_INTERVAL].get()
+}
+
+pub fn max_ttl() -> Result<Micros, IdemError> {
+    DURATIONS[MAX_TTL].get()
+}
+
+/// 22023 unless `ttl` is within `idempotency.max_ttl`. `from_setting`: the ttl is
+/// `idempotency.ttl`'s (the argument was NULL), for the message. A ttl of exactly the ceiling
+/// is accepted (`ttl => '1 mon'` is 30 days, the default ceiling).
+pub fn check_ttl(ttl: Micros, from_setting: bool) -> Result<(), IdemError> {
+    let max = max_ttl()?;
+    if ttl <= max {
+        Ok(())
+    } else {
+        Err(IdemError::TtlTooLong {
+            ttl,
+            max,
+            from_setting,
+        })
+    }
 }
 
 pub fn purge_batch() -> i32 {

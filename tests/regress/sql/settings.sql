@@ -1,7 +1,8 @@
 -- settings: the extension's GUCs, their defaults, units, and how they feed NULL arguments.
 -- Pins: idempotency.ttl (1d), idempotency.lease (1min), idempotency.wait (0),
 -- idempotency.max_command_size (1MB) and idempotency.max_response_size (1MB) exist with
--- these defaults and are settable by any user (context `user`); SET takes units and SHOW
+-- these defaults; the durations are settable by any user (context `user`), the size limits
+-- by superusers only (context `superuser`: roles pins the refusal); SET takes units and SHOW
 -- prints them back; idem_begin without ttl and lease uses the session's settings, and an
 -- explicit argument wins; a per-role setting is stored (ALTER ROLE ... SET).
 -- Values out of range (22023) are hostile_ranges'; the size limits applied are
