@@ -276,8 +276,21 @@ err "$P0" IK002 "SELECT idem_complete('$SA', 'k-1')" "is not in progress"
 err "$P0" 22004 "SELECT * FROM idem_begin('$SA', NULL, '{}')" 'argument "key" of idem_begin must not be null'
 # A NULL scope in the forms Citus delegates: 22004 from the extension's planner hook, before
 # Citus would hash it (and crash the node); as a literal, a folded expression, a bound
-# parameter, a named argument; through the coordinator and a worker.
+# parameter, a named argument; and the forms the planner reduces to those (a WHERE true, a
+# sub-select, an empty FROM sub-select; through the coordinator, a view and an inlined SQL
+# function), which crashed a node while the hook looked at the query before planning; through
+# the coordinator and a worker.
+qs "$P0" >/dev/null <<'SQL'
+CREATE VIEW public.null_scope_view AS SELECT * FROM idem_begin(NULL, 'k', '{}');
+CREATE FUNCTION public.null_scope_wrap(s text) RETURNS void
+  LANGUAGE sql AS $$ SELECT idem_complete(s, 'k') $$;
+SQL
+err "$P0" 22004 "SELECT * FROM public.null_scope_view" 'argument "scope" of idem_begin must not be null'
+err "$P0" 22004 "SELECT public.null_scope_wrap(NULL)" 'argument "scope" of idem_complete must not be null'
 for p in "$P0" "$P1"; do
+  err "$p" 22004 "SELECT * FROM idem_begin(NULL, 'k', '{}') WHERE true" 'argument "scope" of idem_begin must not be null'
+  err "$p" 22004 "SELECT * FROM (SELECT * FROM idem_begin(NULL, 'k', '{}')) s" 'argument "scope" of idem_begin must not be null'
+  err "$p" 22004 "SELECT idem_complete(NULL, 'k') FROM (SELECT) s" 'argument "scope" of idem_complete must not be null'
   err "$p" 22004 "SELECT * FROM idem_begin(NULL, 'k', '{}')" 'argument "scope" of idem_begin must not be null'
   err "$p" 22004 "SELECT idem_complete(NULL, 'k')" 'argument "scope" of idem_complete must not be null'
   err "$p" 22004 "SELECT * FROM idem_begin(lower(NULL), 'k', '{}')" 'argument "scope" of idem_begin must not be null'

@@ -369,23 +369,27 @@ impl Drop for Spi {
 
 /// The planner hook that keeps a NULL scope from crashing a Citus node.
 ///
-/// Citus 13.2 (and earlier) delegates a call of a distributed function in its planner: for
-/// `SELECT f(...)` or `SELECT ... FROM f(...)` it hashes the distribution argument to find the
-/// shard, without checking for NULL, and a NULL text crashes the backend in `hashtext`, which
-/// makes the postmaster restart every backend of the node (crash recovery). So a client that
-/// sends `idem_begin(NULL, ...)` (the contract's 22004) to any node would take the node down.
-/// This hook runs before Citus's and answers such a call with the function's own 22004 before
-/// Citus plans it.
+/// Citus 13.2 (and earlier) delegates a call of a distributed function in its planner: after
+/// `standard_planner` has planned the query, it looks for a single call of a distributed
+/// function (`SELECT f(...)`, `SELECT ... FROM f(...)`, and whatever the planner reduces to
+/// those: a `WHERE true`, a sub-select or a view that is pulled up, a SQL function that is
+/// inlined) and hashes its distribution argument to find the shard, without checking for NULL.
+/// A NULL text crashes the backend in `hashtext`, and the postmaster then restarts every
+/// backend of the node (crash recovery). So a client that sends `idem_begin(NULL, ...)` (the
+/// contract's 22004) to any node would take the node down.
+///
+/// The hook is PostgreSQL's `create_upper_paths_hook`, which `standard_planner` calls while
+/// Citus's planner waits for it: at the final stage of the outermost query, `root->parse` is
+/// the query Citus will look at, already simplified, its constants folded and the bound
+/// parameters of a custom plan substituted. If that query calls one of this extension's
+/// distributed functions (checked by the function's oid first) with a scope that is a NULL
+/// constant, and the records are distributed, it raises the function's own 22004 there,
+/// before Citus sees the call. It evaluates nothing: it only reads what the planner made.
 ///
 /// It is installed only where Citus was loaded before this library (listed after it in
-/// `shared_preload_libraries`, or in `session_preload_libraries`; `idem_distribute` checks):
-/// without Citus there is nothing to protect, and loaded before Citus it would run after
-/// Citus's hook, too late. Its first act on a query is to find the one function call of the
-/// two forms Citus delegates and to check, by the function's oid, that it is one of this
-/// extension's; only then does it fold the scope argument with the bound parameters (as the
-/// planner will: `NULL`, `$1` bound to NULL in a custom plan, `lower(NULL)`). Anything else
-/// plans exactly as before.
-static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
+/// `shared_preload_libraries`, or in `session_preload_libraries`; `idem_distribute` checks
+/// every node): without Citus there is nothing to protect, and nothing of it runs.
+static mut PREV_UPPER_PATHS: pg_sys::create_upper_paths_hook_type = None;
 
 pub fn install_planner_hook() {
     if !citus_loaded() {
@@ -393,8 +397,8 @@ pub fn install_planner_hook() {
     }
     // SAFETY: called once from _PG_init; chains to the hook that was there.
     unsafe {
-        PREV_PLANNER = pg_sys::planner_hook;
-        pg_sys::planner_hook = Some(planner);
+        PREV_UPPER_PATHS = pg_sys::create_upper_paths_hook;
+        pg_sys::create_upper_paths_hook = Some(upper_paths);
     }
 }
 
@@ -419,122 +423,85 @@ const DELEGATED: [&str; 6] = [
     "idem_forget",
 ];
 
-// The planner proper, declared here rather than through pgrx's guarded wrapper: an ERROR while
-// planning must leave by PostgreSQL's own longjmp, unchanged (entry.rs).
-unsafe extern "C-unwind" {
-    #[link_name = "standard_planner"]
-    fn standard_planner_unguarded(
-        parse: *mut pg_sys::Query,
-        query_string: *const std::ffi::c_char,
-        cursor_options: std::ffi::c_int,
-        bound_params: pg_sys::ParamListInfo,
-    ) -> *mut pg_sys::PlannedStmt;
-}
-
-unsafe extern "C-unwind" fn planner(
-    parse: *mut pg_sys::Query,
-    query_string: *const std::ffi::c_char,
-    cursor_options: std::ffi::c_int,
-    bound_params: pg_sys::ParamListInfo,
-) -> *mut pg_sys::PlannedStmt {
-    // SAFETY: the hook's outermost frame; after the guard only plain values are alive, and
-    // the chained planner is called as PostgreSQL would call it.
+unsafe extern "C-unwind" fn upper_paths(
+    root: *mut pg_sys::PlannerInfo,
+    stage: pg_sys::UpperRelationKind::Type,
+    input_rel: *mut pg_sys::RelOptInfo,
+    output_rel: *mut pg_sys::RelOptInfo,
+    extra: *mut std::ffi::c_void,
+) {
+    // SAFETY: the hook's outermost frame. The hook that was there runs first, outside the
+    // guard (its ERROR leaves as it would without this library); then this library's check,
+    // inside it.
     unsafe {
+        if let Some(prev) = PREV_UPPER_PATHS {
+            prev(root, stage, input_rel, output_rel, extra);
+        }
         crate::entry::enter(c"idempotency planner hook", || {
-            match null_scope_call(parse, bound_params) {
+            if stage != pg_sys::UpperRelationKind::UPPERREL_FINAL
+                || root.is_null()
+                || !(*root).parent_root.is_null()
+            {
+                return Ok(());
+            }
+            match null_scope_call((*root).parse) {
                 Some(function) => Err(IdemError::NullArgument {
                     function,
                     argument: "scope",
                 }),
                 None => Ok(()),
             }
-        });
-        match PREV_PLANNER {
-            Some(prev) => prev(parse, query_string, cursor_options, bound_params),
-            None => standard_planner_unguarded(parse, query_string, cursor_options, bound_params),
-        }
+        })
     }
 }
 
-/// The name of this extension's function that `parse` calls in a form Citus delegates, with a
-/// scope that folds to NULL, on distributed records; None otherwise.
-fn null_scope_call(
-    parse: *mut pg_sys::Query,
-    bound_params: pg_sys::ParamListInfo,
-) -> Option<&'static str> {
+/// The name of this extension's distributed function that the planned query `parse` calls
+/// with a NULL constant scope (in its target list or as a function in its range table), when
+/// the records are distributed; None otherwise.
+fn null_scope_call(parse: *mut pg_sys::Query) -> Option<&'static str> {
     use pgrx::{is_a, PgList};
-    // SAFETY: `parse` is the query being planned; only read here, the argument is copied.
+    // SAFETY: the query being planned, only read.
     unsafe {
         let q = parse.as_ref()?;
-        if q.commandType != pg_sys::CmdType::CMD_SELECT || q.jointree.is_null() {
+        if q.commandType != pg_sys::CmdType::CMD_SELECT {
             return None;
         }
-        let jointree = &*q.jointree;
-        if !jointree.quals.is_null() {
-            return None;
+        let mut calls = Vec::new();
+        for target in PgList::<pg_sys::TargetEntry>::from_pg(q.targetList).iter_ptr() {
+            calls.push((*target).expr.cast::<pg_sys::Node>());
         }
-        let from = PgList::<pg_sys::Node>::from_pg(jointree.fromlist);
-        let targets = PgList::<pg_sys::TargetEntry>::from_pg(q.targetList);
-        let call: *mut pg_sys::FuncExpr = match from.len() {
-            // SELECT f(...)
-            0 if targets.len() == 1 => {
-                let expr = (*targets.get_ptr(0)?).expr as *mut pg_sys::Node;
-                if !is_a(expr, pg_sys::NodeTag::T_FuncExpr) {
-                    return None;
+        for rte in PgList::<pg_sys::RangeTblEntry>::from_pg(q.rtable).iter_ptr() {
+            if (*rte).rtekind == pg_sys::RTEKind::RTE_FUNCTION {
+                for f in PgList::<pg_sys::RangeTblFunction>::from_pg((*rte).functions).iter_ptr() {
+                    calls.push((*f).funcexpr);
                 }
-                expr.cast()
-            }
-            // SELECT ... FROM f(...)
-            1 => {
-                let item = from.get_ptr(0)?;
-                if !is_a(item, pg_sys::NodeTag::T_RangeTblRef) {
-                    return None;
-                }
-                let index = (*(item as *mut pg_sys::RangeTblRef)).rtindex;
-                let rtes = PgList::<pg_sys::RangeTblEntry>::from_pg(q.rtable);
-                let rte = &*rtes.get_ptr(usize::try_from(index).ok()?.checked_sub(1)?)?;
-                if rte.rtekind != pg_sys::RTEKind::RTE_FUNCTION {
-                    return None;
-                }
-                let functions = PgList::<pg_sys::RangeTblFunction>::from_pg(rte.functions);
-                if functions.len() != 1 {
-                    return None;
-                }
-                let expr = (*functions.get_ptr(0)?).funcexpr;
-                if !is_a(expr, pg_sys::NodeTag::T_FuncExpr) {
-                    return None;
-                }
-                expr.cast()
-            }
-            _ => return None,
-        };
-        // First, by its oid: is it one of this extension's delegated functions? Nothing of
-        // anyone else's call is looked at further (nor evaluated).
-        let function = delegated((*call).funcid)?;
-        // The scope: the first positional argument, or the one named for position 0.
-        let args = PgList::<pg_sys::Node>::from_pg((*call).args);
-        let mut scope = None;
-        for (i, arg) in args.iter_ptr().enumerate() {
-            if is_a(arg, pg_sys::NodeTag::T_NamedArgExpr) {
-                let named = &*(arg as *mut pg_sys::NamedArgExpr);
-                if named.argnumber == 0 {
-                    scope = Some(named.arg as *mut pg_sys::Node);
-                }
-            } else if i == 0 {
-                scope = Some(arg);
             }
         }
-        let folded = fold(scope?, bound_params);
-        if !is_a(folded, pg_sys::NodeTag::T_Const) || !(*(folded as *mut pg_sys::Const)).constisnull
-        {
-            return None;
+        for call in calls {
+            if !is_a(call, pg_sys::NodeTag::T_FuncExpr) {
+                continue;
+            }
+            let call = call.cast::<pg_sys::FuncExpr>();
+            // First, by its oid: one of this extension's delegated functions? Nothing of
+            // anyone else's call is looked at further.
+            let Some(function) = delegated((*call).funcid) else {
+                continue;
+            };
+            // The planner has put the arguments in positional order (named ones too).
+            let args = PgList::<pg_sys::Node>::from_pg((*call).args);
+            let Some(scope) = args.get_ptr(0) else {
+                continue;
+            };
+            if is_a(scope, pg_sys::NodeTag::T_Const)
+                && (*scope.cast::<pg_sys::Const>()).constisnull
+                // A plain server answers the call itself (with the same 22004); act only
+                // where Citus would plan it.
+                && distributed().ok()?
+            {
+                return Some(function);
+            }
         }
-        // A plain server answers the call itself (with the same 22004); act only where Citus
-        // would plan it.
-        if !distributed().ok()? {
-            return None;
-        }
-        Some(function)
+        None
     }
 }
 
@@ -576,23 +543,4 @@ fn delegated(funcid: pg_sys::Oid) -> Option<&'static str> {
         seen.push((funcid, answer));
     });
     answer
-}
-
-/// A copy of `node` with constants folded as the planner will, bound parameters included.
-///
-/// # Safety
-/// `node` is an expression of the query being planned.
-unsafe fn fold(node: *mut pg_sys::Node, bound_params: pg_sys::ParamListInfo) -> *mut pg_sys::Node {
-    unsafe {
-        let glob = pg_sys::palloc0(std::mem::size_of::<pg_sys::PlannerGlobal>())
-            as *mut pg_sys::PlannerGlobal;
-        (*glob).type_ = pg_sys::NodeTag::T_PlannerGlobal;
-        (*glob).boundParams = bound_params;
-        let root =
-            pg_sys::palloc0(std::mem::size_of::<pg_sys::PlannerInfo>()) as *mut pg_sys::PlannerInfo;
-        (*root).type_ = pg_sys::NodeTag::T_PlannerInfo;
-        (*root).glob = glob;
-        let copy = pg_sys::copyObjectImpl(node.cast()) as *mut pg_sys::Node;
-        pg_sys::eval_const_expressions(root, copy)
-    }
 }

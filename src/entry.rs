@@ -11,10 +11,11 @@
 //! has been dropped. `scripts/guard-check.py` (in `make check`) fails when a function in
 //! `src/` is exported to C without it.
 //!
-//! What a way in hands back to PostgreSQL after its own work (the next planner hook of a
-//! chain, `standard_planner`) is called outside [`enter`], through a declaration that pgrx
-//! does not wrap: an ERROR raised there leaves by PostgreSQL's own longjmp, unchanged, as it
-//! would if this library were not loaded (no Rust value that needs dropping is alive there).
+//! What a way in hands back to PostgreSQL besides its own work (the hook that was installed
+//! before it, in a chain) is called outside [`enter`], through the plain function pointer
+//! that pgrx does not wrap: an ERROR raised there leaves by PostgreSQL's own longjmp,
+//! unchanged, as it would if this library were not loaded (no Rust value that needs dropping
+//! is alive there).
 
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
