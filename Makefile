@@ -33,7 +33,7 @@ export PG_BINDIR
 	test-standby test-dump test-torture test-crash test-bench test-fuzz test-matrix \
 	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
 	test-client-python test-client-typescript test-http-examples test-citus bench-citus \
-	test-ops-worker bench-counters test-instructions bench-instructions bench-guest
+	test-ops-worker bench-counters test-instructions bench-instructions bench-guest test-assert
 
 setup:
 	@bash scripts/setup.sh
@@ -67,7 +67,7 @@ check: test-guard test-core test-pg test-regress test-isolation
 	@echo "make check: passed"
 
 test: check test-meta test-vectors test-upgrade test-standby test-dump test-torture test-crash \
-	test-bench test-instructions test-fuzz test-matrix test-http test-client-python \
+	test-bench test-instructions test-fuzz test-matrix test-assert test-http test-client-python \
 	test-client-typescript test-http-examples test-ops-worker test-citus
 	@if [ "$$(cat build/citus/status 2>/dev/null)" = PASSED ]; then \
 		echo "make test: every suite passed"; \
@@ -151,6 +151,13 @@ test-fuzz:
 # The per-version suites (scripts/pg-matrix.sh, SUITES) on every other supported version.
 test-matrix: setup
 	MATRIX_VERSIONS="$(MATRIX_VERSIONS)" bash scripts/pg-matrix.sh run
+
+# PostgreSQL 18 built with assertions, cached outside the checkout (scripts/pg-assert.sh): its
+# own regression suite without and with the library preloaded, then the pg_regress files, the
+# isolation specs, a torture load and the operations suite on both paths; any TRAP, crash or
+# leak WARNING in a server log fails it.
+test-assert: setup
+	bash scripts/pg-assert.sh run
 
 # --- long runs ---------------------------------------------------------------------------------
 soak-torture: $(STAMP).debug

@@ -8,6 +8,7 @@
 #   bash scripts/lib.sh port NAME [MAJOR]            the port of a suite's scratch cluster
 #   bash scripts/lib.sh install PG_CONFIG PROFILE    build and install the extension (debug|release)
 #   bash scripts/lib.sh install-stamp PG_CONFIG      where `install` notes what it installed
+#   bash scripts/lib.sh check-logs FILE|DIR...       no crash, failed assertion or leak in server logs
 #
 # Sourcing sets ROOT (the checkout), NAME (the script's name, for messages; set it first to
 # choose another) and PG_BINDIR (default: the system PostgreSQL 15).
@@ -51,6 +52,7 @@ port_of() {  # NAME [MAJOR]
     citus) offset=50 ;;        # a coordinator and two workers: this port and the next two
     bench-citus) offset=53 ;;  # the same, and a plain node on the fourth
     guest) offset=60 ;;        # scripts/guest-test.sh: its runs A..E on this port and the next four
+    assert) offset=65 ;;       # scripts/pg-assert.sh: its suites in turn, on this port and the next four
     matrix) offset=$((70 + ${2:?port_of matrix needs the major version})) ;;  # every suite of that version, one after the other
     *) die "no port for '$1'" ;;
   esac
@@ -452,6 +454,41 @@ instr_measure_all() {
   done
 }
 
+# --- server logs -----------------------------------------------------------------------------
+# What in a server log is a bug whatever a suite's own checks said: a failed assertion (TRAP,
+# builds with --enable-cassert), a process ended by a signal, a PANIC, a Rust abort, and the
+# WARNINGs PostgreSQL prints when it cleans up after code that forgot to: resources left open
+# (17 and later: "resource was not closed: ..." for buffer pins, relcache, catcache, plancache,
+# snapshot and TupleDesc references, files, DSM; 13..16: "... reference leak", "buffer refcount
+# leak", "temporary file leak", ...), snapshots, hash scans, SPI, parallel contexts, and memory
+# written past a chunk's end (MEMORY_CONTEXT_CHECKING, on with assertions). Signal 9 is let
+# through: the suites send SIGKILL themselves (ops-test.sh, the crash test); a failed
+# assertion is signal 6, a segfault 11.
+LOG_CRASH_RE='TRAP: |terminated by signal|PANIC: |fatal runtime error|panic in a function that cannot unwind'
+LOG_LEAK_RE='WARNING: .*(resource was not closed|reference leak|refcount leak|leak: |leaked |leaking still-referenced|snapshot .* still active|seem to remain after cleanup|not closed at end-of-transaction|non-empty SPI stack|write past chunk end|problem in (alloc set|Generation|slab|Bump) )'
+
+# check_server_logs FILE|DIR...: every such line of the files (of a DIR: each server.log under
+# it) as FILE:LINE: TEXT, with the DETAIL that names what the crashed process ran; false if any.
+check_server_logs() {
+  local files=() f
+  for f in "$@"; do
+    if [ -d "$f" ]; then
+      while IFS= read -r -d '' f; do files+=("$f"); done < <(find "$f" -name server.log -print0 | sort -z)
+    elif [ -f "$f" ]; then
+      files+=("$f")
+    else
+      die "check_server_logs: no file or directory $f"
+    fi
+  done
+  [ ${#files[@]} -gt 0 ] || { log "no server log to check in $*"; return 0; }
+  awk -v bad="$LOG_CRASH_RE|$LOG_LEAK_RE" -v ok='terminated by signal 9: Killed' '
+    detail { detail = 0; if ($0 ~ /DETAIL:  Failed process was running/) print FILENAME ":" FNR ": " $0 }
+    $0 ~ bad && $0 !~ ok { print FILENAME ":" FNR ": " $0; n++; detail = 1 }
+    END { exit n > 0 }' "${files[@]}" >&2 \
+    || { log "crash, assertion or leak lines above (${#files[@]} server logs read)"; return 1; }
+  log "${#files[@]} server logs: no crash, failed assertion or leak warning"
+}
+
 # --- pg_regress ------------------------------------------------------------------------------
 
 # run_pg_regress KIND HOST PORT DBNAME [TEST...]: PostgreSQL's own test driver against the
@@ -584,6 +621,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
       install_extension "$2" "$3"
       ;;
     install-stamp) [ $# -eq 2 ] || die "usage: lib.sh install-stamp PG_CONFIG"; install_stamp "$2" ;;
-    *) sed -n '7,10p' "$0" >&2; exit 2 ;;
+    check-logs) shift; NAME=check-logs; [ $# -gt 0 ] || die "usage: lib.sh check-logs FILE|DIR..."; check_server_logs "$@" ;;
+    *) sed -n '7,11p' "$0" >&2; exit 2 ;;
   esac
 fi
