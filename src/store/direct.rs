@@ -348,12 +348,14 @@ impl Direct {
         // gives false).
         unsafe {
             let tid = LAST_WRITE.with_borrow(|last| match last {
+                // The transaction first: a completion in a later transaction (phased use)
+                // stops at one call.
                 Some(r)
-                    if r.relid == (*self.heap).rd_id
+                    if pg_sys::TransactionIdIsCurrentTransactionId(r.xid)
+                        && r.relid == (*self.heap).rd_id
                         && r.file == compat::relfilenumber(self.heap)
                         && r.scope == varlena_bytes(scope)
-                        && r.key == varlena_bytes(key)
-                        && pg_sys::TransactionIdIsCurrentTransactionId(r.xid) =>
+                        && r.key == varlena_bytes(key) =>
                 {
                     Some(r.tid)
                 }
