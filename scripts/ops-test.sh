@@ -13,7 +13,9 @@
 #      stops it with a WARNING); a database created after start is purged, a dropped one
 #      forgotten (its counter slot reused); more databases than idempotency.max_databases
 #      count into the shared row; SIGTERM ends a purge worker and the launcher, which comes
-#      back; it comes back after kill -9 of itself (crash restart) and of the postmaster; it
+#      back; it gives way to CREATE DATABASE ... TEMPLATE and DROP DATABASE of a database it
+#      is purging (both succeed mid-backlog), and DROP DATABASE never waits for the launcher;
+#      it comes back after kill -9 of itself (crash restart) and of the postmaster; it
 #      does nothing on a hot standby and starts at promotion;
 #   4. the purge worker under the torture load (tests/torture): 0 anomalies, and exactly the
 #      expired records it was given are purged;
@@ -304,6 +306,72 @@ lpid=$(launcher_pid)
 q postgres "SELECT pg_terminate_backend($lpid)" >/dev/null
 log_wait "\\[$lpid\\] .*idempotency purge launcher stopping"
 wait_for "a new launcher" "[ -n \"\$(launcher_pid)\" ] && [ \"\$(launcher_pid)\" != $lpid ] && echo new" new
+opsconf "${BASE_CONF[@]}" "idempotency.purge_interval = '1s'"
+reload
+
+step "the worker gives way to CREATE DATABASE ... TEMPLATE and DROP DATABASE of its database"
+# Both commands lock the database and then wait at most 5 s for its other sessions to leave
+# (CountOtherDBBackends), else fail with "... is being accessed by other users". The backlog
+# takes the worker far longer than that at batches of 1 (about 3 minutes here, each batch 1 to
+# 3 ms; the step ends it long before): each command must succeed while the worker is at it,
+# the worker leaving between two batches with one LOG line. DROP DATABASE (15 and later) then
+# waits for every process to absorb a ProcSignalBarrier, the launcher too, also while the
+# launcher waits for a worker elsewhere.
+T_DDL=$(date +%s)
+DDL_ROWS=100000
+# worker_in DB: the pids of the purge workers connected to DB (none: empty).
+worker_in() { q postgres "SELECT coalesce(string_agg(pid::text, ','), '') FROM pg_stat_activity WHERE backend_type = 'idempotency purge worker' AND datname = '$1'"; }
+# at_work DB [NOT_PID]: "yes" when a worker (not NOT_PID) is connected to DB and DB's backlog
+# is falling but not gone.
+at_work() {
+  local w n
+  w=$(worker_in "$1")
+  n=$(expired "$1")
+  [ -n "$w" ] && [ "$w" != "${2:-}" ] && [ "$n" -lt "$DDL_ROWS" ] && [ "$n" -gt 0 ] && echo yes
+}
+gave_way() { log_wait "\\[$1\\] .*LOG:  idempotency purge worker for database \"$2\" gave way to a command that needs the database to itself"; }
+no_barrier_wait() {
+  ! log_has "still waiting for backend with PID $1 to accept ProcSignalBarrier" \
+    || fail "$2 waited for the launcher (PID $1) to absorb its ProcSignalBarrier"
+}
+# ddl_sql SQL: SQL in a session whose statement_timeout (60 s) bounds a wait that would
+# otherwise last as long as the worker's pass.
+ddl_sql() { psql_at "$P" "$PORT" postgres -At -c "SET statement_timeout = '60s'" -c "$1"; }
+# ms_since T: milliseconds since T (date +%s%N).
+ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+log_mark
+opsconf "${BASE_CONF[@]}" "idempotency.purge_interval = '1s'" "idempotency.purge_batch = 1"
+reload
+log_wait 'purging every 1 s in batches of 1$'
+newdb ddl
+add_expired ddl "$DDL_ROWS" ddl
+wait_for "a purge worker at work in ddl" "at_work ddl" yes
+wpid=$(worker_in ddl)
+left=$(expired ddl)
+t=$(date +%s%N)
+# The copy allows no connections: the launcher leaves it alone, so that the next worker it
+# starts is ddl's.
+out=$(ddl_sql "CREATE DATABASE ddl_copy TEMPLATE ddl ALLOW_CONNECTIONS false" 2>&1) \
+  || fail "CREATE DATABASE ddl_copy TEMPLATE ddl while the purge worker $wpid was at work ($left of $DDL_ROWS expired records left): $out"
+t_create=$(ms_since "$t")
+gave_way "$wpid" ddl
+[ "$(expired ddl)" -gt 0 ] || fail "the backlog was gone by the end of CREATE DATABASE: not the case under test"
+wait_for "a new purge worker at work in ddl" "at_work ddl $wpid" yes
+# The launcher now waits for that worker to end its pass.
+lpid=$(launcher_pid)
+t=$(date +%s%N)
+out=$(ddl_sql "DROP DATABASE ddl_copy" 2>&1) || fail "DROP DATABASE ddl_copy (no session in it): $out"
+t_drop_copy=$(ms_since "$t")
+no_barrier_wait "$lpid" "DROP DATABASE of another database"
+wpid=$(worker_in ddl)
+left=$(expired ddl)
+t=$(date +%s%N)
+out=$(ddl_sql "DROP DATABASE ddl" 2>&1) \
+  || fail "DROP DATABASE ddl while the purge worker $wpid was at work ($left expired records left): $out"
+t_drop=$(ms_since "$t")
+gave_way "$wpid" ddl
+no_barrier_wait "$lpid" "DROP DATABASE ddl"
+log "CREATE DATABASE ... TEMPLATE in $t_create ms; DROP DATABASE of another database in $t_drop_copy ms, of ddl in $t_drop ms ($left expired records left); the step took $(($(date +%s) - T_DDL)) s"
 opsconf "${BASE_CONF[@]}" "idempotency.purge_interval = '1s'"
 reload
 

@@ -16,6 +16,22 @@
 //!   locked are skipped, never waited for; on records distributed by Citus, the shards placed
 //!   on this node), until a batch finds fewer; it counts the rows, the run and its time in the
 //!   counters, and exits. SIGTERM aborts the batch at once (`die`).
+//!
+//! The purge worker gives way to commands that need its database to itself. `DROP DATABASE`,
+//! `CREATE DATABASE ... TEMPLATE` (on its template) and `ALTER DATABASE ... RENAME / SET
+//! TABLESPACE` lock the database object in a mode that conflicts with the ROW EXCLUSIVE lock a
+//! starting session takes on it (`InitPostgres`), then wait at most 5 s for the database's
+//! other sessions to leave (`CountOtherDBBackends`, which signals autovacuum workers only) and
+//! fail with "... is being accessed by other users". So before each batch (each its own short
+//! transaction) the worker tries that ROW EXCLUSIVE lock without waiting and releases it at
+//! once; if it cannot have it, it ends its pass and exits normally (exit code 0: the postmaster
+//! does not count it as a crash, and the launcher goes on to the next database), with one LOG
+//! line. LOG, not DEBUG1: it explains why expired records remain until the next pass, and it
+//! comes at most once per such command. The launcher makes the same test before it starts a
+//! worker, and skips the database for that pass (DEBUG1, as it may repeat every interval
+//! during a long copy): a worker started anyway waits in `InitPostgres` until the command
+//! ends, without being counted as one of the database's sessions (after a DROP it then finds
+//! the database gone and exits with a FATAL, as before).
 
 use std::time::Duration;
 
@@ -157,10 +173,14 @@ fn log(message: &str) {
     crate::errors::log(0, message, None, c"idem_purge_launcher_main");
 }
 
-/// Waits on the latch until `at` (or a signal); exits if the postmaster died.
+/// Waits on the latch until `at` (or a signal); exits if the postmaster died. A
+/// ProcSignalBarrier is absorbed at once: `DROP DATABASE` (15 and later) and `ALTER DATABASE
+/// ... SET TABLESPACE` wait until every process has (the launcher runs no
+/// CHECK_FOR_INTERRUPTS while it sleeps or waits for a worker; it absorbs them as PostgreSQL's
+/// own auxiliary processes do, without the rest of the interrupt processing).
 fn sleep_until(at: i64) {
     let ms = ((at - now()) / 1000).clamp(1, 60_000);
-    // SAFETY: this process's latch.
+    // SAFETY: this process's latch; the flag that the SIGUSR1 handler sets (with the latch).
     unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
@@ -169,6 +189,9 @@ fn sleep_until(at: i64) {
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
+        if std::ptr::read_volatile(std::ptr::addr_of!(pg_sys::ProcSignalBarrierPending)) != 0 {
+            pg_sys::ProcessProcSignalBarrier();
+        }
     }
 }
 
@@ -227,9 +250,58 @@ fn databases() -> Vec<Database> {
     out
 }
 
+/// The lock tag of database `db` as an object (PostgreSQL's `LockSharedObject(
+/// DatabaseRelationId, db, 0, mode)`): shared objects carry no database in the tag.
+fn database_tag(db: pg_sys::Oid) -> pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
+        locktag_field1: pg_sys::InvalidOid.to_u32(),
+        locktag_field2: pg_sys::DatabaseRelationId.to_u32(),
+        locktag_field3: db.to_u32(),
+        locktag_field4: 0,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_OBJECT as u8,
+        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+    }
+}
+
+/// Whether a session could start in `db` now without waiting: the ROW EXCLUSIVE lock that
+/// `InitPostgres` takes on the database, tried without waiting and released at once. False
+/// while a command that needs the database to itself holds or waits for a conflicting lock
+/// (module comment). Call it inside a transaction.
+fn database_free(db: pg_sys::Oid) -> bool {
+    let tag = database_tag(db);
+    let mode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: a valid tag, a transaction-level lock (the transaction's resource owner); an
+    // error (the lock table full) is raised as an ERROR.
+    unsafe {
+        if pg_sys::LockAcquire(&tag, mode, false, true)
+            == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+        {
+            return false;
+        }
+        pg_sys::LockRelease(&tag, mode, false);
+    }
+    true
+}
+
 /// Starts the purge worker for `db` and waits until it has exited; false on SIGTERM (the
-/// worker is then terminated too).
+/// worker is then terminated too). A database locked by a command that needs it to itself is
+/// skipped for this pass.
 fn purge_in(db: &Database) -> bool {
+    // SAFETY: a transaction of its own around the lock test.
+    let free = unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        let free = database_free(db.oid);
+        pg_sys::CommitTransactionCommand();
+        free
+    };
+    if !free {
+        pgrx::debug1!(
+            "{LAUNCHER}: database \"{}\" is locked by a command that needs it to itself; it is purged at a later pass",
+            db.name
+        );
+        return true;
+    }
     // SAFETY: this process's pid, for the postmaster to notify it of the worker's state.
     let me = unsafe { pg_sys::MyProcPid };
     let started = BackgroundWorkerBuilder::new(&format!("{WORKER} for database {}", db.name))
@@ -290,13 +362,21 @@ fn purge_worker(arg: pg_sys::Datum) {
             0,
         );
     }
-    // SAFETY: a transaction of its own to look the extension up.
-    let installed = unsafe {
+    // SAFETY: a transaction of its own to look the extension and the database's name up.
+    let (installed, name) = unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         let found = pg_sys::get_extension_oid(c"idempotency".as_ptr(), true) != pg_sys::InvalidOid;
+        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        let name = if name.is_null() {
+            pg_sys::MyDatabaseId.to_u32().to_string()
+        } else {
+            std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned()
+        };
         pg_sys::CommitTransactionCommand();
-        found
+        (found, name)
     };
     // SAFETY: reads shared memory state. (The launcher never runs during recovery; a worker
     // started just before a crash and restart into recovery must not try to write.)
@@ -306,7 +386,19 @@ fn purge_worker(arg: pg_sys::Datum) {
     let batch = settings::purge_batch();
     loop {
         pgrx::check_for_interrupts!();
-        let deleted = batch_in_transaction(batch);
+        let Some(deleted) = batch_in_transaction(batch) else {
+            // Not a pass: purge_runs and last_purge stay as they were (the rows deleted so far
+            // are counted).
+            crate::errors::log(
+                0,
+                &format!(
+                    "{WORKER} for database \"{name}\" gave way to a command that needs the database to itself (DROP DATABASE, CREATE DATABASE ... TEMPLATE, ALTER DATABASE); the rest is purged at a later pass"
+                ),
+                None,
+                c"idem_purge_worker_main",
+            );
+            return;
+        };
         stats::add(Counter::PurgedRows, deleted);
         if deleted < batch as u64 {
             break;
@@ -315,13 +407,23 @@ fn purge_worker(arg: pg_sys::Datum) {
     stats::purge_run_done();
 }
 
-/// One batch, in one transaction.
-fn batch_in_transaction(batch: i32) -> u64 {
-    // SAFETY: a transaction with a snapshot around the store's purge statement; an error
-    // aborts it and ends the worker (FATAL in a background worker), to be retried next pass.
-    unsafe {
+/// One batch, in one transaction; None, with nothing done, when a command that needs the
+/// database to itself holds or waits for its lock (module comment).
+fn batch_in_transaction(batch: i32) -> Option<u64> {
+    // SAFETY: a transaction of its own; MyDatabaseId is set once the worker is connected.
+    let free = unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
+        database_free(pg_sys::MyDatabaseId)
+    };
+    if !free {
+        // SAFETY: ends the transaction started above, which did nothing.
+        unsafe { pg_sys::CommitTransactionCommand() };
+        return None;
+    }
+    // SAFETY: a snapshot around the store's purge statement; an error aborts the transaction
+    // and ends the worker (FATAL in a background worker), to be retried next pass.
+    unsafe {
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         pg_sys::pgstat_report_activity(
             pg_sys::BackendState::STATE_RUNNING,
@@ -353,5 +455,5 @@ fn batch_in_transaction(batch: i32) -> u64 {
         pg_sys::CommitTransactionCommand();
         pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
     }
-    deleted
+    Some(deleted)
 }
