@@ -46,7 +46,7 @@ setup:
 # build there meanwhile (scripts/pgrx-test.sh drops the note). `make install` always installs.
 STAMP := $(shell bash scripts/lib.sh install-stamp "$(PG_CONFIG)")
 SOURCES := Cargo.toml Cargo.lock core/Cargo.toml idempotency.control \
-	$(wildcard src/*.rs core/src/*.rs sql/*.sql sql/releases/*.sql)
+	$(wildcard src/*.rs src/*/*.rs core/src/*.rs sql/*.sql sql/releases/*.sql)
 
 $(STAMP).%: $(SOURCES) $(if $(filter install,$(MAKECMDGOALS)),FORCE) | setup
 	bash scripts/lib.sh install "$(PG_CONFIG)" $*
