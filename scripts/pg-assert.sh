@@ -36,9 +36,10 @@
 # server.log of the clusters those suites started (build/assert/SUITE/...): a TRAP (failed
 # assertion), a signal, a PANIC, a Rust abort or a leak WARNING fails the run, printed with
 # its file and line, whatever the suites themselves said. Times go to build/assert/times.tsv.
-# Settings: ASSERT_GUEST_RUNS (default "A B": PostgreSQL's own regression suite without and
-# with the library preloaded; "A B C D E" adds pg_stat_statements, scripts/guest-test.sh),
-# ASSERT_TORTURE (the torture load's options), IDEM_CACHE, TEST_PORT_BASE.
+# Settings: GUEST_RUNS (scripts/guest-test.sh's runs; default all five: PostgreSQL's own
+# regression suite without and with the library preloaded, and pg_stat_statements alone,
+# before and after it, about 35 s each here), ASSERT_TORTURE (the torture load's options),
+# IDEM_CACHE, TEST_PORT_BASE.
 set -euo pipefail
 NAME=pg-assert
 . "$(dirname "$0")/lib.sh"
@@ -54,12 +55,12 @@ CACHE=${IDEM_CACHE:-/var/cache/idempotency}/pg18-assert
 OUT=$ROOT/build/assert
 ASSERT_PGRX_HOME=$ROOT/build/pg-assert/pgrx
 ASSERT_TARGET=$ROOT/target/pg-assert
-ASSERT_GUEST_RUNS=${ASSERT_GUEST_RUNS:-A B}
-ASSERT_TORTURE=${ASSERT_TORTURE:---connections 16 --requests 3000 --keys 16}
+ASSERT_TORTURE=${ASSERT_TORTURE:---connections 32 --requests 10000 --keys 16}
 
 SUITES=(
   # PostgreSQL's own regression suite, without and with shared_preload_libraries = idempotency
-  "guest|GUEST_RUNS=\"$ASSERT_GUEST_RUNS\" bash scripts/guest-test.sh"
+  # (and chained with pg_stat_statements, before and after it)
+  "guest|bash scripts/guest-test.sh"
   "regress|bash scripts/regress.sh"
   "regress-sql|IDEM_ACCESS=sql bash scripts/regress.sh"
   "isolation|bash scripts/isolation.sh"
