@@ -38,7 +38,7 @@
 # its file and line, whatever the suites themselves said. Times go to build/assert/times.tsv.
 # Settings: GUEST_RUNS (scripts/guest-test.sh's runs; default all five: PostgreSQL's own
 # regression suite without and with the library preloaded, and pg_stat_statements alone,
-# before and after it, about 35 s each here), ASSERT_TORTURE (the torture load's options),
+# before and after it, 21 to 25 s each here), ASSERT_TORTURE (the torture load's options),
 # IDEM_CACHE, TEST_PORT_BASE.
 set -euo pipefail
 NAME=pg-assert
@@ -131,13 +131,15 @@ cmd_build() {
 # install: the extension's debug build into the assert build, with pgrx's own PGRX_HOME.
 cmd_install() {
   cmd_build
-  export PGRX_HOME=$ASSERT_PGRX_HOME
-  if ! grep -qsx "pg$MAJOR = \"$PG_CONFIG_ASSERT\"" "$PGRX_HOME/config.toml"; then
-    log "registering $PG_CONFIG_ASSERT as pg$MAJOR in $PGRX_HOME/config.toml"
-    mkdir -p "$PGRX_HOME"
-    cargo pgrx init "--pg$MAJOR" "$PG_CONFIG_ASSERT" >&2
+  # Only for these two commands: the suites' own cargo builds (the torture client) stay in
+  # target/ with the user's PGRX_HOME.
+  if ! grep -qsx "pg$MAJOR = \"$PG_CONFIG_ASSERT\"" "$ASSERT_PGRX_HOME/config.toml"; then
+    log "registering $PG_CONFIG_ASSERT as pg$MAJOR in $ASSERT_PGRX_HOME/config.toml"
+    mkdir -p "$ASSERT_PGRX_HOME"
+    PGRX_HOME=$ASSERT_PGRX_HOME cargo pgrx init "--pg$MAJOR" "$PG_CONFIG_ASSERT" >&2
   fi
-  CARGO_TARGET_DIR=$ASSERT_TARGET bash scripts/lib.sh install "$PG_CONFIG_ASSERT" debug
+  PGRX_HOME=$ASSERT_PGRX_HOME CARGO_TARGET_DIR=$ASSERT_TARGET \
+    bash scripts/lib.sh install "$PG_CONFIG_ASSERT" debug
 }
 
 cmd_run() {
