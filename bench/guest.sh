@@ -19,7 +19,7 @@
 # measured side by side in this one run are compared.
 #
 # Settings: INSTR_N1/INSTR_N2 (default 2000/6000), INSTR_ROUNDS (3), GUEST_CLIENTS (2),
-# GUEST_SECONDS (10), GUEST_ROUNDS (3), GUEST_SCALE (pgbench scale, 10), GUEST_OUT (default
+# GUEST_SECONDS (10), GUEST_WARMUP (5: an unmeasured pgbench -S after each start), GUEST_ROUNDS (3), GUEST_SCALE (pgbench scale, 10), GUEST_OUT (default
 # build/bench/guest), GUEST_COMMAND (printed with the results), PG_BINDIR (default the system 15). The extension must be installed into
 # that PostgreSQL (the Makefile does it). Results: GUEST_OUT/results.md (printed).
 set -euo pipefail
@@ -32,6 +32,7 @@ N2=${INSTR_N2:-6000}
 ROUNDS=${INSTR_ROUNDS:-3}
 CLIENTS=${GUEST_CLIENTS:-2}
 SECONDS_EACH=${GUEST_SECONDS:-10}
+WARMUP=${GUEST_WARMUP:-5}
 TPS_ROUNDS=${GUEST_ROUNDS:-3}
 SCALE=${GUEST_SCALE:-10}
 PORT=${TEST_PORT:-$(port_of bench-guest)}
@@ -90,6 +91,11 @@ for round in $(seq 1 "$TPS_ROUNDS"); do
     else
       opt=""
     fi
+    # A fresh start has empty shared buffers: warm them (and the connections' caches) first,
+    # unmeasured, so that every configuration is measured warm.
+    as_owner env PGOPTIONS="$opt" "$PG_BINDIR/pgbench" -S -n -c "$CLIENTS" -j "$CLIENTS" \
+      -T "$WARMUP" -h "$DATA" -p "$PORT" -U "$SUPERUSER" postgres >/dev/null 2>&1 \
+      || die "the warm-up pgbench -S failed ($config)"
     tps=$(as_owner env PGOPTIONS="$opt" "$PG_BINDIR/pgbench" -S -n -c "$CLIENTS" -j "$CLIENTS" \
             -T "$SECONDS_EACH" -h "$DATA" -p "$PORT" -U "$SUPERUSER" postgres 2>&1 \
           | sed -n 's/^tps = \([0-9]*\).*/\1/p' | head -1)
@@ -106,7 +112,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", a / b }'; }
   echo "# What the loaded library costs other queries (pgbench -S)"
   echo
   echo "$(date -u +%Y-%m-%d), $(nproc) cores, $VERSION; \`${GUEST_COMMAND:-bash bench/guest.sh}\`"
-  echo "(instructions: N1=$N1, N2=$N2, $ROUNDS rounds; TPS: $CLIENTS clients, ${SECONDS_EACH}s, $TPS_ROUNDS rounds, scale $SCALE)."
+  echo "(instructions: N1=$N1, N2=$N2, $ROUNDS rounds; TPS: $CLIENTS clients, ${SECONDS_EACH}s after a ${WARMUP}s warm-up, $TPS_ROUNDS rounds, scale $SCALE)."
   echo
   echo "| configuration | instructions per query | ratio to none | pgbench -S TPS (median) | ratio to none |"
   echo "|---|---:|---:|---:|---:|"
