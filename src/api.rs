@@ -207,7 +207,10 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         outcome = decide(row.as_ref(), holds_lock, now)?;
     }
 
-    let out = match outcome {
+    // What to answer is decided here; its datums are made only once the store is closed
+    // (below), in the function's own memory: on the SQL path, whatever is allocated while SPI
+    // is connected is freed by SPI_finish.
+    let answer = match outcome {
         Begin::Execute(Execute::Claim {
             expires_at,
             lease_expires_at,
@@ -221,7 +224,12 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
                     "the record of key \"{key}\" in scope \"{scope}\" changed while its lock was held"
                 )));
             }
-            executes(1, None, None, fingerprint, expires_at)
+            Answer::Execute {
+                attempt: 1,
+                recovery_point: None,
+                recovery_data: None,
+                expires_at,
+            }
         }
         Begin::Execute(Execute::Resume {
             attempt,
@@ -235,19 +243,59 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
                     "the record of key \"{key}\" vanished while its lock was held"
                 )));
             }
-            executes(
+            Answer::Execute {
                 attempt,
-                r.recovery_point,
-                r.recovery_data,
-                fingerprint,
-                r.expires_at,
-            )
+                recovery_point: r.recovery_point,
+                recovery_data: r.recovery_data,
+                expires_at: r.expires_at,
+            }
         }
-        Begin::Replay => {
-            let r = row
-                .as_ref()
-                .ok_or_else(|| IdemError::Internal("replay without a record".into()))?;
-            sig::idem_begin::Out {
+        Begin::Replay => Answer::Replay(
+            row.as_ref()
+                .ok_or_else(|| IdemError::Internal("replay without a record".into()))?,
+        ),
+        Begin::InProgress => Answer::InProgress(row.as_ref().filter(|r| now < r.expires_at)),
+    };
+    if holds_lock && !matches!(outcome, Begin::Execute(_)) {
+        lock.release();
+    }
+    drop(records);
+    let out = answer.out(fingerprint);
+    counted(&outcome, row.as_ref(), scope, key);
+    a.row(out.values())
+}
+
+/// What `idem_begin` answers, before its result datums are made. The values taken from the
+/// record were copied out of the store's memory when it was read.
+enum Answer<'r> {
+    Execute {
+        attempt: i32,
+        recovery_point: Option<pg_sys::Datum>,
+        recovery_data: Option<pg_sys::Datum>,
+        expires_at: Micros,
+    },
+    Replay(&'r Row),
+    /// The live record, if there is one.
+    InProgress(Option<&'r Row>),
+}
+
+impl Answer<'_> {
+    /// The result row, made in the current memory context: call it after the store is closed.
+    fn out(self, fingerprint: [u8; 32]) -> sig::idem_begin::Out {
+        match self {
+            Answer::Execute {
+                attempt,
+                recovery_point,
+                recovery_data,
+                expires_at,
+            } => executes(
+                attempt,
+                recovery_point,
+                recovery_data,
+                fingerprint,
+                expires_at,
+            ),
+            Answer::Replay(r) => sig::idem_begin::Out {
                 outcome: Some(text("replay")),
                 state: Some(text(r.state.as_str())),
                 attempt: Some(r.attempt.into()),
@@ -258,11 +306,8 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
                 resource: r.resource,
                 fingerprint: Some(bytea(&fingerprint)),
                 expires_at: Some(r.expires_at.into()),
-            }
-        }
-        Begin::InProgress => {
-            let live = row.as_ref().filter(|r| now < r.expires_at);
-            sig::idem_begin::Out {
+            },
+            Answer::InProgress(live) => sig::idem_begin::Out {
                 outcome: Some(text("in_progress")),
                 state: Some(text(State::InProgress.as_str())),
                 attempt: live.map(|r| r.attempt.into()),
@@ -273,15 +318,9 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
                 resource: None,
                 fingerprint: Some(bytea(&fingerprint)),
                 expires_at: live.map(|r| r.expires_at.into()),
-            }
+            },
         }
-    };
-    if holds_lock && !matches!(outcome, Begin::Execute(_)) {
-        lock.release();
     }
-    drop(records);
-    counted(&outcome, row.as_ref(), scope, key);
-    a.row(out.values())
 }
 
 /// The row of `idem_begin` that answers `execute`.
