@@ -154,7 +154,7 @@ pub const MAX_TTL: usize = 4;
 
 use pg_sys::GucContext::{PGC_SIGHUP, PGC_SUSET, PGC_USERSET};
 
-/// The default ceiling of a ttl: 30 days, one interval month (README, "Roles and grants").
+/// The default ceiling of a ttl: 30 days, one interval month (docs/design.md, "Roles").
 const MAX_TTL_DEFAULT_MICROS: Micros = 30 * 86_400_000_000;
 
 pub static DURATIONS: [Duration; 5] = [
