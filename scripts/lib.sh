@@ -49,6 +49,9 @@ port_of() {  # NAME [MAJOR]
     client-python) offset=40 ;;
     client-typescript) offset=41 ;;
     http-examples) offset=42 ;;
+    http-layers) offset=43 ;;  # scripts/http-layers-test.sh: the fixtures of the five HTTP layers
+    packages) offset=44 ;;     # the installed-package tests (Debian package, PGXN archive, clients)
+    bench-http-layers) offset=24 ;;  # bench/http/layers: Express with and without the layers
     citus) offset=50 ;;        # a coordinator and two workers: this port and the next two
     bench-citus) offset=53 ;;  # the same, and a plain node on the fourth
     guest) offset=60 ;;        # scripts/guest-test.sh: its runs A..E on this port and the next four
@@ -69,6 +72,9 @@ http_port_of() {  # NAME
     bench-http) offset=10 ;;
     client-typescript) offset=30 ;;
     http-examples) offset=40 ;;  # the Python example; +1 the TypeScript one
+    http-layers) offset=50 ;;    # the five fixtures, two each (+2i, +2i+1 with FIXTURE_TTL=2s)
+    bench-http-layers) offset=60 ;;  # the four Express variants (+0..+3), Redis on +5
+    packages) offset=70 ;;
     *) die "no HTTP port for '$1'" ;;
   esac
   echo $((HTTP_PORT_BASE + offset))
