@@ -33,7 +33,8 @@ export PG_BINDIR
 	test-standby test-dump test-guest test-torture test-crash test-bench test-fuzz test-matrix \
 	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
 	test-client-python test-client-typescript test-http-examples test-citus bench-citus \
-	test-ops-worker bench-counters test-instructions bench-instructions bench-guest test-assert
+	test-ops-worker bench-counters test-instructions bench-instructions bench-guest test-assert \
+	test-http-layers fixture
 
 setup:
 	@bash scripts/setup.sh
@@ -68,7 +69,7 @@ check: test-guard test-core test-pg test-regress test-isolation
 
 test: check test-meta test-vectors test-upgrade test-standby test-dump test-torture test-crash \
 	test-bench test-instructions test-fuzz test-matrix test-assert test-http test-client-python \
-	test-client-typescript test-http-examples test-ops-worker test-guest test-citus
+	test-client-typescript test-http-examples test-http-layers test-ops-worker test-guest test-citus
 	@if [ "$$(cat build/citus/status 2>/dev/null)" = PASSED ]; then \
 		echo "make test: every suite passed"; \
 	else \
@@ -234,6 +235,18 @@ test-client-typescript: $(STAMP).debug
 
 test-http-examples: $(STAMP).debug
 	bash scripts/http-examples-test.sh
+
+# --- The drop-in HTTP layers (docs/http.md, "The drop-in layer"; tests/http-layers) ----------
+#   test-http-layers   the fixture of each framework's layer against the conformance vectors
+#                      (scripts/http-layers-test.sh; HTTP_LAYERS="express hono" for some only)
+#   fixture            one fixture in the foreground: make fixture FRAMEWORK=<express|hono|
+#                      starlette|django|axum> PORT=<port> DATABASE_URL=<url> [FIXTURE_TTL=2s]
+#                      (scripts/fixture.sh)
+test-http-layers: $(STAMP).debug
+	bash scripts/http-layers-test.sh
+
+fixture: $(STAMP).debug
+	@bash scripts/fixture.sh
 
 # --- scale-out on Citus (scripts/citus-test.sh, bench/citus.sh; docs/scale-out.md) -----------
 # Both install nothing: Citus (from its packages, 11.0 or later) and this extension (make install
