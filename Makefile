@@ -34,7 +34,7 @@ export PG_BINDIR
 	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
 	test-client-python test-client-typescript test-http-examples test-citus bench-citus \
 	test-ops-worker bench-counters test-instructions bench-instructions bench-guest test-assert \
-	test-http-layers fixture
+	test-http-layers fixture bench-http-layers
 
 setup:
 	@bash scripts/setup.sh
@@ -198,6 +198,10 @@ bench-counters: $(STAMP).release
 #               the foreground (scripts/serve.sh); Ctrl-C stops both
 #   bench-http  new payments and replays at 1, 16 and 64 clients over HTTP, release build
 #               (bench/http/run.sh; results in bench/http/results.md)
+#   bench-http-layers  an Express route inserting one row: no idempotency, our middleware
+#               (route's transaction, phased) and express-idempotency on Redis, side by side at
+#               1, 16 and 64 connections, release build (bench/http/layers/run.sh; results in
+#               bench/http/layers/results.md and results.svg)
 test-http: $(STAMP).debug
 	bash scripts/http-test.sh
 
@@ -206,6 +210,9 @@ serve: $(STAMP).debug
 
 bench-http: $(STAMP).release
 	bash bench/http/run.sh
+
+bench-http-layers: $(STAMP).release
+	bash bench/http/layers/run.sh
 
 # The full benchmark on a release build; it writes bench/results/ (bench/README.md), the
 # instruction counts (bench/instructions.sh) included.

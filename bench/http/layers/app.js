@@ -1,0 +1,105 @@
+// The Express app of `make bench-http-layers` (bench/http/layers/run.sh): one route,
+// `POST /orders`, that inserts one row and answers 201, in one of four variants:
+//
+//   a  no idempotency: the insert through the app's pool (autocommit)
+//   b  our middleware in the route's transaction (mode 'transaction'): the insert through
+//      req.idempotency.client, inside the layer's BEGIN .. idem_begin .. idem_complete COMMIT
+//   c  our middleware phased: idem_begin commits the claim, the insert through the app's pool,
+//      the outcome stored in a second transaction
+//   d  express-idempotency on its Redis adapter, the insert through the app's pool
+//
+//   node app.js VARIANT PORT
+//
+// Environment: DATABASE_HOST (the socket directory), DATABASE_PORT, DATABASE_NAME, POOL_SIZE
+// (the pg pool of every variant), REDIS_URL (d), CLIENT_EXPRESS (the compiled
+// `@idempotency/client/express` module, b and c). Every variant reads the same headers: the
+// tenant from X-Tenant, the key from Idempotency-Key, a JSON body.
+'use strict'
+
+const express = require('express')
+const pg = require('pg')
+
+const [variant, port] = process.argv.slice(2)
+if (!['a', 'b', 'c', 'd'].includes(variant) || !port) {
+  console.error('usage: node app.js a|b|c|d PORT')
+  process.exit(2)
+}
+
+// The same pool for every variant; pipeline mode lets our client send a transaction's
+// statements in one round trip (an ordinary query is sent as usual).
+const pool = new pg.Pool({
+  host: process.env.DATABASE_HOST,
+  port: Number(process.env.DATABASE_PORT),
+  database: process.env.DATABASE_NAME || 'bench',
+  user: 'postgres',
+  max: Number(process.env.POOL_SIZE || 16),
+  pipeline: true,
+})
+pool.on('error', (e) => console.error('pool error', e))
+
+const INSERT = 'INSERT INTO orders (tenant, body) VALUES ($1, $2) RETURNING id'
+const tenantOf = (req) => req.get('x-tenant') || null
+
+const app = express()
+app.disable('x-powered-by')
+app.disable('etag')
+
+app.get('/healthz', async (_req, res) => {
+  await pool.query('SELECT 1')
+  res.status(200).send('ok')
+})
+
+function fail(res, e) {
+  console.error(e)
+  if (!res.headersSent) res.status(500).json({ error: String(e && e.message) })
+}
+
+async function start() {
+  if (variant === 'a') {
+    app.post('/orders', express.json(), async (req, res) => {
+      try {
+        const { rows } = await pool.query(INSERT, [tenantOf(req), req.body])
+        res.status(201).json({ id: rows[0].id })
+      } catch (e) {
+        fail(res, e)
+      }
+    })
+  } else if (variant === 'b' || variant === 'c') {
+    const layer = require(process.env.CLIENT_EXPRESS)
+    if (typeof layer.idempotency !== 'function') {
+      throw new Error(`${process.env.CLIENT_EXPRESS} exports no idempotency(options)`)
+    }
+    const mode = variant === 'b' ? 'transaction' : 'phased'
+    app.post('/orders', express.json(), layer.idempotency({ pool, tenant: tenantOf, mode }), async (req, res) => {
+      try {
+        const db = mode === 'transaction' ? req.idempotency.client : pool
+        const { rows } = await db.query(INSERT, [tenantOf(req), req.body])
+        res.status(201).json({ id: rows[0].id })
+      } catch (e) {
+        fail(res, e)
+      }
+    })
+  } else {
+    const { idempotency, getSharedIdempotencyService } = require('express-idempotency')
+    const RedisAdapter = require('express-idempotency-redis-adapter').default
+    const dataAdapter = new RedisAdapter({ connectionConfig: { url: process.env.REDIS_URL } })
+    await dataAdapter.connect()
+    app.post('/orders', express.json(), idempotency({ dataAdapter }), async (req, res) => {
+      // express-idempotency calls the route after it has answered a replay itself.
+      if (getSharedIdempotencyService().isHit(req)) return
+      try {
+        const { rows } = await pool.query(INSERT, [tenantOf(req), req.body])
+        res.status(201).json({ id: rows[0].id })
+      } catch (e) {
+        getSharedIdempotencyService().reportError(req).catch(() => undefined)
+        fail(res, e)
+      }
+    })
+  }
+  app.listen(Number(port), '127.0.0.1', () => console.error(`variant ${variant} on 127.0.0.1:${port}`))
+}
+
+start().catch((e) => {
+  console.error(e)
+  process.exit(1)
+})
