@@ -124,8 +124,11 @@ def begin_command(isolation_level: Any, read_only: bool | None, deferrable: bool
 
 
 def jsonb(value: JSON) -> Jsonb | None:
-    """A JSON value as a jsonb parameter; None stays SQL NULL (the functions' "none")."""
-    return None if value is None else Jsonb(value)
+    """A JSON value as a jsonb parameter; None stays SQL NULL (the functions' "none"). A value
+    already wrapped in `Jsonb` (with a `dumps` of its own) is passed as it is."""
+    if value is None or isinstance(value, Jsonb):
+        return value
+    return Jsonb(value)
 
 
 def begin_params(

@@ -65,6 +65,7 @@ _TITLES = {
     403: "Forbidden",
     404: "Not Found",
     409: "Conflict",
+    413: "Content Too Large",
     422: "Unprocessable Content",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -167,8 +168,9 @@ class Prefer:
     wait: int | None = None
 
 
-def parse_prefer(values: list[str]) -> Prefer:
-    """`Prefer: respond-async` and `Prefer: wait=N` (RFC 7240); `wait` capped at 10 seconds."""
+def parse_prefer(values: list[str], max_wait: int = 10) -> Prefer:
+    """`Prefer: respond-async` and `Prefer: wait=N` (RFC 7240); `wait` capped at `max_wait`
+    seconds (10 by default)."""
     respond_async = False
     wait: int | None = None
     for value in values:
@@ -179,7 +181,7 @@ def parse_prefer(values: list[str]) -> Prefer:
                 respond_async = True
             elif name == "wait":
                 try:
-                    wait = min(10, max(0, int(arg.strip().strip('"'))))
+                    wait = min(max_wait, max(0, int(arg.strip().strip('"'))))
                 except ValueError:
                     pass
     return Prefer(respond_async, wait)

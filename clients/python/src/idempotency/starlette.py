@@ -1,5 +1,16 @@
-"""The Starlette / FastAPI integration: an endpoint decorator that does the idempotency part
-of a request, so that the endpoint only does its work.
+"""The Starlette / FastAPI integration.
+
+`IdempotencyMiddleware` is the drop-in layer (docs/http.md, "The drop-in layer"): one line
+makes the covered routes of an application idempotent, whatever they do:
+
+    app.add_middleware(IdempotencyMiddleware, pool=pool, tenant=tenant)
+
+It is a pure ASGI middleware (the request body is buffered and handed to the app again; the
+response is captured and stored, or passed through when it streams), on `idempotency.layer`.
+
+`Idempotency(...).one_transaction` / `.phased` are endpoint decorators for routes that do the
+idempotency part with the client's helpers themselves (the example payments service): the
+endpoint completes the key with a resource of its own.
 
     idem = Idempotency(connection=pool.connection)      # psycopg_pool.AsyncConnectionPool
 
@@ -20,7 +31,7 @@ tenant and command = `{"method", "path", "body"}`:
   stored resource through `replay(request, conn, begin)`; all with `Idempotent-Replayed: true`;
 - `in_progress`: 409 `request_in_progress` with `Retry-After` (seconds to the holder's lease
   end), or 202 with `Location` under `Prefer: respond-async`; `Prefer: wait=N` (at most 10)
-  waits for the holder first (see `_wait_step`);
+  waits for the holder first (`layer.Poll`: `idem_begin`'s own wait, then 25 ms doubling to 500 ms);
 - IK001: 422 `idempotency_key_reused`; the other errors as `idempotency.http` maps them.
 
 Works on FastAPI too: the decorated endpoint takes the `Request` only.
@@ -29,9 +40,10 @@ Works on FastAPI too: the decorated endpoint takes the `Request` only.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
-import time
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,8 +52,10 @@ from typing import Any
 import psycopg
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import aio
+from . import aio, layer
 from ._model import JSON, Begin, Outcome
 from .errors import IdempotencyError
 from .http import (
@@ -89,13 +103,210 @@ class PhasedWork:
     claim: aio.Claim
 
 
+def reply_response(reply: layer.Reply) -> Response:
+    """A `layer.Reply` as a Starlette response (headers in order, repeated names kept,
+    Content-Length Starlette's)."""
+    r = Response(reply.body, status_code=reply.status)
+    own = [h for h in r.raw_headers if h[0] == b"content-length"]
+    r.raw_headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in reply.headers
+                     if n.lower() != "content-length"] + own
+    return r
+
+
 def problem_response(p: Problem) -> Response:
-    return JSONResponse(p.body(), status_code=p.status, headers=p.headers, media_type="application/problem+json")
+    return reply_response(layer.problem_reply(p))
 
 
 def answer_response(a: Answer) -> Response:
     return JSONResponse(a.body, status_code=a.status, headers=a.headers, media_type=a.media_type) \
         if a.body is not None else Response(status_code=a.status, headers=a.headers)
+
+
+# --- The drop-in layer ------------------------------------------------------------------
+
+_DROPPED_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopy")
+
+
+class IdempotencyMiddleware:
+    """The drop-in layer as a pure ASGI middleware (docs/http.md, "The drop-in layer").
+
+        app.add_middleware(IdempotencyMiddleware, pool=pool, tenant=tenant)
+
+    `pool`: a `psycopg_pool.AsyncConnectionPool` (or `connection=`, a function giving an async
+    context manager of an `AsyncConnection`). The settings are `layer.Options`' (`tenant`, a
+    function of the `Request` (headers only; sync or async), or `global_keys=True`;
+    `methods`, `required`, `ttl`, `lease`, `command_headers`, `replay_headers`,
+    `max_body_bytes`, `max_stored_body`, `max_wait`, `status_url`, `mode`). `routes` maps
+    Starlette path patterns (`"/orders/{id}"`, `"/tx/{rest:path}"`) to a mode, or to None for
+    a route the layer leaves alone; the first pattern that matches the path wins, else `mode`.
+
+    The route finds `request.state.idempotency` (`layer.Info`: `key`, `scope`, `attempt`,
+    `mode`, and in transaction mode `conn`, the connection in the claim's transaction).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        pool: Any = None,
+        connection: layer.Connect | None = None,
+        routes: Mapping[str, str | None] | None = None,
+        **options: Any,
+    ) -> None:
+        if (pool is None) == (connection is None):
+            raise layer.ConfigurationError("give pool= (a psycopg_pool.AsyncConnectionPool) or connection=")
+        self.app = app
+        self.connect: layer.Connect = connection if connection is not None else pool.connection
+        self.options = layer.Options(**options)
+        self.routes: list[tuple[re.Pattern[str], str | None]] = [
+            (compile_path(pattern)[0], None if mode is None else layer.check_mode(mode))
+            for pattern, mode in (routes or {}).items()
+        ]
+
+    def _route_mode(self, path: str) -> tuple[bool, str | None]:
+        """(covered, the route's own mode) from `routes`."""
+        for regex, mode in self.routes:
+            if regex.match(path):
+                return mode is not None, mode
+        return True, None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not layer.covered(self.options, scope["method"]):
+            await self.app(scope, receive, send)
+            return
+        on, route_mode = self._route_mode(scope["path"])
+        if not on:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        incoming = layer.Incoming(
+            method=scope["method"],
+            path=scope["path"],
+            query_string=scope.get("query_string", b"").decode("latin-1"),
+            headers=request.headers.getlist,
+        )
+        try:
+            key = layer.key_of(self.options, incoming)
+            if key is None:
+                await self.app(scope, receive, send)
+                return
+            tenant = None
+            if self.options.tenant is not None:
+                tenant = self.options.tenant(request)
+                if inspect.isawaitable(tenant):
+                    tenant = await tenant
+            if not self.options.global_keys:
+                layer.scope_of(tenant)  # 401 before the body is read
+            layer.check_content_length(self.options, incoming)
+            body = await _read_body(receive, self.options.max_body_bytes)
+            if body is None:
+                return  # the client went away
+            mode = layer.mode_of(self.options, request, route_mode)
+            p = layer.prepare(self.options, incoming, key, tenant, request.headers.get("content-type"), body, mode)
+        except Problem as e:
+            await _send(scope, receive, send, layer.problem_reply(e))
+            return
+
+        async def route(info: layer.Info) -> layer.Captured:
+            inner = dict(scope)
+            inner["state"] = dict(scope.get("state") or {})
+            inner["state"]["idempotency"] = info
+            if scope.get("extensions"):
+                inner["extensions"] = {k: v for k, v in scope["extensions"].items() if k not in _DROPPED_EXTENSIONS}
+            capture = _Capture(send, passthrough=info.mode == layer.PHASED)
+            await self.app(inner, _replaying(body, receive), capture.send)
+            return capture.result()
+
+        reply = await layer.run_async(self.options, self.connect, p, route)
+        if reply is not None:
+            await _send(scope, receive, send, reply)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body (413 `Problem` past `limit` bytes); None if the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise layer.too_large_for(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """The app's `receive`: the buffered body once, then the server's own (disconnect)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class _Capture:
+    """The app's `send`: a response with a length (or in one message) is kept whole; a
+    streamed one (no Content-Length, the first body message with `more_body`) is passed
+    through as it comes in phased mode, and kept whole in transaction mode (nothing is sent
+    before the COMMIT)."""
+
+    def __init__(self, send: Send, passthrough: bool) -> None:
+        self.downstream = send
+        self.passthrough = passthrough
+        self.start: Message | None = None
+        self.chunks: list[bytes] = []
+        self.streamed = False
+        self.sent = False
+        self.started_body = False
+
+    async def send(self, message: Message) -> None:
+        if self.sent:
+            await self.downstream(message)
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.start = message
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"the idempotency layer cannot capture {kind!r} messages")
+        more = bool(message.get("more_body", False))
+        if not self.started_body:
+            self.started_body = True
+            self.streamed = more and not any(n.lower() == b"content-length" for n, _ in self._raw_headers())
+            if self.streamed and self.passthrough:
+                self.sent = True
+                assert self.start is not None
+                await self.downstream(self.start)
+                await self.downstream(message)
+                return
+        self.chunks.append(message.get("body", b""))
+
+    def _raw_headers(self) -> list[tuple[bytes, bytes]]:
+        return list(self.start.get("headers", [])) if self.start is not None else []
+
+    def result(self) -> layer.Captured:
+        if self.start is None:
+            raise RuntimeError("the route sent no response")
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._raw_headers()]
+        return layer.Captured(int(self.start["status"]), headers, b"".join(self.chunks), self.streamed, self.sent,
+                              original=self.start)
+
+
+async def _send(scope: Scope, receive: Receive, send: Send, reply: layer.Reply) -> None:
+    if reply.original is not None:  # the route's own response: its start message as it was
+        await send(reply.original)
+        await send({"type": "http.response.body", "body": reply.body, "more_body": False})
+    else:
+        await reply_response(reply)(scope, receive, send)
 
 
 class Idempotency:
@@ -135,16 +346,18 @@ class Idempotency:
                 try:
                     tenant, key, body, prefer = await self._prepare(request, validate)
                     cmd = command(request.method, request.url.path, body)
-                    deadline = time.monotonic() + (prefer.wait or 0)
+                    poll = layer.Poll(prefer)
                     while True:
                         async with self.connection() as conn:
-                            async with aio.transaction(conn, tenant, key, cmd, ttl=self.ttl, wait=_remaining(deadline)) as tx:
+                            async with aio.transaction(conn, tenant, key, cmd, ttl=self.ttl, wait=poll.server_wait()) as tx:
                                 if tx.outcome is Outcome.EXECUTE:
                                     return await handler(request, Work(request, tenant, key, body, conn, tx))
                                 if tx.outcome is Outcome.REPLAY:
                                     return await _replay(request, conn, tx.begin, replay)
-                        if not await _wait_step(deadline):
+                        pause = poll.pause()
+                        if pause is None:
                             break
+                        await asyncio.sleep(pause)
                     answer = answer_for_begin(tx.begin, lease=tx.lease, key=key, prefer=prefer)
                     assert answer is not None
                     return answer_response(answer)
@@ -170,17 +383,19 @@ class Idempotency:
                 try:
                     tenant, key, body, prefer = await self._prepare(request, validate)
                     cmd = command(request.method, request.url.path, body)
-                    deadline = time.monotonic() + (prefer.wait or 0)
+                    poll = layer.Poll(prefer)
                     async with self.connection() as conn:
                         while True:
-                            claim = await aio.claim(conn, tenant, key, cmd, lease=lease, ttl=self.ttl, wait=_remaining(deadline))
+                            claim = await aio.claim(conn, tenant, key, cmd, lease=lease, ttl=self.ttl, wait=poll.server_wait())
                             if claim.outcome is Outcome.EXECUTE:
                                 return await handler(request, PhasedWork(request, tenant, key, body, conn, claim))
                             if claim.outcome is Outcome.REPLAY:
                                 async with conn.transaction():
                                     return await _replay(request, conn, claim.begin, replay)
-                            if not await _wait_step(deadline):
+                            pause = poll.pause()
+                            if pause is None:
                                 break
+                            await asyncio.sleep(pause)
                         answer = answer_for_begin(claim.begin, lease=await claim.lease(), key=key, prefer=prefer)
                     assert answer is not None
                     return answer_response(answer)
@@ -191,28 +406,6 @@ class Idempotency:
             return endpoint
 
         return decorate
-
-
-def _remaining(deadline: float) -> timedelta | None:
-    left = deadline - time.monotonic()
-    return timedelta(seconds=left) if left > 0 else None
-
-
-async def _wait_step(deadline: float) -> bool:
-    """`Prefer: wait`: after `in_progress`, poll again in 200 ms while the deadline allows.
-
-    `idem_begin`'s own `wait` (the time left) already waits, without polling, for a holder
-    whose claim is not committed (a one-transaction holder); a committed claim under a lease
-    is polled: each poll is one more `idem_begin` (two round trips, no write when the holder
-    still holds the key).
-    """
-    left = deadline - time.monotonic()
-    if left <= 0:
-        return False
-    await asyncio.sleep(min(0.2, left))
-    return True
-
-
 
 
 async def _replay(request: Request, conn: psycopg.AsyncConnection[Any], begin: Begin, replay: Replay | None) -> Response:
