@@ -6,6 +6,7 @@
 #   make test      every CI-sized suite, PostgreSQL 13..18 included (what .ci/run runs)
 #   make install   PG_CONFIG=/path/to/bin/pg_config [PROFILE=release|debug]
 #   make package   the same files as a tree to copy onto another machine
+#   make deb       the Debian package postgresql-NN-idempotency (PG=13..18, default 15) in build/deb/
 #
 # CI-sized suites are test-<name> (make test runs them all); long runs are soak-torture,
 # soak-crash and soak-fuzz; the benchmark is bench (bench-instructions is its instruction
@@ -28,7 +29,7 @@ MATRIX_VERSIONS ?= 13 14 16 17 18
 FUZZ_SECONDS ?= 300
 export PG_BINDIR
 
-.PHONY: setup install package demo clean check test \
+.PHONY: setup install package deb demo clean check test \
 	test-guard test-core test-meta test-pg test-regress test-isolation test-vectors test-upgrade \
 	test-standby test-dump test-guest test-torture test-crash test-bench test-fuzz test-matrix \
 	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
@@ -57,6 +58,12 @@ install: $(STAMP).$(PROFILE)
 # A tree under target/<profile>/idempotency-pgNN/ that mirrors the paths PG_CONFIG reports.
 package: setup
 	cargo pgrx package --pg-config "$(PG_CONFIG)" $(if $(filter release,$(PROFILE)),,--debug)
+
+# The Debian package postgresql-NN-idempotency_VERSION-REV_ARCH.deb of the release build, in
+# the PostgreSQL apt repository's layout, into build/deb/ (scripts/deb.sh). PG=13..18, default
+# 15 (the system's); the others build against build/pg/NN (scripts/pg-fetch.sh).
+deb: setup
+	bash scripts/deb.sh $(or $(PG),15)
 
 demo: $(STAMP).debug
 	bash scripts/demo.sh
