@@ -41,6 +41,68 @@ pub mod code {
     pub const FORBIDDEN: &str = "forbidden";
     pub const SERVICE_UNAVAILABLE: &str = "service_unavailable";
     pub const INTERNAL_ERROR: &str = "internal_error";
+    /// The drop-in layer's: a request body over its limit.
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+}
+
+/// The `title` of each `code`.
+pub fn title(code: &str) -> &'static str {
+    match code {
+        code::UNAUTHORIZED => "Unauthorized",
+        code::INVALID_REQUEST => "Invalid request",
+        code::IDEMPOTENCY_KEY_MISSING => "Idempotency-Key missing",
+        code::IDEMPOTENCY_KEY_INVALID => "Idempotency-Key invalid",
+        code::IDEMPOTENCY_KEY_REUSED => "Idempotency-Key reused",
+        code::REQUEST_IN_PROGRESS => "Request in progress",
+        code::CARD_DECLINED => "Card declined",
+        code::PROCESSOR_UNAVAILABLE => "Processor unavailable",
+        code::REFUND_EXCEEDS_PAYMENT => "Refund exceeds payment",
+        code::NOT_FOUND => "Not found",
+        code::FORBIDDEN => "Forbidden",
+        code::SERVICE_UNAVAILABLE => "Service unavailable",
+        code::PAYLOAD_TOO_LARGE => "Payload too large",
+        _ => "Internal error",
+    }
+}
+
+/// The `detail` of the answers about keys, the same wherever they are made.
+pub mod detail {
+    pub const KEY_MISSING: &str = "This route needs an Idempotency-Key header.";
+    pub const KEY_INVALID: &str = "The Idempotency-Key must be one sf-string (\"k-123\") or a bare token of [A-Za-z0-9._~:+/=-], 1 to 255 bytes.";
+    pub const KEY_REUSED: &str = "This Idempotency-Key was already used with another request (another body or endpoint). A retry must repeat the first request exactly; use a new key for a new request.";
+    pub const IN_PROGRESS: &str = "Another request with this Idempotency-Key is being processed; retry after the time given in Retry-After.";
+    pub const LEASE_LOST: &str = "Another request took this key over; retry to get its outcome.";
+    pub const INVALID: &str = "The request is outside the limits of the idempotency layer.";
+    pub const UNAVAILABLE: &str = "The database is not available; retry later.";
+    pub const INTERNAL: &str = "Something went wrong on our side.";
+}
+
+/// A time as the problem documents spell it: RFC 3339, microseconds, `Z`.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The answer and problem document for an error of this crate: [`for_error`]'s status, code
+/// and headers, [`detail`]'s text, and `first_used_at` for `IK001`.
+pub fn error_problem(e: &Error) -> (Answer, Value) {
+    let a = for_error(e);
+    let code = a
+        .code
+        .clone()
+        .unwrap_or_else(|| code::INTERNAL_ERROR.into());
+    let (detail, extra) = match e {
+        Error::KeyReused(r) => (
+            detail::KEY_REUSED,
+            r.first_used_at
+                .map(|t| json!({"first_used_at": rfc3339(t.with_timezone(&Utc))})),
+        ),
+        Error::LeaseLost(_) => (detail::LEASE_LOST, None),
+        Error::Invalid { .. } => (detail::INVALID, None),
+        _ if a.status == 503 => (detail::UNAVAILABLE, None),
+        _ => (detail::INTERNAL, None),
+    };
+    let body = problem(a.status, &code, title(&code), detail, extra);
+    (a, body)
 }
 
 /// What to answer: status, problem code (for 4xx/5xx) and the two headers.
@@ -319,6 +381,42 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn error_problem_documents() {
+        let reused = Error::KeyReused(Box::new(KeyReused::parse(
+            "Scope \"s\", key \"k\" was first used at 2026-01-01 10:00:00.5+02 with command fingerprint 00000000; this request's fingerprint is 11111111.",
+            None,
+        ).unwrap()));
+        let (a, p) = error_problem(&reused);
+        assert_eq!((a.status, a.retry_after), (422, None));
+        assert_eq!(
+            p,
+            json!({"type": "urn:problem-type:idempotency_key_reused", "title": "Idempotency-Key reused",
+                   "status": 422, "detail": detail::KEY_REUSED, "code": "idempotency_key_reused",
+                   "first_used_at": "2026-01-01T08:00:00.500000Z"})
+        );
+        let (a, p) = error_problem(&Error::ReadOnly(DbText::default()));
+        assert_eq!((a.status, a.retry_after), (503, Some(1)));
+        assert_eq!(
+            (
+                p["code"].as_str(),
+                p["title"].as_str(),
+                p["detail"].as_str()
+            ),
+            (
+                Some("service_unavailable"),
+                Some("Service unavailable"),
+                Some(detail::UNAVAILABLE)
+            )
+        );
+        let (a, p) = error_problem(&Error::NotInProgress(DbText::default()));
+        assert_eq!(
+            (a.status, p["code"].as_str(), p["title"].as_str()),
+            (500, Some("internal_error"), Some("Internal error"))
+        );
+        assert_eq!(title(code::PAYLOAD_TOO_LARGE), "Payload too large");
     }
 
     #[test]

@@ -8,14 +8,22 @@
 //! - [`one_tx`]: begin, the caller's work and complete or fail in one transaction;
 //! - [`phased`]: a claim under a lease, checkpoints, and complete or fail with the attempt;
 //! - [`http`]: outcome or error to status, `Idempotent-Replayed`, `Retry-After` and problem `code`;
+//! - [`headers`]: the `Idempotency-Key` and `Prefer` request headers, parsed;
+//! - [`layer`] (feature `axum`): the drop-in layer's framework-neutral part (options, the
+//!   command, what is stored and replayed), and [`mod@axum`] its tower layer for axum;
 //! - [`roundtrips`]: a connector that counts round trips on the wire.
 //!
 //! The client gets every semantic from the database: it maps outcomes and SQLSTATEs, it never
 //! re-decides.
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod calls;
 pub mod error;
+pub mod headers;
 pub mod http;
+#[cfg(feature = "axum")]
+pub mod layer;
 pub mod one_tx;
 pub mod phased;
 pub mod roundtrips;

@@ -28,6 +28,8 @@ use crate::error::Error;
 
 const SAVEPOINT: &str = "SAVEPOINT idempotency_work";
 const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idempotency_work";
+const STORE_SAVEPOINT: &str = "SAVEPOINT idempotency_store";
+const ROLLBACK_TO_STORE_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idempotency_store";
 
 /// How the caller's work ends.
 #[derive(Debug)]
@@ -100,7 +102,7 @@ impl Open {
         self.open = false;
     }
     /// `ROLLBACK`; a failure closes the connection (it is not put back).
-    pub(crate) async fn rollback(mut self) -> Result<(), Error> {
+    pub(crate) async fn rollback(&mut self) -> Result<(), Error> {
         self.client()
             .batch_execute("ROLLBACK")
             .await
@@ -120,6 +122,14 @@ impl Drop for Open {
     }
 }
 
+/// What [`start`] found: the key to execute with its transaction open, or an answer (the
+/// transaction already rolled back).
+pub(crate) enum Started {
+    Execute(Open, Begun),
+    Replayed(Begun),
+    InProgress(Begun, Checked),
+}
+
 /// Runs `work` exactly once per key: begin (`req`), then, on `execute`, the work in the same
 /// transaction, then complete or fail as the work says, and commit. `work` gets the connection
 /// (its statements are in the transaction) and `idem_begin`'s row (`attempt`, and the recovery
@@ -132,7 +142,31 @@ pub async fn run<T, E, F>(
 where
     F: for<'c> FnOnce(&'c ClientWrapper, &'c Begun) -> BoxFuture<'c, Result<Finish<T>, E>>,
 {
-    let conn = pool.get().await.map_err(Error::from)?;
+    let (mut tx, begun) = match start(pool, req).await? {
+        Started::Replayed(b) => return Ok(Ran::Replayed(b)),
+        Started::InProgress(b, c) => return Ok(Ran::InProgress(b, c)),
+        Started::Execute(tx, begun) => (tx, begun),
+    };
+    let attempt = begun.attempt.unwrap_or(1);
+    let finish = match work(tx.client(), &begun).await {
+        Ok(f) => f,
+        Err(e) => {
+            tx.rollback().await?;
+            return Err(RunError::Work(e));
+        }
+    };
+    let (value, stored) = finish_tx(&mut tx, req, attempt, finish).await?;
+    Ok(Ran::Executed {
+        attempt,
+        value,
+        stored,
+    })
+}
+
+/// The first flight: `BEGIN`, `idem_begin`, `SAVEPOINT`; on `replay` the transaction is rolled
+/// back, on `in_progress` too, with `idem_check` for the lease end in the same flight.
+pub(crate) async fn start(pool: &Pool, req: &BeginRequest<'_>) -> Result<Started, Error> {
+    let conn = pool.get().await?;
     let mut tx = Open::new(conn);
     let key = Some((req.scope, req.key));
     let c = tx.client();
@@ -155,7 +189,7 @@ where
         Err(e) => {
             let err = Error::from_db(e, key);
             tx.rollback().await?;
-            return Err(err.into());
+            return Err(err);
         }
     };
     sp.map_err(|e| Error::from_db(e, key))?;
@@ -163,7 +197,7 @@ where
     match begun.outcome {
         Outcome::Replay => {
             tx.rollback().await?;
-            Ok(Ran::Replayed(begun))
+            Ok(Started::Replayed(begun))
         }
         Outcome::InProgress => {
             let check = c
@@ -178,83 +212,192 @@ where
             tx.closed();
             let checked =
                 crate::calls::checked_from_row(&checked.map_err(|e| Error::from_db(e, key))?)?;
-            Ok(Ran::InProgress(begun, checked))
+            Ok(Started::InProgress(begun, checked))
         }
-        Outcome::Execute => {
-            let attempt = begun.attempt.unwrap_or(1);
-            let finish = match work(c, &begun).await {
-                Ok(f) => f,
-                Err(e) => {
-                    tx.rollback().await?;
-                    return Err(RunError::Work(e));
-                }
-            };
-            match finish {
-                Finish::Complete(completion, value) => {
-                    let st = c
-                        .prepare_cached(SQL_COMPLETE)
-                        .await
-                        .map_err(|e| Error::from_db(e, key))?;
-                    let attempt_param = Some(attempt);
-                    let params: [&(dyn ToSql + Sync); 6] = [
-                        &req.scope,
-                        &req.key,
-                        &completion.response,
-                        &completion.resource,
-                        &completion.http_status,
-                        &attempt_param,
-                    ];
-                    let (done, commit) =
-                        tokio::join!(c.execute(&st, &params), c.batch_execute("COMMIT"));
-                    finish_commit(&mut tx, done, commit, key)?;
-                    Ok(Ran::Executed {
-                        attempt,
-                        value,
-                        stored: Stored::Completed,
-                    })
-                }
-                Finish::Fail(failure, value) => {
-                    let st = c
-                        .prepare_cached(SQL_FAIL)
-                        .await
-                        .map_err(|e| Error::from_db(e, key))?;
-                    let attempt_param = Some(attempt);
-                    let params: [&(dyn ToSql + Sync); 6] = [
-                        &req.scope,
-                        &req.key,
-                        &failure.error,
-                        &failure.retryable,
-                        &failure.http_status,
-                        &attempt_param,
-                    ];
-                    let (rb, done, commit) = tokio::join!(
-                        c.batch_execute(ROLLBACK_TO_SAVEPOINT),
-                        c.execute(&st, &params),
-                        c.batch_execute("COMMIT")
-                    );
-                    if let Err(e) = rb {
-                        // The COMMIT after it rolled everything back; report the first cause.
-                        finish_commit(&mut tx, Ok(0), commit, key)?;
-                        return Err(Error::from_db(e, key).into());
-                    }
-                    finish_commit(&mut tx, done, commit, key)?;
-                    Ok(Ran::Executed {
-                        attempt,
-                        value,
-                        stored: Stored::Failed,
-                    })
-                }
-                Finish::Rollback(value) => {
-                    tx.rollback().await?;
-                    Ok(Ran::Executed {
-                        attempt,
-                        value,
-                        stored: Stored::RolledBack,
-                    })
-                }
+        Outcome::Execute => Ok(Started::Execute(tx, begun)),
+    }
+}
+
+/// The last flight of an executed key: complete or fail as `finish` says, and commit; or roll
+/// everything back.
+pub(crate) async fn finish_tx<T>(
+    tx: &mut Open,
+    req: &BeginRequest<'_>,
+    attempt: i32,
+    finish: Finish<T>,
+) -> Result<(T, Stored), Error> {
+    let key = Some((req.scope, req.key));
+    let c = tx.client();
+    match finish {
+        Finish::Complete(completion, value) => {
+            let st = c
+                .prepare_cached(SQL_COMPLETE)
+                .await
+                .map_err(|e| Error::from_db(e, key))?;
+            let attempt_param = Some(attempt);
+            let params: [&(dyn ToSql + Sync); 6] = [
+                &req.scope,
+                &req.key,
+                &completion.response,
+                &completion.resource,
+                &completion.http_status,
+                &attempt_param,
+            ];
+            let (done, commit) = tokio::join!(c.execute(&st, &params), c.batch_execute("COMMIT"));
+            finish_commit(tx, done, commit, key)?;
+            Ok((value, Stored::Completed))
+        }
+        Finish::Fail(failure, value) => {
+            let st = c
+                .prepare_cached(SQL_FAIL)
+                .await
+                .map_err(|e| Error::from_db(e, key))?;
+            let attempt_param = Some(attempt);
+            let params: [&(dyn ToSql + Sync); 6] = [
+                &req.scope,
+                &req.key,
+                &failure.error,
+                &failure.retryable,
+                &failure.http_status,
+                &attempt_param,
+            ];
+            let (rb, done, commit) = tokio::join!(
+                c.batch_execute(ROLLBACK_TO_SAVEPOINT),
+                c.execute(&st, &params),
+                c.batch_execute("COMMIT")
+            );
+            if let Err(e) = rb {
+                // The COMMIT after it rolled everything back; report the first cause.
+                finish_commit(tx, Ok(0), commit, key)?;
+                return Err(Error::from_db(e, key));
             }
+            finish_commit(tx, done, commit, key)?;
+            Ok((value, Stored::Failed))
+        }
+        Finish::Rollback(value) => {
+            tx.rollback().await?;
+            Ok((value, Stored::RolledBack))
         }
     }
+}
+
+/// [`start`], waiting as a `Prefer: wait` asks: the holder's transaction inside the server,
+/// a committed holder polled (see [`crate::phased::claim_waiting`]); `None`: no waiting.
+pub(crate) async fn start_waiting(
+    pool: &Pool,
+    req: &BeginRequest<'_>,
+    wait: Option<std::time::Duration>,
+) -> Result<Started, Error> {
+    let Some(wait) = wait else {
+        return start(pool, req).await;
+    };
+    let mut poll = crate::phased::Polling::new(wait);
+    loop {
+        match start(pool, &req.wait(poll.server_slice())).await? {
+            Started::InProgress(..) if !poll.remaining().is_zero() => poll.back_off().await,
+            other => return Ok(other),
+        }
+    }
+}
+
+fn is_too_large(e: &Error) -> bool {
+    matches!(e, Error::Invalid { sqlstate, .. } if sqlstate == "22023")
+}
+
+/// Completes with `full` and commits; when the extension refuses `full` as too large (`22023`)
+/// and a `smaller` completion is given, completes with that instead. With `smaller` the
+/// completion runs under a savepoint (a refused statement would abort the transaction), so
+/// the `COMMIT` is a second round trip.
+pub(crate) async fn complete_or_smaller(
+    tx: &mut Open,
+    req: &BeginRequest<'_>,
+    attempt: i32,
+    full: Completion,
+    smaller: Option<Completion>,
+) -> Result<(), Error> {
+    let Some(smaller) = smaller else {
+        return finish_tx(tx, req, attempt, Finish::Complete(full, ()))
+            .await
+            .map(drop);
+    };
+    let key = Some((req.scope, req.key));
+    let c = tx.client();
+    let st = c
+        .prepare_cached(SQL_COMPLETE)
+        .await
+        .map_err(|e| Error::from_db(e, key))?;
+    let attempt_param = Some(attempt);
+    let complete = |x| execute_complete(c, &st, req, x, attempt_param);
+    let (sp, done) = tokio::join!(c.batch_execute(STORE_SAVEPOINT), complete(&full));
+    sp.map_err(|e| Error::from_db(e, key))?;
+    match done {
+        Ok(_) => {
+            let commit = c.batch_execute("COMMIT").await;
+            finish_commit(tx, Ok(0), commit, key)
+        }
+        Err(e) => {
+            let err = Error::from_db(e, key);
+            if !is_too_large(&err) {
+                tx.rollback().await?;
+                return Err(err);
+            }
+            let (rb, done, commit) = tokio::join!(
+                c.batch_execute(ROLLBACK_TO_STORE_SAVEPOINT),
+                complete(&smaller),
+                c.batch_execute("COMMIT")
+            );
+            if let Err(e) = rb {
+                finish_commit(tx, Ok(0), commit, key)?;
+                return Err(Error::from_db(e, key));
+            }
+            finish_commit(tx, done, commit, key)
+        }
+    }
+}
+
+async fn execute_complete(
+    c: &ClientWrapper,
+    st: &tokio_postgres::Statement,
+    req: &BeginRequest<'_>,
+    x: &Completion,
+    attempt: Option<i32>,
+) -> Result<u64, tokio_postgres::Error> {
+    let params: [&(dyn ToSql + Sync); 6] = [
+        &req.scope,
+        &req.key,
+        &x.response,
+        &x.resource,
+        &x.http_status,
+        &attempt,
+    ];
+    c.execute(st, &params).await
+}
+
+/// Fails the key with `failure` and commits the work's writes with it (no rollback to the
+/// savepoint): for work whose effects stand while its outcome is not stored.
+pub(crate) async fn fail_keeping_work(
+    tx: &mut Open,
+    req: &BeginRequest<'_>,
+    attempt: i32,
+    failure: &Failure,
+) -> Result<(), Error> {
+    let key = Some((req.scope, req.key));
+    let c = tx.client();
+    let st = c
+        .prepare_cached(SQL_FAIL)
+        .await
+        .map_err(|e| Error::from_db(e, key))?;
+    let attempt_param = Some(attempt);
+    let params: [&(dyn ToSql + Sync); 6] = [
+        &req.scope,
+        &req.key,
+        &failure.error,
+        &failure.retryable,
+        &failure.http_status,
+        &attempt_param,
+    ];
+    let (done, commit) = tokio::join!(c.execute(&st, &params), c.batch_execute("COMMIT"));
+    finish_commit(tx, done, commit, key)
 }
 
 /// The results of a pipelined `idem_complete`/`idem_fail` and `COMMIT`. PostgreSQL turns a

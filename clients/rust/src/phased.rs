@@ -67,19 +67,44 @@ pub async fn claim_waiting(
     req: &BeginRequest<'_>,
     wait: Duration,
 ) -> Result<Claim, Error> {
-    let deadline = Instant::now() + wait;
-    let mut backoff = Duration::from_millis(25);
+    let mut poll = Polling::new(wait);
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
         let c = pool.get().await?;
-        let begun = calls::begin(&c, &req.wait(remaining.min(SERVER_WAIT_SLICE))).await?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if begun.outcome != Outcome::InProgress || remaining.is_zero() {
+        let begun = calls::begin(&c, &req.wait(poll.server_slice())).await?;
+        if begun.outcome != Outcome::InProgress || poll.remaining().is_zero() {
             return classify(pool, &c, req, begun).await;
         }
         drop(c);
-        tokio::time::sleep(backoff.min(remaining)).await;
-        backoff = (backoff * 2).min(Duration::from_millis(500));
+        poll.back_off().await;
+    }
+}
+
+/// The waiting of a `Prefer: wait`: each poll lets `idem_begin` wait inside the server for an
+/// uncommitted holder (at most 1 s, at most the time left), and a holder still there after it
+/// (a committed claim under a lease) is polled again after 25 ms doubling to 500 ms, never
+/// past the deadline.
+pub(crate) struct Polling {
+    deadline: Instant,
+    backoff: Duration,
+}
+
+impl Polling {
+    pub(crate) fn new(wait: Duration) -> Self {
+        Polling {
+            deadline: Instant::now() + wait,
+            backoff: Duration::from_millis(25),
+        }
+    }
+    pub(crate) fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+    /// The `wait` to give the next `idem_begin`.
+    pub(crate) fn server_slice(&self) -> Duration {
+        self.remaining().min(SERVER_WAIT_SLICE)
+    }
+    pub(crate) async fn back_off(&mut self) {
+        tokio::time::sleep(self.backoff.min(self.remaining())).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(500));
     }
 }
 
@@ -148,9 +173,26 @@ impl Phased {
     }
 
     /// Stores the outcome (committed) without any business write in the same transaction.
-    pub async fn complete(self, completion: &Completion) -> Result<(), Error> {
+    /// (By reference: a completion the extension refused, `22023` for a response over its
+    /// size limit, can be followed by a smaller one.)
+    pub async fn complete(&self, completion: &Completion) -> Result<(), Error> {
         let c = self.pool.get().await?;
         calls::complete(&c, &self.scope, &self.key, completion, Some(self.attempt)).await
+    }
+
+    /// [`Phased::complete`] with `full`; when the extension refuses it as too large (`22023`),
+    /// with `smaller`.
+    pub async fn complete_or_smaller(
+        &self,
+        full: &Completion,
+        smaller: &Completion,
+    ) -> Result<(), Error> {
+        match self.complete(full).await {
+            Err(Error::Invalid { sqlstate, .. }) if sqlstate == "22023" => {
+                self.complete(smaller).await
+            }
+            other => other,
+        }
     }
 
     /// The last phase in one round trip: `BEGIN`, the business `statement` (its rows are

@@ -1,0 +1,354 @@
+//! One request through the layer: the checks before anything is claimed, the claim in the
+//! route's mode, the route, and what is stored of its answer.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{OriginalUri, Request};
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tower::{Service, ServiceExt};
+
+use super::body::{self, Captured, ReadError};
+use super::tx::IdemTx;
+use super::Shared;
+use crate::calls::{BeginRequest, Completion, Failure};
+use crate::error::Error;
+use crate::headers::{self, KeyError, Prefer};
+use crate::http::code;
+use crate::layer::answers::{self, Problem};
+use crate::layer::command::command;
+use crate::layer::options::GLOBAL_SCOPE;
+use crate::layer::stored::{decide, stored_headers, Decision, StoredResponse};
+use crate::layer::Mode;
+use crate::one_tx::{self, Started};
+use crate::phased::{self, Claim, Phased};
+
+/// What the route did.
+enum Routed {
+    Answered(Response),
+    /// It panicked: the framework's 500.
+    Panicked,
+}
+
+async fn route<S>(inner: S, req: Request) -> Routed
+where
+    S: Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    match AssertUnwindSafe(inner.oneshot(req)).catch_unwind().await {
+        Ok(Ok(r)) => Routed::Answered(r),
+        Ok(Err(never)) => match never {},
+        Err(_) => Routed::Panicked,
+    }
+}
+
+/// Everything the key's calls need.
+struct Keyed {
+    scope: String,
+    key: String,
+    command: Value,
+    prefer: Prefer,
+    wait: Option<Duration>,
+}
+
+impl Keyed {
+    fn begin(&self, shared: &Shared) -> BeginRequest<'_> {
+        let o = &shared.options;
+        BeginRequest {
+            scope: &self.scope,
+            key: &self.key,
+            command: &self.command,
+            ttl: o.ttl,
+            lease: o.lease,
+            wait: None,
+        }
+    }
+
+    fn in_progress(&self, shared: &Shared, checked: &crate::calls::Checked) -> Response {
+        let location = shared.options.status_url.as_ref().map(|f| f(&self.key));
+        answers::in_progress(Some(checked), self.prefer, location).into_response()
+    }
+}
+
+pub(super) async fn handle<S>(shared: &Arc<Shared>, inner: S, req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = std::convert::Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let o = &shared.options;
+    if !o.covers(req.method()) {
+        return pass(inner, req).await;
+    }
+    let key_fields = req.headers().get_all("idempotency-key");
+    let key = match headers::idempotency_key(key_fields.iter().map(|v| v.as_bytes())) {
+        Ok(k) => k,
+        Err(KeyError::Missing) if !o.required => return pass(inner, req).await,
+        Err(e) => return answers::key_error(e).into_response(),
+    };
+    let (mut parts, body) = req.into_parts();
+    let scope = if let Some(tenant) = &o.tenant {
+        match tenant(&parts).await {
+            Ok(Some(t)) if !t.is_empty() => t,
+            Ok(_) => return answers::unauthorized().into_response(),
+            Err(p) => return p.into_response(),
+        }
+    } else {
+        GLOBAL_SCOPE.to_owned()
+    };
+    let bytes = match body::read_limited(body, o.max_body_bytes).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge) => {
+            return answers::payload_too_large(o.max_body_bytes).into_response()
+        }
+        Err(ReadError::Broken) => {
+            return Problem::new(
+                400,
+                code::INVALID_REQUEST,
+                "The request body could not be read.",
+            )
+            .into_response()
+        }
+    };
+    // Under a nested router the path as routed is the original one.
+    let uri = parts
+        .extensions
+        .get::<OriginalUri>()
+        .map_or_else(|| parts.uri.clone(), |u| u.0.clone());
+    let prefer = headers::prefer(
+        parts.headers.get_all("prefer").iter().map(|v| v.as_bytes()),
+        o.max_wait.as_secs(),
+    );
+    let keyed = Keyed {
+        command: command(
+            &parts.method,
+            uri.path(),
+            uri.query(),
+            &parts.headers,
+            &o.command_headers,
+            &bytes,
+        ),
+        scope,
+        key,
+        prefer,
+        wait: prefer.wait.filter(|&n| n > 0).map(Duration::from_secs),
+    };
+    let mode = (o.mode)(&parts);
+    match mode {
+        Mode::Phased => {
+            let req = Request::from_parts(parts, Body::from(bytes));
+            phased_flow(shared, inner, req, keyed).await
+        }
+        Mode::Transaction => {
+            parts.extensions.remove::<IdemTx>();
+            transaction_flow(shared, inner, parts, bytes, keyed).await
+        }
+    }
+}
+
+async fn pass<S>(inner: S, req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    match inner.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+fn retryable(status: u16) -> Failure {
+    Failure {
+        error: None,
+        retryable: true,
+        http_status: i32::from(status),
+    }
+}
+
+fn completion(stored: &StoredResponse, status: u16) -> Completion {
+    Completion {
+        response: Some(stored.encode()),
+        resource: None,
+        http_status: i32::from(status),
+    }
+}
+
+fn failed(e: &Error) -> Response {
+    if answers::error(e).status >= 500 {
+        eprintln!("idempotency: {e}");
+    }
+    answers::error(e).into_response()
+}
+
+/// The claim commits at once; the outcome is stored in a second transaction.
+async fn phased_flow<S>(shared: &Shared, inner: S, req: Request, keyed: Keyed) -> Response
+where
+    S: Service<Request, Response = Response, Error = std::convert::Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let begin = keyed.begin(shared);
+    let claimed = match keyed.wait {
+        Some(w) => phased::claim_waiting(&shared.pool, &begin, w).await,
+        None => phased::claim(&shared.pool, &begin).await,
+    };
+    let holder = match claimed {
+        Err(e) => return failed(&e),
+        Ok(Claim::Replay(b)) => return answers::replay(&b).into_response(),
+        Ok(Claim::InProgress(_, checked)) => return keyed.in_progress(shared, &checked),
+        Ok(Claim::Execute(holder)) => holder,
+    };
+    let resp = match route(inner, req).await {
+        Routed::Panicked => {
+            return match holder.fail(&retryable(500)).await {
+                Ok(()) => answers::internal().into_response(),
+                Err(e) => failed(&e),
+            }
+        }
+        Routed::Answered(r) => r,
+    };
+    let status = resp.status().as_u16();
+    if decide(status) == Decision::FailRetryable {
+        return match holder.fail(&retryable(status)).await {
+            Ok(()) => resp,
+            Err(e) => failed(&e),
+        };
+    }
+    let stored = StoredResponse {
+        headers: stored_headers(resp.headers(), &shared.options.replay_headers),
+        body: None,
+    };
+    match body::capture(resp, shared.options.max_stored_body).await {
+        Captured::Whole(parts, bytes) => {
+            let stored = StoredResponse {
+                body: Some(bytes.to_vec()),
+                ..stored
+            };
+            let full = completion(&stored, status);
+            match holder
+                .complete_or_smaller(&full, &completion(&stored.omitted(), status))
+                .await
+            {
+                Ok(()) => Response::from_parts(parts, Body::from(bytes)),
+                Err(e) => failed(&e),
+            }
+        }
+        Captured::Long(resp) => match holder.complete(&completion(&stored, status)).await {
+            Ok(()) => resp,
+            Err(e) => failed(&e),
+        },
+        Captured::Streaming(resp) => {
+            let (parts, b) = resp.into_parts();
+            Response::from_parts(parts, body::then(b, fail_later(holder, status)))
+        }
+        Captured::Broken => match holder.fail(&retryable(500)).await {
+            Ok(()) => answers::internal().into_response(),
+            Err(e) => failed(&e),
+        },
+    }
+}
+
+/// The retryable failure of a streamed response, once its stream has ended.
+fn fail_later(holder: Phased, status: u16) -> futures_util::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        if let Err(e) = holder.fail(&retryable(status)).await {
+            eprintln!("idempotency: the streamed response's key was not failed: {e}");
+        }
+    })
+}
+
+/// The claim, the route's writes through [`IdemTx`] and the outcome in one transaction,
+/// committed before the response leaves.
+async fn transaction_flow<S>(
+    shared: &Shared,
+    inner: S,
+    mut parts: http::request::Parts,
+    bytes: axum::body::Bytes,
+    keyed: Keyed,
+) -> Response
+where
+    S: Service<Request, Response = Response, Error = std::convert::Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let begin = keyed.begin(shared);
+    let (open, begun) = match one_tx::start_waiting(&shared.pool, &begin, keyed.wait).await {
+        Err(e) => return failed(&e),
+        Ok(Started::Replayed(b)) => return answers::replay(&b).into_response(),
+        Ok(Started::InProgress(_, checked)) => return keyed.in_progress(shared, &checked),
+        Ok(Started::Execute(open, begun)) => (open, begun),
+    };
+    let attempt = begun.attempt.unwrap_or(1);
+    let tx = Arc::new(Mutex::new(open));
+    parts.extensions.insert(IdemTx(tx.clone()));
+    let routed = route(inner, Request::from_parts(parts, Body::from(bytes))).await;
+    // The route is done; a clone of IdemTx it kept would only delay the lock.
+    let mut open = tx.lock().await;
+    let rollback = |why: &str| eprintln!("idempotency: rolling back: {why}");
+    let resp = match routed {
+        Routed::Panicked => {
+            rollback("the route panicked");
+            let _ = open.rollback().await;
+            return answers::internal().into_response();
+        }
+        Routed::Answered(r) => r,
+    };
+    let status = resp.status().as_u16();
+    if decide(status) == Decision::FailRetryable {
+        // Nothing stored: the claim and the route's writes roll back together.
+        return match open.rollback().await {
+            Ok(()) => resp,
+            Err(e) => failed(&e),
+        };
+    }
+    let stored = StoredResponse {
+        headers: stored_headers(resp.headers(), &shared.options.replay_headers),
+        body: None,
+    };
+    match body::capture(resp, shared.options.max_stored_body).await {
+        Captured::Whole(parts, bytes) => {
+            let stored = StoredResponse {
+                body: Some(bytes.to_vec()),
+                ..stored
+            };
+            let done = one_tx::complete_or_smaller(
+                &mut open,
+                &begin,
+                attempt,
+                completion(&stored, status),
+                Some(completion(&stored.omitted(), status)),
+            )
+            .await;
+            match done {
+                Ok(()) => Response::from_parts(parts, Body::from(bytes)),
+                Err(e) => failed(&e),
+            }
+        }
+        Captured::Long(resp) => {
+            match one_tx::complete_or_smaller(
+                &mut open,
+                &begin,
+                attempt,
+                completion(&stored, status),
+                None,
+            )
+            .await
+            {
+                Ok(()) => resp,
+                Err(e) => failed(&e),
+            }
+        }
+        Captured::Streaming(resp) => {
+            // The writes commit with the key failed retryably, before the stream starts.
+            match one_tx::fail_keeping_work(&mut open, &begin, attempt, &retryable(status)).await {
+                Ok(()) => resp,
+                Err(e) => failed(&e),
+            }
+        }
+        Captured::Broken => {
+            rollback("the response body failed");
+            let _ = open.rollback().await;
+            answers::internal().into_response()
+        }
+    }
+}
