@@ -16,7 +16,7 @@
 # every answer 201, none replayed, one order row per answer, (b)/(c) one completed record per
 # row and none left in progress, (d) one Redis key with a stored response per row, (a) neither.
 #
-# Knobs: BENCH_LAYERS_SECONDS (10) per run, BENCH_LAYERS_ROUNDS (3), BENCH_LAYERS_CONNECTIONS
+# Knobs: BENCH_LAYERS_SECONDS (6) per run, BENCH_LAYERS_ROUNDS (5), BENCH_LAYERS_CONNECTIONS
 # ("1 16 64"), BENCH_LAYERS_VARIANTS ("a b c d"), BENCH_LAYERS_POOL (16: the pg pool of every
 # variant), BENCH_LAYERS_WARMUP (3 s per variant), BENCH_LAYERS_REDIS_FSYNC (everysec: Redis's
 # appendfsync; always|everysec|no), BENCH_LAYERS_OUT (bench/http/layers: results.md,
@@ -28,8 +28,8 @@ set -euo pipefail
 NAME=bench-http-layers
 . "$(dirname "$0")/../../../scripts/lib.sh"
 HERE=$ROOT/bench/http/layers
-SECS=${BENCH_LAYERS_SECONDS:-10}
-ROUNDS=${BENCH_LAYERS_ROUNDS:-3}
+SECS=${BENCH_LAYERS_SECONDS:-6}
+ROUNDS=${BENCH_LAYERS_ROUNDS:-5}
 CONNS=${BENCH_LAYERS_CONNECTIONS:-"1 16 64"}
 VARIANTS=${BENCH_LAYERS_VARIANTS:-"a b c d"}
 POOL=${BENCH_LAYERS_POOL:-16}
