@@ -264,6 +264,16 @@ def check_response(step, r, bodies):
 
 def run_vector(target, vector):
     """None when the vector passed, else the first mismatch as text."""
+    started = []
+    try:
+        return _run_vector(target, vector, started)
+    finally:
+        # A vector that stopped early leaves no request behind to count in the next one.
+        for p in started:
+            p.thread.join(TIMEOUT + 5)
+
+
+def _run_vector(target, vector, started):
     r = target.send("POST", "/reset")
     if r.status != 204:
         return f"POST /reset answered {r.status}, expected 204"
@@ -279,10 +289,13 @@ def run_vector(target, vector):
             req = step["request"]
             if sid in deferred:
                 pending[sid] = Pending(target, req)
+                started.append(pending[sid])
                 continue
             group = [s for s in steps if s["id"] in step.get("concurrentWith", [])] + [step]
             responses = {}
             this = Pending(target, req) if len(group) > 1 else None
+            if this is not None:
+                started.append(this)
             for s in group:
                 p = pending.pop(s["id"], None) if s is not step else this
                 responses[s["id"]] = p.wait() if p is not None else target.send(
