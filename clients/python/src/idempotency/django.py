@@ -20,6 +20,7 @@ leaves a view alone). The view finds `request.idempotency` (`layer.Info`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,19 +57,30 @@ def idempotent(view: V | None = None, *, mode: str | None = None, exempt: bool =
         layer.check_mode(mode)
 
     def decorate(v: V) -> V:
-        setattr(v, ROUTE_ATTRIBUTE, Route(mode, exempt))
-        return v
+        @functools.wraps(v)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return v(*args, **kwargs)
+
+        setattr(wrapper, ROUTE_ATTRIBUTE, Route(mode, exempt))
+        return wrapper  # type: ignore[return-value]
 
     return decorate(view) if view is not None else decorate
+
+
+def _import(conf: dict[str, Any], name: str) -> None:
+    try:
+        conf[name] = import_string(conf[name])
+    except ImportError as e:
+        raise ImproperlyConfigured(f"IDEMPOTENCY[{name!r}]: {e}") from e
 
 
 def _options(conf: dict[str, Any], alias: str) -> layer.Options:
     conf = dict(conf)
     for name in ("tenant", "status_url"):
         if isinstance(conf.get(name), str):
-            conf[name] = import_string(conf[name])
+            _import(conf, name)
     if isinstance(conf.get("mode"), str) and conf["mode"] not in layer.MODES:
-        conf["mode"] = import_string(conf["mode"])
+        _import(conf, "mode")
     if "mode" not in conf:
         atomic = settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS", False)
         conf["mode"] = layer.TRANSACTION if atomic else layer.PHASED
