@@ -6,7 +6,7 @@ use axum::response::Response;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use http::response::Parts;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 /// Why a request body could not be read.
 pub(super) enum ReadError {
@@ -15,16 +15,36 @@ pub(super) enum ReadError {
     Broken,
 }
 
-/// The request body, at most `max` bytes.
-pub(super) async fn read_limited(body: Body, max: usize) -> Result<Bytes, ReadError> {
-    if body.size_hint().lower() > max as u64 {
+/// How much of a too-large request body is read and dropped so that the client, which writes
+/// its whole body before it reads the answer, gets the 413 rather than a reset connection.
+const DRAIN_MAX: u64 = 64 * 1024 * 1024;
+
+/// The request body, at most `max` bytes. A longer one is read to its end (up to 64 MiB more)
+/// and dropped.
+pub(super) async fn read_limited(mut body: Body, max: usize) -> Result<Bytes, ReadError> {
+    let mut buf = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ReadError::Broken);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        seen += data.len() as u64;
+        if seen > max as u64 {
+            if seen > max as u64 + DRAIN_MAX {
+                return Err(ReadError::TooLarge);
+            }
+            buf = Vec::new();
+        } else {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if seen > max as u64 {
         return Err(ReadError::TooLarge);
     }
-    match Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ReadError::TooLarge),
-        Err(_) => Err(ReadError::Broken),
-    }
+    Ok(Bytes::from(buf))
 }
 
 /// A route's response as the layer can store it.
@@ -114,6 +134,10 @@ mod tests {
             Err(ReadError::TooLarge)
         ));
         assert_eq!(read_limited(stream(2), 12).await.ok().unwrap().len(), 12);
+        assert_eq!(
+            read_limited(Body::empty(), 0).await.ok(),
+            Some(Bytes::new())
+        );
     }
 
     #[tokio::test]
