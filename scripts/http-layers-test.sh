@@ -16,7 +16,7 @@
 #
 # Logs and reports in build/http-layers/: <framework>.log and <framework>-ttl.log (the
 # fixtures), <framework>.txt / .json and <framework>-ttl.txt / .json (the runner's lines and
-# reports), self-test.log.
+# reports), self-test.log, summary.md (the closing table).
 # Exit 1 when a vector failed, a fixture is missing or did not start. Everything it started
 # is stopped on exit, whatever happens.
 set -euo pipefail
@@ -41,6 +41,13 @@ VENV=$(bash scripts/client-venv.sh)
 PY=$VENV/bin/python
 RUN=tests/http-layers/run.py
 
+# One run at a time in this checkout: a second one waits for the first (they share DIR and ports).
+mkdir -p "$(dirname "$DIR")"
+exec 9>"$DIR.lock"
+if ! flock -n 9; then
+  log "another run of this suite holds $DIR.lock: waiting for it"
+  flock -w 1800 9 || die "$DIR.lock still held after 30 minutes"
+fi
 rm -rf "$DIR"
 mkdir -p "$DIR"
 cluster_fresh "$DIR/pg" "$PG_PORT"
@@ -70,7 +77,7 @@ for id in "${TTL_IDS[@]}"; do TTL_ONLY+=(--only "$id"); done
 start_group() {
   local logfile=$1
   shift
-  setsid "$@" >"$logfile" 2>&1 </dev/null &
+  setsid "$@" >"$logfile" 2>&1 </dev/null 9>&- &
   STARTED=$!
   on_exit stop_group "$STARTED"
 }
@@ -163,11 +170,15 @@ done
 
 check_server_logs "$DIR/pg/server.log" || status=1
 
-printf '\n| framework | vectors (default ttl) | short-ttl vectors (ttl 2s) | result |\n|---|---|---|---|\n'
-for fw in "${FRAMEWORKS[@]}"; do
-  IFS='|' read -r normal short verdict <<<"${RESULT[$fw]}"
-  printf '| %s | %s | %s | %s |\n' "$fw" "$normal" "$short" "$verdict"
-done
-echo
+{
+  printf '| framework | vectors (default ttl) | short-ttl vectors (ttl 2s) | result |\n|---|---|---|---|\n'
+  for fw in "${FRAMEWORKS[@]}"; do
+    IFS='|' read -r normal short verdict <<<"${RESULT[$fw]}"
+    printf '| %s | %s | %s | %s |\n' "$fw" "$normal" "$short" "$verdict"
+  done
+} >"$DIR/summary.md"
+printf '\n'
+cat "$DIR/summary.md"
+printf '\n'
 [ "$status" -eq 0 ] || die "a framework failed its vectors, is missing or did not start (logs and reports in $DIR)"
 log "every framework passed its vectors"
