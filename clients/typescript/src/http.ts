@@ -31,6 +31,7 @@ export const code = {
   IDEMPOTENCY_KEY_MISSING: 'idempotency_key_missing',
   IDEMPOTENCY_KEY_INVALID: 'idempotency_key_invalid',
   IDEMPOTENCY_KEY_REUSED: 'idempotency_key_reused',
+  PAYLOAD_TOO_LARGE: 'payload_too_large',
   REQUEST_IN_PROGRESS: 'request_in_progress',
   CARD_DECLINED: 'card_declined',
   PROCESSOR_UNAVAILABLE: 'processor_unavailable',
@@ -49,6 +50,7 @@ const TITLES: Record<number, string> = {
   403: 'Forbidden',
   404: 'Not Found',
   409: 'Conflict',
+  413: 'Content Too Large',
   422: 'Unprocessable Content',
   500: 'Internal Server Error',
   503: 'Service Unavailable',
@@ -133,8 +135,8 @@ export interface Prefer {
   wait: number | null
 }
 
-/** `Prefer: respond-async` and `Prefer: wait=N` (RFC 7240); `wait` capped at 10 seconds. */
-export function parsePrefer(header: string | string[] | undefined): Prefer {
+/** `Prefer: respond-async` and `Prefer: wait=N` (RFC 7240); `wait` capped at `maxWait` seconds (10). */
+export function parsePrefer(header: string | string[] | undefined, maxWait = 10): Prefer {
   const out: Prefer = { respondAsync: false, wait: null }
   for (const value of ([] as string[]).concat(header ?? [])) {
     for (const pref of value.split(',')) {
@@ -143,7 +145,7 @@ export function parsePrefer(header: string | string[] | undefined): Prefer {
       if (n === 'respond-async') out.respondAsync = true
       else if (n === 'wait') {
         const w = Number.parseInt(arg.trim().replace(/^"|"$/g, ''), 10)
-        if (Number.isFinite(w)) out.wait = Math.min(10, Math.max(0, w))
+        if (Number.isFinite(w)) out.wait = Math.min(maxWait, Math.max(0, w))
       }
     }
   }
