@@ -7,6 +7,7 @@
 #   make install   PG_CONFIG=/path/to/bin/pg_config [PROFILE=release|debug]
 #   make package   the same files as a tree to copy onto another machine
 #   make deb       the Debian package postgresql-NN-idempotency (PG=13..18, default 15) in build/deb/
+#   make dist      the PGXN distribution zip in build/dist/
 #
 # CI-sized suites are test-<name> (make test runs them all); long runs are soak-torture,
 # soak-crash and soak-fuzz; the benchmark is bench (bench-instructions is its instruction
@@ -29,7 +30,7 @@ MATRIX_VERSIONS ?= 13 14 16 17 18
 FUZZ_SECONDS ?= 300
 export PG_BINDIR
 
-.PHONY: setup install package deb demo clean check test \
+.PHONY: setup install package deb dist demo clean check test \
 	test-guard test-core test-meta test-pg test-regress test-isolation test-vectors test-upgrade \
 	test-standby test-dump test-guest test-torture test-crash test-bench test-fuzz test-matrix \
 	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
@@ -64,6 +65,11 @@ package: setup
 # 15 (the system's); the others build against build/pg/NN (scripts/pg-fetch.sh).
 deb: setup
 	bash scripts/deb.sh $(or $(PG),15)
+
+# The PGXN distribution build/dist/idempotency-VERSION.zip of the committed HEAD (scripts/dist.sh;
+# META.json checked inside the archive).
+dist:
+	bash scripts/dist.sh
 
 demo: $(STAMP).debug
 	bash scripts/demo.sh
