@@ -5,7 +5,10 @@
 - `idempotency.errors`: exceptions by SQLSTATE.
 - `idempotency.http`: outcomes and errors mapped to HTTP (status, headers, problem `code`),
   and the `Idempotency-Key` and `Authorization: Bearer` parsers.
-- `idempotency.starlette`: an integration for Starlette and FastAPI.
+- `idempotency.layer`: the drop-in layer's framework-neutral part (docs/http.md).
+- `idempotency.starlette`: the drop-in layer for Starlette and FastAPI (`IdempotencyMiddleware`)
+  and endpoint decorators.
+- `idempotency.django`: the drop-in layer for Django (`IdempotencyMiddleware`, `@idempotent`).
 """
 
 from ._model import Begin, Check, Lease, Outcome, State
