@@ -43,7 +43,12 @@ fn sf_string(raw: &[u8]) -> Option<String> {
 /// or a bare token. `"k-1"` and `k-1` are the same key. 1 to 255 bytes. Spaces around an
 /// sf-string are ignored (RFC 8941's parsing); a bare key is taken as it is.
 pub fn parse_key_value(raw: &[u8]) -> Result<String, KeyError> {
-    let trimmed = raw.trim_ascii_start().trim_ascii_end();
+    let start = raw.iter().position(|&b| b != b' ').unwrap_or(raw.len());
+    let end = raw
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |i| i + 1);
+    let trimmed = &raw[start..end];
     let key = if trimmed.starts_with(b"\"") {
         sf_string(trimmed).ok_or(KeyError::Invalid)?
     } else {
@@ -72,6 +77,26 @@ pub fn idempotency_key<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result
         return Err(KeyError::Invalid);
     }
     parse_key_value(first)
+}
+
+/// [`idempotency_key`] of a request's headers.
+#[cfg(feature = "axum")]
+pub fn idempotency_key_of(headers: &http::HeaderMap) -> Result<String, KeyError> {
+    idempotency_key(
+        headers
+            .get_all("idempotency-key")
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+}
+
+/// [`prefer`] of a request's headers.
+#[cfg(feature = "axum")]
+pub fn prefer_of(headers: &http::HeaderMap, max_wait_secs: u64) -> Prefer {
+    prefer(
+        headers.get_all("prefer").iter().map(|v| v.as_bytes()),
+        max_wait_secs,
+    )
 }
 
 /// The preferences honoured.
@@ -162,6 +187,7 @@ mod tests {
             "\"caf\u{e9}\"".as_bytes(),
             "caf\u{e9}".as_bytes(),
             b"\"tab\there\"",
+            b"\t\"k\"",
             b"k\x01",
         ] {
             assert_eq!(

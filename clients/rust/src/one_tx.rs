@@ -28,7 +28,9 @@ use crate::error::Error;
 
 const SAVEPOINT: &str = "SAVEPOINT idempotency_work";
 const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idempotency_work";
+#[cfg(feature = "axum")]
 const STORE_SAVEPOINT: &str = "SAVEPOINT idempotency_store";
+#[cfg(feature = "axum")]
 const ROLLBACK_TO_STORE_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idempotency_store";
 
 /// How the caller's work ends.
@@ -281,6 +283,7 @@ pub(crate) async fn finish_tx<T>(
     }
 }
 
+#[cfg(feature = "axum")]
 /// [`start`], waiting as a `Prefer: wait` asks: the holder's transaction inside the server,
 /// a committed holder polled (see [`crate::phased::claim_waiting`]); `None`: no waiting.
 pub(crate) async fn start_waiting(
@@ -300,10 +303,12 @@ pub(crate) async fn start_waiting(
     }
 }
 
+#[cfg(feature = "axum")]
 fn is_too_large(e: &Error) -> bool {
     matches!(e, Error::Invalid { sqlstate, .. } if sqlstate == "22023")
 }
 
+#[cfg(feature = "axum")]
 /// Completes with `full` and commits; when the extension refuses `full` as too large (`22023`)
 /// and a `smaller` completion is given, completes with that instead. With `smaller` the
 /// completion runs under a savepoint (a refused statement would abort the transaction), so
@@ -355,6 +360,7 @@ pub(crate) async fn complete_or_smaller(
     }
 }
 
+#[cfg(feature = "axum")]
 async fn execute_complete(
     c: &ClientWrapper,
     st: &tokio_postgres::Statement,
@@ -373,6 +379,7 @@ async fn execute_complete(
     c.execute(st, &params).await
 }
 
+#[cfg(feature = "axum")]
 /// Fails the key with `failure` and commits the work's writes with it (no rollback to the
 /// savepoint): for work whose effects stand while its outcome is not stored.
 pub(crate) async fn fail_keeping_work(

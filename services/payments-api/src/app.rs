@@ -11,12 +11,12 @@ use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use idempotency_client::http::{self as map, code, Answer};
+use idempotency_client::http::{self as map, code, rfc3339, Answer};
 use idempotency_client::one_tx::{self, Finish, Ran, RunError};
 use idempotency_client::phased::{self, Claim};
 use idempotency_client::{calls, BeginRequest, Begun, Checked, Completion, Error, Failure};
@@ -24,11 +24,15 @@ use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
 
 use crate::db;
-use crate::headers::{self, KeyError, Prefer};
+use crate::headers;
 use crate::processor::{self, Charge};
+use idempotency_client::headers::{self as keys, KeyError, Prefer};
+use idempotency_client::layer::{answers, Problem};
 
 /// The largest request body read.
 const MAX_BODY: usize = 64 * 1024;
+/// `Prefer: wait=N` is capped at this many seconds.
+const MAX_WAIT_SECS: u64 = 10;
 
 pub struct App {
     pub pool: Pool,
@@ -58,26 +62,8 @@ pub fn router(app: Shared) -> Router {
 
 // --- responses -----------------------------------------------------------------------------
 
-fn title(code: &str) -> &'static str {
-    match code {
-        code::UNAUTHORIZED => "Unauthorized",
-        code::INVALID_REQUEST => "Invalid request",
-        code::IDEMPOTENCY_KEY_MISSING => "Idempotency-Key missing",
-        code::IDEMPOTENCY_KEY_INVALID => "Idempotency-Key invalid",
-        code::IDEMPOTENCY_KEY_REUSED => "Idempotency-Key reused",
-        code::REQUEST_IN_PROGRESS => "Request in progress",
-        code::CARD_DECLINED => "Card declined",
-        code::PROCESSOR_UNAVAILABLE => "Processor unavailable",
-        code::REFUND_EXCEEDS_PAYMENT => "Refund exceeds payment",
-        code::NOT_FOUND => "Not found",
-        code::FORBIDDEN => "Forbidden",
-        code::SERVICE_UNAVAILABLE => "Service unavailable",
-        _ => "Internal error",
-    }
-}
-
 fn problem_doc(status: u16, code: &str, detail: &str) -> Value {
-    map::problem(status, code, title(code), detail, None)
+    Problem::new(status, code, detail).document()
 }
 
 fn json_response(status: u16, body: &Value) -> Response {
@@ -107,7 +93,7 @@ fn with_answer(mut r: Response, a: &Answer) -> Response {
 }
 
 fn problem(status: u16, code: &str, detail: &str) -> Response {
-    json_response(status, &problem_doc(status, code, detail))
+    Problem::new(status, code, detail).into_response()
 }
 
 fn with_location(mut r: Response, location: &str) -> Response {
@@ -129,14 +115,7 @@ fn unauthorized() -> Response {
 }
 
 fn key_problem(e: KeyError) -> Response {
-    match e {
-        KeyError::Missing => problem(400, code::IDEMPOTENCY_KEY_MISSING, "This route needs an Idempotency-Key header."),
-        KeyError::Invalid => problem(
-            400,
-            code::IDEMPOTENCY_KEY_INVALID,
-            "The Idempotency-Key must be one sf-string (\"k-123\") or a bare token of [A-Za-z0-9._~:+/=-], 1 to 255 bytes.",
-        ),
-    }
+    answers::key_error(e).into_response()
 }
 
 fn not_found() -> Response {
@@ -144,41 +123,18 @@ fn not_found() -> Response {
 }
 
 fn unavailable(detail: &str) -> Response {
-    let a = Answer {
-        status: 503,
-        code: Some(code::SERVICE_UNAVAILABLE.into()),
-        replayed: false,
-        retry_after: Some(1),
-    };
-    with_answer(problem(503, code::SERVICE_UNAVAILABLE, detail), &a)
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    Problem::new(503, code::SERVICE_UNAVAILABLE, detail)
+        .retry_after(1)
+        .into_response()
 }
 
 /// The answer for an error of the client crate.
 fn error_response(e: &Error) -> Response {
-    let a = map::for_error(e);
-    let code = a
-        .code
-        .clone()
-        .unwrap_or_else(|| code::INTERNAL_ERROR.into());
-    if a.status >= 500 {
+    let p = answers::error(e);
+    if p.status >= 500 {
         eprintln!("payments-api: {e}");
     }
-    let (detail, extra) = match e {
-        Error::KeyReused(r) => (
-            "This Idempotency-Key was already used with another request (another body or endpoint). A retry must repeat the first request exactly; use a new key for a new request.".to_owned(),
-            r.first_used_at.map(|t| json!({"first_used_at": rfc3339(t.with_timezone(&Utc))})),
-        ),
-        Error::LeaseLost(_) => ("Another request took this key over; retry to get its outcome.".to_owned(), None),
-        Error::Invalid { .. } => ("The request is outside the limits of the idempotency layer.".to_owned(), None),
-        _ if a.status == 503 => ("The database is not available; retry later.".to_owned(), None),
-        _ => ("Something went wrong on our side.".to_owned(), None),
-    };
-    let body = map::problem(a.status, &code, title(&code), &detail, extra);
-    with_answer(json_response(a.status, &body), &a)
+    p.into_response()
 }
 
 fn db_error(e: tokio_postgres::Error) -> Response {
@@ -218,8 +174,7 @@ fn in_progress(key: &str, checked: &Checked, prefer: Prefer) -> Response {
             },
         );
     }
-    let r = problem(409, code::REQUEST_IN_PROGRESS, "Another request with this Idempotency-Key is being processed; retry after the time given in Retry-After.");
-    with_answer(r, &a)
+    answers::in_progress(Some(checked), Prefer::default(), None).into_response()
 }
 
 // --- documents -------------------------------------------------------------------------------
@@ -496,7 +451,7 @@ async fn create_payment(State(app): State<Shared>, h: HeaderMap, body: Body) -> 
     let Some(tenant) = headers::tenant(&h) else {
         return unauthorized();
     };
-    let key = match headers::idempotency_key(&h) {
+    let key = match keys::idempotency_key_of(&h) {
         Ok(k) => k,
         Err(e) => return key_problem(e),
     };
@@ -510,7 +465,7 @@ async fn create_payment(State(app): State<Shared>, h: HeaderMap, body: Body) -> 
     };
     ready_or_503!(app);
     let fault = fault(&app, &h);
-    let prefer = headers::prefer(&h);
+    let prefer = keys::prefer_of(&h, MAX_WAIT_SECS);
     detached(payment_flow(app, tenant, key, value, pay, fault, prefer)).await
 }
 
@@ -700,7 +655,7 @@ async fn get_key(
     let Some(tenant) = headers::tenant(&h) else {
         return unauthorized();
     };
-    let Some(key) = path_id(p).filter(|k| headers::valid_key(k)) else {
+    let Some(key) = path_id(p).filter(|k| keys::valid_key(k)) else {
         return key_problem(KeyError::Invalid);
     };
     ready_or_503!(app);
@@ -732,7 +687,7 @@ async fn create_refund(
     let Some(payment_id) = path_id(p) else {
         return not_found();
     };
-    let key = match headers::idempotency_key(&h) {
+    let key = match keys::idempotency_key_of(&h) {
         Ok(k) => k,
         Err(e) => return key_problem(e),
     };
@@ -745,7 +700,7 @@ async fn create_refund(
         Err(d) => return problem(400, code::INVALID_REQUEST, &d),
     };
     ready_or_503!(app);
-    let prefer = headers::prefer(&h);
+    let prefer = keys::prefer_of(&h, MAX_WAIT_SECS);
     detached(refund_flow(
         app, tenant, key, payment_id, value, amount, prefer,
     ))

@@ -83,8 +83,7 @@ where
     if !o.covers(req.method()) {
         return pass(inner, req).await;
     }
-    let key_fields = req.headers().get_all("idempotency-key");
-    let key = match headers::idempotency_key(key_fields.iter().map(|v| v.as_bytes())) {
+    let key = match headers::idempotency_key_of(req.headers()) {
         Ok(k) => k,
         Err(KeyError::Missing) if !o.required => return pass(inner, req).await,
         Err(e) => return answers::key_error(e).into_response(),
@@ -118,10 +117,7 @@ where
         .extensions
         .get::<OriginalUri>()
         .map_or_else(|| parts.uri.clone(), |u| u.0.clone());
-    let prefer = headers::prefer(
-        parts.headers.get_all("prefer").iter().map(|v| v.as_bytes()),
-        o.max_wait.as_secs(),
-    );
+    let prefer = headers::prefer_of(&parts.headers, o.max_wait.as_secs());
     let keyed = Keyed {
         command: command(
             &parts.method,
