@@ -58,6 +58,11 @@ class App:
             self.calls += 1
             raise RuntimeError("boom")
 
+        async def bad_sql(request: Request) -> Response:
+            self.calls += 1
+            await request.state.idempotency.conn.execute("SELECT 1 / 0")
+            return Response("unreachable")
+
         async def stream(request: Request) -> Response:
             self.calls += 1
 
@@ -74,6 +79,7 @@ class App:
 
         app = Starlette(routes=[Route("/echo", echo, methods=["POST", "PATCH", "PUT"]),
                                 Route("/tx/rows", rows, methods=["POST"]),
+                                Route("/tx/bad", bad_sql, methods=["POST"]),
                                 Route("/boom", boom, methods=["POST"]),
                                 Route("/stream", stream, methods=["POST"]),
                                 Route("/slow", slow, methods=["POST"]),
@@ -204,6 +210,12 @@ async def test_transaction_mode(pool: AsyncConnectionPool, dsn: str, scope: str)
         assert (r.status_code, await rows(dsn, scope)) == (status, 1)
         async with await psycopg.AsyncConnection.connect(dsn) as c:
             assert (await idem.check(c, scope, f"t{status}")).state is State.ABSENT
+    # The route's own database error is the route's exception (the framework's 500), not a
+    # problem of the layer; everything rolls back.
+    r = await app.client.post("/tx/bad", headers=h(scope, "bad"))
+    assert (r.status_code, r.headers["content-type"], r.text) == (500, "text/plain; charset=utf-8", "Internal Server Error")
+    async with await psycopg.AsyncConnection.connect(dsn) as c:
+        assert (await idem.check(c, scope, "bad")).state is State.ABSENT
     # 409 is the route's answer: its row and the stored response commit together.
     r = await app.client.post("/tx/rows?status=409", headers=h(scope, "t409"))
     r = await app.client.post("/tx/rows?status=409", headers=h(scope, "t409"))

@@ -521,12 +521,24 @@ AsyncRoute = Callable[[Info], Awaitable[Captured]]
 async def run_async(options: Options, connect: Connect, p: Prepared, route: AsyncRoute) -> Reply | None:
     """Claim, run the route or answer without it, store the outcome. Returns the reply to
     send, or None when the route's response has gone to the client already (streamed).
-    An exception of the route propagates (after the key is released or rolled back)."""
+    An exception of the route propagates (after the key is released or rolled back), even a
+    database error of its own: only the layer's own are answered with a problem."""
+    raised: list[BaseException] = []
+
+    async def watched(info: Info) -> Captured:
+        try:
+            return await route(info)
+        except BaseException as e:
+            raised.append(e)
+            raise
+
     try:
         if p.mode == TRANSACTION:
-            return await _transaction_async(options, connect, p, route)
-        return await _phased_async(options, connect, p, route)
+            return await _transaction_async(options, connect, p, watched)
+        return await _phased_async(options, connect, p, watched)
     except (IdempotencyError, psycopg.Error) as e:
+        if e in raised:
+            raise
         return error_reply(e)
 
 
@@ -645,11 +657,22 @@ the framework calls it once the stream has ended (or was abandoned)."""
 def run_sync(options: Options, db: SyncDatabase, p: Prepared, route: SyncRoute) -> Reply | None:
     """The sync twin of `run_async`; a streamed phased response is returned at once, and
     released (`idem_fail(retryable => true)`) by the framework when its stream ends."""
+    raised: list[BaseException] = []
+
+    def watched(info: Info, release: Callable[[int], None]) -> Captured:
+        try:
+            return route(info, release)
+        except BaseException as e:
+            raised.append(e)
+            raise
+
     try:
         if p.mode == TRANSACTION:
-            return _transaction_sync(options, db, p, route)
-        return _phased_sync(options, db, p, route)
+            return _transaction_sync(options, db, p, watched)
+        return _phased_sync(options, db, p, watched)
     except (IdempotencyError, psycopg.Error) as e:
+        if e in raised:
+            raise
         return error_reply(e)
 
 
