@@ -141,7 +141,11 @@ class IdempotencyMiddleware:
             tenant = self.options.tenant(request) if self.options.tenant is not None else None
             if not self.options.global_keys:
                 layer.scope_of(tenant)  # 401 before the body is read
-            layer.check_content_length(self.options, incoming)
+            try:
+                layer.check_content_length(self.options, incoming)
+            except Problem:
+                _drain(request, layer.DRAIN_LIMIT)
+                raise
             try:
                 body = request.body
             except RequestDataTooBig:
@@ -179,6 +183,15 @@ def _values(request: HttpRequest, name: str) -> list[str]:
     joined with commas."""
     value = request.headers.get(name)
     return [] if value is None else [value]
+
+
+def _drain(request: HttpRequest, budget: int) -> None:
+    """Read the rest of the request body and drop it (at most `budget` bytes)."""
+    while budget > 0:
+        chunk = request.read(min(budget, 1 << 16))
+        if not chunk:
+            return
+        budget -= len(chunk)
 
 
 def _then(chunks: Iterable[bytes], after: Callable[[], None]) -> Iterator[bytes]:

@@ -211,6 +211,11 @@ def too_large_for(limit: int) -> Problem:
     return Problem(413, PAYLOAD_TOO_LARGE, f"the request body is over {limit} bytes")
 
 
+DRAIN_LIMIT = 64 << 20
+"""Before a 413, the rest of a body is read and dropped, up to this many bytes more, so that a
+client still writing it gets the answer rather than a reset connection."""
+
+
 def check_content_length(options: Options, incoming: Incoming) -> None:
     """413 at once when the declared length is over `max_body_bytes` (nothing is read)."""
     for value in incoming.headers("content-length"):

@@ -197,7 +197,11 @@ class IdempotencyMiddleware:
                     tenant = await tenant
             if not self.options.global_keys:
                 layer.scope_of(tenant)  # 401 before the body is read
-            layer.check_content_length(self.options, incoming)
+            try:
+                layer.check_content_length(self.options, incoming)
+            except Problem:
+                await _drain(receive, layer.DRAIN_LIMIT)
+                raise
             body = await _read_body(receive, self.options.max_body_bytes)
             if body is None:
                 return  # the client went away
@@ -233,10 +237,21 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
+            if message.get("more_body", False):
+                await _drain(receive, layer.DRAIN_LIMIT)
             raise layer.too_large_for(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read the rest of the request body and drop it (at most `budget` bytes)."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        budget -= len(message.get("body", b""))
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
