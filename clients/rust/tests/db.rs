@@ -13,6 +13,9 @@ use idempotency_client::roundtrips::{CountingConnect, RoundTrips};
 use idempotency_client::{retry_serialization, Error};
 use serde_json::{json, Value};
 
+#[path = "db/layer.rs"]
+mod layer;
+
 fn url() -> String {
     std::env::var("IDEMPOTENCY_TEST_DATABASE_URL")
         .expect("set IDEMPOTENCY_TEST_DATABASE_URL to a database where the extension can be created (scripts/http-test.sh does)")

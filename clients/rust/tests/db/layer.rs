@@ -1,0 +1,287 @@
+//! The drop-in layer for axum against the database, through `Router::oneshot` (no socket): what
+//! the conformance vectors (tests/http-layers) cannot see from outside: the transaction mode's
+//! writes and the key's state after a rollback or a stream, the extension refusing a stored
+//! response as too large, the command's path under a nested router, and the layer's refusals
+//! at build time.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use http_body_util::BodyExt;
+use idempotency_client::axum::{IdemTx, IdempotencyLayer, Mode};
+use idempotency_client::calls::{self, State};
+use tower::ServiceExt;
+
+use super::{config, setup, uuid};
+
+fn pool_with(options: Option<&str>) -> Pool {
+    let mut cfg = config();
+    if let Some(o) = options {
+        let base = cfg.get_options().unwrap_or("").to_owned();
+        cfg.options(format!("{base} {o}"));
+    }
+    let mgr = Manager::from_config(
+        cfg,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(8)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .unwrap()
+}
+
+async fn table(pool: &Pool) {
+    setup().await;
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "SELECT pg_advisory_lock(7655003);
+             CREATE TABLE IF NOT EXISTS layer_rows (tenant text, note text);
+             SELECT pg_advisory_unlock(7655003);",
+        )
+        .await
+        .unwrap();
+}
+
+async fn rows(pool: &Pool, tenant: &str) -> i64 {
+    pool.get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM layer_rows WHERE tenant = $1",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn layer(pool: &Pool) -> IdempotencyLayer {
+    IdempotencyLayer::new(pool.clone()).tenant(|p| {
+        Ok(p.headers
+            .get("x-tenant")
+            .map(|v| v.to_str().unwrap().to_owned()))
+    })
+}
+
+fn post_req(path: &str, tenant: &str, key: &str, body: &str) -> Request<Body> {
+    Request::post(path)
+        .header("x-tenant", tenant)
+        .header("idempotency-key", key)
+        .header("content-type", "text/plain")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let r = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = r.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes().to_vec();
+    (parts.status, parts.headers, bytes)
+}
+
+async fn state(pool: &Pool, tenant: &str, key: &str) -> State {
+    let c = pool.get().await.unwrap();
+    calls::check(&c, tenant, key, None).await.unwrap().state
+}
+
+/// Inserts one row through the layer's transaction, then answers `?status=` (201) or streams.
+async fn write_row(tx: IdemTx, req: Request<Body>) -> Response {
+    let tenant = req.headers()["x-tenant"].to_str().unwrap().to_owned();
+    let q = req.uri().query().unwrap_or("").to_owned();
+    tx.lock()
+        .await
+        .execute("INSERT INTO layer_rows VALUES ($1, 'row')", &[&tenant])
+        .await
+        .unwrap();
+    if q == "stream" {
+        let s = futures_util::stream::iter(["a", "b"].map(Ok::<_, std::io::Error>));
+        return Body::from_stream(s).into_response();
+    }
+    let status = q
+        .strip_prefix("status=")
+        .map_or(201, |s| s.parse().unwrap());
+    (StatusCode::from_u16(status).unwrap(), "written").into_response()
+}
+
+fn tx_app(pool: &Pool) -> Router {
+    Router::new()
+        .route("/rows", post(write_row))
+        .route_layer(layer(pool).mode(Mode::Transaction))
+}
+
+#[tokio::test]
+async fn transaction_mode_commits_the_route_writes_with_the_outcome() {
+    let pool = pool_with(None);
+    table(&pool).await;
+    let app = tx_app(&pool);
+    let (t, k) = (format!("layer:{}", uuid()), uuid());
+    let (s, h, b) = send(&app, post_req("/rows", &t, &k, "x")).await;
+    assert_eq!((s, b.as_slice()), (StatusCode::CREATED, &b"written"[..]));
+    assert!(h.get("idempotent-replayed").is_none());
+    assert_eq!(rows(&pool, &t).await, 1);
+    assert_eq!(state(&pool, &t, &k).await, State::Completed);
+    let (s, h, b) = send(&app, post_req("/rows", &t, &k, "x")).await;
+    assert_eq!((s, b.as_slice()), (StatusCode::CREATED, &b"written"[..]));
+    assert_eq!(h["idempotent-replayed"], "true");
+    assert_eq!(rows(&pool, &t).await, 1);
+}
+
+#[tokio::test]
+async fn transaction_mode_rolls_back_a_5xx_and_commits_a_stream_with_the_key_failed() {
+    let pool = pool_with(None);
+    table(&pool).await;
+    let app = tx_app(&pool);
+    let t = format!("layer:{}", uuid());
+    let k = uuid();
+    let (s, _, _) = send(&app, post_req("/rows?status=503", &t, &k, "x")).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(rows(&pool, &t).await, 0);
+    // The claim rolled back with the row: no record at all.
+    assert_eq!(state(&pool, &t, &k).await, State::Absent);
+
+    let k = uuid();
+    let (s, h, b) = send(&app, post_req("/rows?stream", &t, &k, "x")).await;
+    assert_eq!((s, b.as_slice()), (StatusCode::OK, &b"ab"[..]));
+    assert!(h.get("content-length").is_none());
+    assert_eq!(rows(&pool, &t).await, 1);
+    assert_eq!(state(&pool, &t, &k).await, State::Failed);
+    // Failed retryably: the retry executes again (a second row).
+    send(&app, post_req("/rows?stream", &t, &k, "x")).await;
+    assert_eq!(rows(&pool, &t).await, 2);
+}
+
+#[tokio::test]
+async fn a_response_the_extension_refuses_as_too_large_is_stored_omitted() {
+    // The setting is superuser-only; the test database's role is one.
+    let pool = pool_with(Some("-c idempotency.max_response_size=1kB"));
+    table(&pool).await;
+    let big = || async { "y".repeat(4000) };
+    let phased = Router::new()
+        .route("/big", post(big))
+        .route_layer(layer(&pool));
+    let tx = Router::new()
+        .route("/big", post(big))
+        .route_layer(layer(&pool).mode(Mode::Transaction));
+    for app in [phased, tx] {
+        let (t, k) = (format!("layer:{}", uuid()), uuid());
+        let (s, h, b) = send(&app, post_req("/big", &t, &k, "")).await;
+        assert_eq!((s, b.len()), (StatusCode::OK, 4000));
+        assert!(h.get("idempotent-replay-body").is_none());
+        let (s, h, b) = send(&app, post_req("/big", &t, &k, "")).await;
+        assert_eq!((s, b.len()), (StatusCode::OK, 0));
+        assert_eq!(h["idempotent-replayed"], "true");
+        assert_eq!(h["idempotent-replay-body"], "omitted");
+        assert_eq!(h["content-type"], "text/plain; charset=utf-8");
+    }
+}
+
+#[tokio::test]
+async fn the_path_under_a_nested_router_is_the_full_path() {
+    let pool = pool_with(None);
+    setup().await;
+    let echo = || async { (StatusCode::CREATED, "ok") };
+    let inner = Router::new()
+        .route("/echo", post(echo))
+        .route_layer(layer(&pool));
+    let app = Router::new().nest("/a", inner.clone()).nest("/b", inner);
+    let (t, k) = (format!("layer:{}", uuid()), uuid());
+    assert_eq!(
+        send(&app, post_req("/a/echo", &t, &k, "x")).await.0,
+        StatusCode::CREATED
+    );
+    let (s, h, b) = send(&app, post_req("/b/echo", &t, &k, "x")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(h["content-type"], "application/problem+json");
+    let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(doc["code"], "idempotency_key_reused");
+    assert!(doc["first_used_at"].as_str().unwrap().ends_with('Z'));
+    // The first record is untouched: its retry replays.
+    let (s, h, _) = send(&app, post_req("/a/echo", &t, &k, "x")).await;
+    assert_eq!(
+        (s, h["idempotent-replayed"].to_str().unwrap()),
+        (StatusCode::CREATED, "true")
+    );
+}
+
+#[tokio::test]
+async fn idem_tx_outside_transaction_mode_is_500_and_the_key_is_released() {
+    let pool = pool_with(None);
+    table(&pool).await;
+    let app = Router::new()
+        .route("/rows", post(write_row))
+        .route_layer(layer(&pool));
+    let (t, k) = (format!("layer:{}", uuid()), uuid());
+    let (s, _, b) = send(&app, post_req("/rows", &t, &k, "x")).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(doc["code"], "internal_error");
+    assert_eq!(state(&pool, &t, &k).await, State::Failed);
+    assert_eq!(rows(&pool, &t).await, 0);
+}
+
+#[tokio::test]
+async fn a_phased_route_slower_than_its_lease_is_not_stored_and_answers_409() {
+    let pool = pool_with(None);
+    setup().await;
+    let slow = || async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        (StatusCode::CREATED, "late")
+    };
+    let app = Router::new()
+        .route("/slow", post(slow))
+        .route_layer(layer(&pool).lease(Duration::from_millis(300)));
+    let (t, k) = (format!("layer:{}", uuid()), uuid());
+    let first = tokio::spawn({
+        let app = app.clone();
+        let req = post_req("/slow", &t, &k, "x");
+        async move { send(&app, req).await }
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The lease ran out: this request takes the key over (attempt 2) and stores its outcome.
+    let (s, _, b) = send(&app, post_req("/slow", &t, &k, "x")).await;
+    assert_eq!((s, b.as_slice()), (StatusCode::CREATED, &b"late"[..]));
+    let (s, h, b) = first.await.unwrap();
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(h["retry-after"], "1");
+    let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(doc["code"], "request_in_progress");
+    let c = pool.get().await.unwrap();
+    let checked = calls::check(&c, &t, &k, None).await.unwrap();
+    assert_eq!(
+        (checked.state, checked.attempt),
+        (State::Completed, Some(2))
+    );
+}
+
+#[test]
+fn building_without_a_tenant_or_with_set_cookie_is_refused() {
+    let pool = pool_with(None);
+    let no_tenant = IdempotencyLayer::new(pool.clone());
+    assert!(no_tenant.check().is_err());
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _: Router = Router::new()
+            .route("/x", post(|| async { "x" }))
+            .layer(no_tenant);
+    }));
+    assert!(panicked.is_err());
+    assert!(IdempotencyLayer::new(pool.clone())
+        .global_keys()
+        .check()
+        .is_ok());
+    let cookie = layer(&pool).replay_headers([axum::http::header::SET_COOKIE]);
+    assert_eq!(
+        cookie.check().unwrap_err().to_string(),
+        "the idempotency layer never stores set-cookie: remove it from replay_headers"
+    );
+}
