@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from idempotency import State
 from idempotency import aio as idem
+from idempotency.http import Problem
 from idempotency.layer import ConfigurationError
 from idempotency.starlette import IdempotencyMiddleware
 
@@ -164,6 +165,13 @@ async def test_request_problems(pool: AsyncConnectionPool, scope: str) -> None:
     assert (r.status_code, r.json()["code"], app.calls) == (413, "payload_too_large", 0)
     r = await app.client.post("/echo", content=b"x" * 10, headers=h(scope, "k"))
     assert (r.status_code, app.calls) == (201, 1)
+
+    async def refuse(request: Request) -> str:  # an async tenant function answering its own problem
+        raise Problem(403, "forbidden_tenant", "not this one")
+
+    r = await App(pool, tenant=refuse).client.post("/echo", content=b"x", headers=h(scope, "k"))
+    assert (r.status_code, r.headers["content-type"], r.json()["code"]) == (403, "application/problem+json",
+                                                                           "forbidden_tenant")
 
 
 async def test_failures_execute_again(pool: AsyncConnectionPool, dsn: str, scope: str) -> None:
