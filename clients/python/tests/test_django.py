@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -85,7 +86,8 @@ def django_db(dsn: str) -> str:
     settings.configure(
         DEBUG=False, ALLOWED_HOSTS=["*"], SECRET_KEY="test", ROOT_URLCONF=__name__, USE_TZ=True,
         INSTALLED_APPS=[], MIDDLEWARE=["idempotency.django.IdempotencyMiddleware"],
-        DATABASES={"default": {**db, "ATOMIC_REQUESTS": True}, "plain": db},
+        DATABASES={"default": {**db, "ATOMIC_REQUESTS": True}, "plain": db,
+                   "rr": {**db, "OPTIONS": {"isolation_level": psycopg.IsolationLevel.REPEATABLE_READ}}},
         IDEMPOTENCY={"tenant": f"{__name__}.tenant"},
     )
     django.setup()
@@ -225,3 +227,35 @@ def test_settings_refused(django_db: str) -> None:
                           ({"tenant": "no.such.function"}, r"IDEMPOTENCY\['tenant'\]")):
         with override_settings(IDEMPOTENCY=conf), pytest.raises(ImproperlyConfigured, match=message):
             IdempotencyMiddleware(lambda request: HttpResponse())
+
+
+def wait_for_waiter(dsn: str) -> None:
+    """Until a backend of the test database is inside idem_begin (waiting for a holder)."""
+    with psycopg.connect(dsn, autocommit=True) as watcher:
+        for _ in range(1000):
+            if watcher.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'"
+                    " AND pid <> pg_backend_pid() AND query LIKE %s", ("%idem_begin%",)).fetchone():
+                return
+            time.sleep(0.01)
+    raise AssertionError("no request waited in idem_begin")
+
+
+@override_settings(IDEMPOTENCY={"tenant": tenant, "database": "rr", "mode": "transaction"})
+def test_claim_meeting_a_commit_under_repeatable_read_is_run_again(client: Client, django_db: str, scope: str) -> None:
+    # The atomic block's claim waited for an uncommitted holder and meets its commit with 40001:
+    # the layer claims again in a new block (the view has not run) and replays the holder's answer.
+    cmd = {"v": 1, "method": "POST", "path": "/echo", "query": {}, "headers": {}, "body": None}
+    with psycopg.connect(django_db) as holder:
+        tx = idem.transaction(holder, scope, "rr", cmd)
+        tx.__enter__().complete(response={"v": 1, "headers": [], "body": "aGVsZA=="}, http_status=201)
+
+        def commit_when_waited() -> None:
+            wait_for_waiter(django_db)
+            tx.__exit__(None, None, None)
+
+        t = threading.Thread(target=commit_when_waited)
+        t.start()
+        r = post(client, "/echo", scope, "rr", prefer="wait=5")
+        t.join()
+    assert (r.status_code, r.content, r["Idempotent-Replayed"], len(CALLS)) == (201, b"held", "true", 0)

@@ -290,3 +290,41 @@ async def test_configuration_refused(pool: AsyncConnectionPool) -> None:
         IdempotencyMiddleware(Starlette(), global_keys=True)
     with pytest.raises(ConfigurationError, match="mode"):
         IdempotencyMiddleware(Starlette(), pool=pool, global_keys=True, routes={"/a": "later"})
+
+
+async def wait_for_waiter(dsn: str) -> None:
+    """Until a backend of the test database is inside idem_begin (waiting for a holder)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as watcher:
+        for _ in range(1000):
+            cur = await watcher.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'"
+                " AND pid <> pg_backend_pid() AND query LIKE %s", ("%idem_begin%",))
+            if await cur.fetchone():
+                return
+            await asyncio.sleep(0.01)
+    raise AssertionError("no request waited in idem_begin")
+
+
+async def test_claim_meeting_a_commit_under_repeatable_read_is_run_again(dsn: str, scope: str) -> None:
+    # Under REPEATABLE READ a claim that waited for an uncommitted holder meets its commit
+    # with 40001: the layer claims again (the route has not run) and replays the holder's answer.
+    async def repeatable_read(conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+
+    rr = AsyncConnectionPool(dsn, min_size=1, max_size=4, configure=repeatable_read, open=False)
+    await rr.open(wait=True)
+    try:
+        app = App(rr)
+        cmd = {"v": 1, "method": "POST", "path": "/tx/rows", "query": {}, "headers": {}, "body": None}
+        async with await psycopg.AsyncConnection.connect(dsn) as holder:
+            tx = idem.transaction(holder, scope, "rr", cmd)
+            await tx.__aenter__()
+            tx.complete(response={"v": 1, "headers": [["content-type", "text/plain"]], "body": "aGVsZA=="},
+                        http_status=201)
+            request = asyncio.create_task(app.client.post("/tx/rows", headers=h(scope, "rr", prefer="wait=5")))
+            await wait_for_waiter(dsn)
+            await tx.__aexit__(None, None, None)  # commits
+            r = await request
+        assert (r.status_code, r.content, r.headers["idempotent-replayed"], app.calls) == (201, b"held", "true", 0)
+    finally:
+        await rr.close()

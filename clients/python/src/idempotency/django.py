@@ -157,7 +157,7 @@ class IdempotencyMiddleware:
 
         def run(info: layer.Info, release: Callable[[int], None]) -> layer.Captured:
             if info.mode == layer.TRANSACTION:
-                info.conn = connections[self.alias]
+                info.conn = connections[self.alias]  # this thread's connection, in the claim's atomic block
             request.idempotency = info
             response = self.get_response(request)
             headers = list(response.items())

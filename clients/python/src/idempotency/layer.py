@@ -37,7 +37,7 @@ from psycopg.types.json import Jsonb
 
 from . import aio, sync
 from ._model import JSON, Begin, Lease, Outcome
-from .errors import IdempotencyError, InvalidArgument
+from .errors import IdempotencyError, InvalidArgument, SerializationFailure
 from .http import (
     IDEMPOTENT_REPLAYED,
     PROBLEM_JSON,
@@ -504,6 +504,15 @@ class Poll:
         return d
 
 
+SERIALIZATION_ATTEMPTS = 5
+"""A claim (or a phased store) that fails with 40001 is run again, up to this many times in
+all, before the layer answers 503. The route itself is never run again."""
+
+
+def serialization_pause(attempt: int) -> float:
+    return 0.01 * (1 << attempt)
+
+
 @dataclass
 class Info:
     """What the route gets (`request.state.idempotency`, Django's `request.idempotency`):
@@ -561,10 +570,14 @@ async def _lease_async(connect: Connect, p: Prepared, begin: Begin) -> Lease:
 
 async def _phased_async(options: Options, connect: Connect, p: Prepared, route: AsyncRoute) -> Reply | None:
     poll = Poll(p.prefer)
-    while True:
+
+    async def claim_once() -> aio.Claim:
         async with connect() as conn:
-            claim = await aio.claim(conn, p.scope, p.key, p.command, lease=options.lease,
-                                    ttl=options.ttl, wait=poll.server_wait())
+            return await aio.claim(conn, p.scope, p.key, p.command, lease=options.lease,
+                                   ttl=options.ttl, wait=poll.server_wait())
+
+    while True:
+        claim = await aio.retry_serialization(claim_once, attempts=SERIALIZATION_ATTEMPTS)
         begin = claim.begin
         if begin.outcome is Outcome.REPLAY:
             return replay_reply(begin)
@@ -583,7 +596,8 @@ async def _phased_async(options: Options, connect: Connect, p: Prepared, route: 
         except Exception as e:  # the route's exception is the one to report
             log.warning("could not release the key after the route raised: %s", e)
         raise
-    try:
+
+    async def store_once() -> None:
         async with connect() as conn:
             c = aio.Claim(conn, p.scope, p.key, begin, True)
             if stores(captured.status, captured.streamed):
@@ -594,6 +608,9 @@ async def _phased_async(options: Options, connect: Connect, p: Prepared, route: 
                     await c.complete(response=omitted(doc), http_status=captured.status)
             else:
                 await c.fail(retryable=True, http_status=captured.status)
+
+    try:
+        await aio.retry_serialization(store_once, attempts=SERIALIZATION_ATTEMPTS)
     except (IdempotencyError, psycopg.Error) as e:
         if captured.sent:
             log.warning("could not release the key after a streamed response: %s", e)
@@ -604,32 +621,42 @@ async def _phased_async(options: Options, connect: Connect, p: Prepared, route: 
 
 async def _transaction_async(options: Options, connect: Connect, p: Prepared, route: AsyncRoute) -> Reply | None:
     poll = Poll(p.prefer)
+    tries = 0
     while True:
-        async with connect() as conn:
-            try:
-                async with conn.transaction():
-                    begin = await aio.begin(conn, p.scope, p.key, p.command, ttl=options.ttl,
-                                            wait=poll.server_wait())
-                    if begin.outcome is not Outcome.EXECUTE:
-                        raise _Hold(begin)
-                    captured = await route(Info(p.key, p.scope, begin.attempt, TRANSACTION, conn))
-                    if not transaction_keeps(captured):
-                        raise psycopg.Rollback()  # nothing stored: the next retry executes
-                    if captured.streamed:  # the route's writes commit, the key failed retryably
-                        await aio.fail(conn, p.scope, p.key, retryable=True, http_status=captured.status,
-                                       attempt=begin.attempt)
-                    else:
-                        doc = stored_response(options, captured.headers, captured.body)
-                        try:
-                            async with conn.transaction():
-                                await aio.complete(conn, p.scope, p.key, response=doc,
+        claimed = False
+        try:
+            async with connect() as conn:
+                try:
+                    async with conn.transaction():
+                        begin = await aio.begin(conn, p.scope, p.key, p.command, ttl=options.ttl,
+                                                wait=poll.server_wait())
+                        claimed = True
+                        if begin.outcome is not Outcome.EXECUTE:
+                            raise _Hold(begin)
+                        captured = await route(Info(p.key, p.scope, begin.attempt, TRANSACTION, conn))
+                        if not transaction_keeps(captured):
+                            raise psycopg.Rollback()  # nothing stored: the next retry executes
+                        if captured.streamed:  # the route's writes commit, the key failed retryably
+                            await aio.fail(conn, p.scope, p.key, retryable=True, http_status=captured.status,
+                                           attempt=begin.attempt)
+                        else:
+                            doc = stored_response(options, captured.headers, captured.body)
+                            try:
+                                async with conn.transaction():
+                                    await aio.complete(conn, p.scope, p.key, response=doc,
+                                                       http_status=captured.status, attempt=begin.attempt)
+                            except InvalidArgument:
+                                await aio.complete(conn, p.scope, p.key, response=omitted(doc),
                                                    http_status=captured.status, attempt=begin.attempt)
-                        except InvalidArgument:
-                            await aio.complete(conn, p.scope, p.key, response=omitted(doc),
-                                               http_status=captured.status, attempt=begin.attempt)
-                return captured_reply(captured)  # committed (or rolled back: 5xx, 429)
-            except _Hold as h:
-                begin = h.begin
+                    return captured_reply(captured)  # committed (or rolled back: 5xx, 429)
+                except _Hold as h:
+                    begin = h.begin
+        except SerializationFailure:
+            tries += 1
+            if claimed or tries >= SERIALIZATION_ATTEMPTS:
+                raise
+            await asyncio.sleep(serialization_pause(tries))  # the claim met a commit it cannot see
+            continue
         if begin.outcome is Outcome.REPLAY:
             return replay_reply(begin)
         pause = poll.pause()
@@ -650,8 +677,6 @@ class SyncDatabase:
     connection: Callable[[], psycopg.Connection[Any]]
     atomic: Callable[[], AbstractContextManager[Any]]
     set_rollback: Callable[[], None]
-    info_conn: Any = None
-    """What `Info.conn` is in transaction mode (Django: its connection wrapper)."""
 
 
 SyncRoute = Callable[[Info, Callable[[int], None]], Captured]
@@ -700,9 +725,13 @@ def _no_release(status: int) -> None:
 
 def _phased_sync(options: Options, db: SyncDatabase, p: Prepared, route: SyncRoute) -> Reply | None:
     poll = Poll(p.prefer)
+
+    def claim_once() -> sync.Claim:
+        return sync.claim(db.connection(), p.scope, p.key, p.command, lease=options.lease,
+                          ttl=options.ttl, wait=poll.server_wait())
+
     while True:
-        claim = sync.claim(db.connection(), p.scope, p.key, p.command, lease=options.lease,
-                           ttl=options.ttl, wait=poll.server_wait())
+        claim = sync.retry_serialization(claim_once, attempts=SERIALIZATION_ATTEMPTS)
         begin = claim.begin
         if begin.outcome is Outcome.REPLAY:
             return replay_reply(begin)
@@ -723,42 +752,56 @@ def _phased_sync(options: Options, db: SyncDatabase, p: Prepared, route: SyncRou
         raise
     if captured.streamed:
         return captured_reply(captured)  # released when the stream ends
-    c = sync.Claim(db.connection(), p.scope, p.key, begin, True)
-    if stores(captured.status):
-        doc = stored_response(options, captured.headers, captured.body)
-        try:
-            c.complete(response=doc, http_status=captured.status)
-        except InvalidArgument:
-            c.complete(response=omitted(doc), http_status=captured.status)
-    else:
-        c.fail(retryable=True, http_status=captured.status)
+
+    def store_once() -> None:
+        c = sync.Claim(db.connection(), p.scope, p.key, begin, True)
+        if stores(captured.status):
+            doc = stored_response(options, captured.headers, captured.body)
+            try:
+                c.complete(response=doc, http_status=captured.status)
+            except InvalidArgument:
+                c.complete(response=omitted(doc), http_status=captured.status)
+        else:
+            c.fail(retryable=True, http_status=captured.status)
+
+    sync.retry_serialization(store_once, attempts=SERIALIZATION_ATTEMPTS)
     return captured_reply(captured)
 
 
 def _transaction_sync(options: Options, db: SyncDatabase, p: Prepared, route: SyncRoute) -> Reply | None:
     poll = Poll(p.prefer)
+    tries = 0
     while True:
-        with db.atomic():
-            begin = sync.begin(db.connection(), p.scope, p.key, p.command, ttl=options.ttl,
-                               wait=poll.server_wait())
-            if begin.outcome is Outcome.EXECUTE:
-                captured = route(Info(p.key, p.scope, begin.attempt, TRANSACTION, db.info_conn), _no_release)
-                if not transaction_keeps(captured):
-                    db.set_rollback()  # 5xx, 429: nothing of the route stays, nothing stored
-                elif captured.streamed:  # the route's writes commit, the key failed retryably
-                    sync.fail(db.connection(), p.scope, p.key, retryable=True, http_status=captured.status,
-                              attempt=begin.attempt)
-                else:
-                    doc = stored_response(options, captured.headers, captured.body)
-                    try:
-                        with db.atomic():
-                            sync.complete(db.connection(), p.scope, p.key, response=doc,
+        claimed = False
+        try:
+            with db.atomic():
+                begin = sync.begin(db.connection(), p.scope, p.key, p.command, ttl=options.ttl,
+                                   wait=poll.server_wait())
+                claimed = True
+                if begin.outcome is Outcome.EXECUTE:
+                    captured = route(Info(p.key, p.scope, begin.attempt, TRANSACTION), _no_release)
+                    if not transaction_keeps(captured):
+                        db.set_rollback()  # 5xx, 429: nothing of the route stays, nothing stored
+                    elif captured.streamed:  # the route's writes commit, the key failed retryably
+                        sync.fail(db.connection(), p.scope, p.key, retryable=True, http_status=captured.status,
+                                  attempt=begin.attempt)
+                    else:
+                        doc = stored_response(options, captured.headers, captured.body)
+                        try:
+                            with db.atomic():
+                                sync.complete(db.connection(), p.scope, p.key, response=doc,
+                                              http_status=captured.status, attempt=begin.attempt)
+                        except InvalidArgument:
+                            sync.complete(db.connection(), p.scope, p.key, response=omitted(doc),
                                           http_status=captured.status, attempt=begin.attempt)
-                    except InvalidArgument:
-                        sync.complete(db.connection(), p.scope, p.key, response=omitted(doc),
-                                      http_status=captured.status, attempt=begin.attempt)
-            else:
-                db.set_rollback()
+                else:
+                    db.set_rollback()
+        except SerializationFailure:
+            tries += 1
+            if claimed or tries >= SERIALIZATION_ATTEMPTS:
+                raise
+            time.sleep(serialization_pause(tries))  # the claim met a commit it cannot see
+            continue
         if begin.outcome is Outcome.EXECUTE:
             return captured_reply(captured)
         if begin.outcome is Outcome.REPLAY:
