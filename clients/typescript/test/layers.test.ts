@@ -43,6 +43,11 @@ const bigBody = 'y'.repeat(2048)
 const routes = {
   echo: (info: Info | undefined) => ({ status: 201, headers: { 'X-Attempt': String(info?.attempt) } }),
   flaky: (info: Info) => (info.attempt === 1 ? { status: 503, body: 'try again' } : { status: 201, body: `ok:${info.attempt}` }),
+  /** The first attempt outlives its 200 ms lease. */
+  outlives: async (info: Info) => {
+    if (info.attempt === 1) await new Promise((r) => setTimeout(r, 700))
+    return { status: 201, body: `attempt:${info.attempt}` }
+  },
 }
 
 function options<Req>(tenant: (r: Req) => string | undefined, extra: Partial<LayerOptions<Req>> = {}): LayerOptions<Req> {
@@ -91,6 +96,10 @@ function expressApp(): express.Express {
   app.post('/slow', layer, async (req, res) => {
     await gate(req.idempotency!.key)
     res.status(201).type('text/plain').send('slow')
+  })
+  app.post('/lease', expressLayer(options(tenant, { lease: 200 })), async (req, res) => {
+    const r = await routes.outlives(req.idempotency!)
+    res.status(r.status).type('text/plain').send(r.body)
   })
   app.post('/tx', expressLayer(options(tenant, { mode: 'transaction' })), async (req, res) => {
     const info = req.idempotency!
@@ -145,6 +154,10 @@ function honoApp(): Hono {
   app.post('/slow', layer, async (c) => {
     await gate(c.get('idempotency').key)
     return c.text('slow', 201)
+  })
+  app.post('/lease', honoLayer(options(tenant, { lease: 200 })), async (c) => {
+    const r = await routes.outlives(c.get('idempotency'))
+    return c.text(r.body, r.status as 201)
   })
   app.post('/tx', honoLayer(options(tenant, { mode: 'transaction' })), async (c) => {
     const info = c.get('idempotency')
@@ -293,6 +306,17 @@ for (const fw of ['express', 'hono'] as const) {
     assert.deepEqual([down.status, await rows('d'), await state(tenant, 'd')], [500, 0, 'absent'])
     const busy = await call(base, '/tx?status=429', { headers: h(tenant, 'd') })
     assert.deepEqual([busy.status, JSON.parse(busy.text).attempt, await rows('d'), await state(tenant, 'd')], [429, 1, 0, 'absent'])
+  })
+
+  t('phased: a route slower than its lease loses the key to a retry, whose outcome is stored', async (base, tenant) => {
+    const slow = call(base, '/lease', { headers: h(tenant, 'l') })
+    await new Promise((r) => setTimeout(r, 400))
+    const taker = await call(base, '/lease', { headers: h(tenant, 'l') })
+    const stale = await slow
+    const replay = await call(base, '/lease', { headers: h(tenant, 'l') })
+    assert.deepEqual([taker.status, taker.text, taker.headers.get('idempotent-replayed')], [201, 'attempt:2', null])
+    assert.deepEqual([stale.status, stale.headers.get('retry-after'), JSON.parse(stale.text).code], [409, '1', 'request_in_progress'])
+    assert.deepEqual([replay.status, replay.text, replay.headers.get('idempotent-replayed')], [201, 'attempt:2', 'true'])
   })
 
   t('a held key: 409 with Retry-After, 202 with Location, Prefer: wait answers the holder\'s outcome', async (base, tenant) => {
