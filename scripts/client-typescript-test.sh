@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The TypeScript client's tests (clients/typescript/test, node's own test runner) on a fresh
 # scratch cluster of their own (build/client-typescript) from PG_BINDIR, which must have the
-# extension installed. The Express tests listen on 127.0.0.1 (http_port_of client-typescript).
+# extension installed. The Express tests listen on 127.0.0.1 (http_port_of client-typescript),
+# the drop-in layers' tests on the next two ports (Express, Hono).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"

@@ -70,7 +70,7 @@ http_port_of() {  # NAME
   case "$1" in
     http) offset=0 ;;            # the service; +1 the mock processor, +2 with fault injection, +3 on the standby
     bench-http) offset=10 ;;
-    client-typescript) offset=30 ;;
+    client-typescript) offset=30 ;;  # the Express tests; +1, +2 the drop-in layers on Express and Hono
     http-examples) offset=40 ;;  # the Python example; +1 the TypeScript one
     http-layers) offset=50 ;;    # the five fixtures, two each (+2i, +2i+1 with FIXTURE_TTL=2s)
     bench-http-layers) offset=60 ;;  # the four Express variants (+0..+3), Redis on +5
