@@ -224,14 +224,13 @@ class Capture {
         this.hold(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined)
         if (!this.settled && !res.hasHeader('content-length')) this.settle(null)
       }
-      if (callback) this.callbacks.push(callback)
+      this.later(callback)
       return true
     }) as Response['write']
     // eslint-disable-next-line @typescript-eslint/no-explicit-any
     res.end = ((chunk?: any, encoding?: any, cb?: any) => {
       if (this.state === 'passing') return this.end.call(res, chunk, encoding, cb)
-      const callback = [chunk, encoding, cb].find((a) => typeof a === 'function')
-      if (callback) this.callbacks.push(callback)
+      this.later([chunk, encoding, cb].find((a) => typeof a === 'function'))
       if (this.state === 'capturing' && !this.ended) {
         if (typeof chunk !== 'function') this.hold(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined)
         this.ended = true
@@ -256,6 +255,13 @@ class Capture {
       for (const one of Array.isArray(v) ? v : [v]) if (one !== undefined) headers.push([name, String(one)])
     }
     this.resolve({ status: this.status ?? res.statusCode, headers, body, threw: false })
+  }
+
+  /** A write's or end's callback: once the response is sent, or at once for a dropped write. */
+  private later(cb: Callback | undefined): void {
+    if (!cb) return
+    if (this.state === 'discarding') process.nextTick(cb)
+    else this.callbacks.push(cb)
   }
 
   private flush(): void {

@@ -115,8 +115,11 @@ function expressApp(): express.Express {
   app.post('/refused', expressLayer(options(tenant, { pool: lowered, mode: (r) => modeOf(r.query.mode as string) })), (_req, res) => {
     res.status(201).type('text/plain').send(bigBody)
   })
-  app.use((_err: unknown, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
-    res.status(500).type('text/plain').send('internal error')
+  app.post('/parsed-first', express.json(), layer, (_req, res) => {
+    res.status(201).end()
+  })
+  app.use((err: Error, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+    res.status(500).type('text/plain').send(`internal error: ${err.message}`)
   })
   return app
 }
@@ -278,6 +281,15 @@ for (const fw of ['express', 'hono'] as const) {
     const s2 = await call(base, '/stream', { headers: h(tenant, 's') })
     assert.deepEqual([s2.status, s2.text], [200, 'attempt:2\nend\n'])
   })
+
+  if (fw === 'express') {
+    t('a body parser before the layer is an error: the layer has no bytes to fingerprint', async (base, tenant) => {
+      const before = runs.express
+      const r = await call(base, '/parsed-first', { headers: h(tenant, 'p', { 'content-type': 'application/json' }), body: '{}' })
+      assert.deepEqual([r.status, r.text], [500, 'internal error: the request body was read before the idempotency middleware: put it before the body parsers'])
+      assert.deepEqual([runs.express - before, await state(tenant, 'p')], [1, 'absent'])
+    })
+  }
 
   t('a body over maxStoredBody is sent whole, replayed empty with Idempotent-Replay-Body', async (base, tenant) => {
     const first = await call(base, '/small', { headers: h(tenant, 'b') })
