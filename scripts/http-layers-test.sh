@@ -48,6 +48,7 @@ if ! flock -n 9; then
   log "another run of this suite holds $DIR.lock: waiting for it"
   flock -w 1800 9 || die "$DIR.lock still held after 30 minutes"
 fi
+T0=$SECONDS
 rm -rf "$DIR"
 mkdir -p "$DIR"
 cluster_fresh "$DIR/pg" "$PG_PORT"
@@ -139,9 +140,10 @@ status=0
 declare -A RESULT=()
 for fw in "${FRAMEWORKS[@]}"; do
   port=$((HTTP_BASE + 2 * INDEX[$fw]))
+  t=$SECONDS
   if [ ! -x "tests/http-layers/fixtures/$fw/serve.sh" ]; then
     log "$fw: no fixture (tests/http-layers/fixtures/$fw/serve.sh is missing or not executable)"
-    RESULT[$fw]="missing|missing|FAILED"
+    RESULT[$fw]="missing|missing|FAILED|0"
     status=1
     continue
   fi
@@ -165,20 +167,21 @@ for fw in "${FRAMEWORKS[@]}"; do
     verdict=FAILED
   fi
   [ "$verdict" = passed ] || status=1
-  RESULT[$fw]="$normal|$short|$verdict"
+  RESULT[$fw]="$normal|$short|$verdict|$((SECONDS - t))"
 done
 
 check_server_logs "$DIR/pg/server.log" || status=1
 
 {
-  printf '| framework | vectors (default ttl) | short-ttl vectors (ttl 2s) | result |\n|---|---|---|---|\n'
+  printf '| framework | vectors (default ttl) | short-ttl vectors (ttl 2s) | result | seconds |\n'
+  printf '|---|---|---|---|---:|\n'
   for fw in "${FRAMEWORKS[@]}"; do
-    IFS='|' read -r normal short verdict <<<"${RESULT[$fw]}"
-    printf '| %s | %s | %s | %s |\n' "$fw" "$normal" "$short" "$verdict"
+    IFS='|' read -r normal short verdict secs <<<"${RESULT[$fw]}"
+    printf '| %s | %s | %s | %s | %s |\n' "$fw" "$normal" "$short" "$verdict" "$secs"
   done
 } >"$DIR/summary.md"
 printf '\n'
 cat "$DIR/summary.md"
 printf '\n'
-[ "$status" -eq 0 ] || die "a framework failed its vectors, is missing or did not start (logs and reports in $DIR)"
-log "every framework passed its vectors"
+[ "$status" -eq 0 ] || die "a framework failed its vectors, is missing or did not start ($((SECONDS - T0)) s; logs and reports in $DIR)"
+log "every framework passed its vectors ($((SECONDS - T0)) s from the scratch cluster's start)"
