@@ -47,7 +47,9 @@ installed_status() { dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null |
 # --- 1. the package's contents -------------------------------------------------------------
 if ! command -v lintian >/dev/null; then
   log "installing lintian (Debian's package checker)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 lintian >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 lintian >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=300 lintian >/dev/null; }
 fi
 lint=$(lintian --suppress-tags initial-upload-closes-no-bugs "$deb" 2>&1 \
   | grep -v 'running with root privileges is not recommended' || true)

@@ -34,7 +34,12 @@ cd "$ROOT"
 
 major=${1:-15}
 case "$major" in 13 | 14 | 15 | 16 | 17 | 18) ;; *) die "MAJOR must be 13..18, not '$major'" ;; esac
-command -v dpkg-shlibdeps >/dev/null || die "dpkg-shlibdeps is missing (apt-get install dpkg-dev)"
+if ! command -v dpkg-shlibdeps >/dev/null; then
+  [ "$(id -u)" -eq 0 ] || die "dpkg-shlibdeps is missing (apt-get install dpkg-dev)"
+  log "installing dpkg-dev (dpkg-shlibdeps)"
+  { apt-get install -y -qq -o DPkg::Lock::Timeout=300 dpkg-dev >/dev/null 2>&1 \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev >/dev/null; }; }
+fi
 
 if [ "$major" = 15 ]; then
   pg_config=${DEB_PG15_CONFIG:-$SYSTEM_PG_BINDIR/pg_config}
