@@ -17,7 +17,7 @@ use super::body::{self, Captured, ReadError};
 use super::tx::IdemTx;
 use super::Shared;
 use crate::calls::{BeginRequest, Completion, Failure};
-use crate::error::Error;
+use crate::error::{retry_serialization, Error};
 use crate::headers::{self, KeyError, Prefer};
 use crate::http::code;
 use crate::layer::answers::{self, Problem};
@@ -27,6 +27,11 @@ use crate::layer::stored::{decide, stored_headers, Decision, StoredResponse};
 use crate::layer::Mode;
 use crate::one_tx::{self, Started};
 use crate::phased::{self, Claim, Phased};
+
+/// How many times a claim that fails with `40001` (a session under REPEATABLE READ or
+/// SERIALIZABLE) is tried before the answer is 503. Nothing after the route is retried: the
+/// route ran once.
+const CLAIM_ATTEMPTS: u32 = 3;
 
 /// What the route did.
 enum Routed {
@@ -185,10 +190,13 @@ where
     S::Future: Send + 'static,
 {
     let begin = keyed.begin(shared);
-    let claimed = match keyed.wait {
-        Some(w) => phased::claim_waiting(&shared.pool, &begin, w).await,
-        None => phased::claim(&shared.pool, &begin).await,
-    };
+    let claimed = retry_serialization(CLAIM_ATTEMPTS, || async {
+        match keyed.wait {
+            Some(w) => phased::claim_waiting(&shared.pool, &begin, w).await,
+            None => phased::claim(&shared.pool, &begin).await,
+        }
+    })
+    .await;
     let holder = match claimed {
         Err(e) => return failed(&e),
         Ok(Claim::Replay(b)) => return answers::replay(&b).into_response(),
@@ -268,7 +276,11 @@ where
     S::Future: Send + 'static,
 {
     let begin = keyed.begin(shared);
-    let (open, begun) = match one_tx::start_waiting(&shared.pool, &begin, keyed.wait).await {
+    let started = retry_serialization(CLAIM_ATTEMPTS, || {
+        one_tx::start_waiting(&shared.pool, &begin, keyed.wait)
+    })
+    .await;
+    let (open, begun) = match started {
         Err(e) => return failed(&e),
         Ok(Started::Replayed(b)) => return answers::replay(&b).into_response(),
         Ok(Started::InProgress(_, checked)) => return keyed.in_progress(shared, &checked),
