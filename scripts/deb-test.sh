@@ -84,8 +84,14 @@ restore_system_files() {
   fi
   if [ -d "$saved" ]; then
     log "putting back the extension files that were installed before ($(ls "$saved" | wc -l) files)"
-    [ ! -e "$saved/idempotency.so" ] || cp -a "$saved/idempotency.so" "$libdir/"
-    find "$saved" -maxdepth 1 -name 'idempotency*' ! -name idempotency.so -exec cp -a {} "$extdir/" \;
+    # A copy beside the target, then a rename: a server that has the library mapped keeps its
+    # file, never one rewritten under it.
+    local f dest
+    for f in "$saved"/idempotency*; do
+      [ -e "$f" ] || continue
+      case "$f" in */idempotency.so) dest=$libdir ;; *) dest=$extdir ;; esac
+      cp -a "$f" "$dest/.$(basename "$f").restore" && mv -f "$dest/.$(basename "$f").restore" "$dest/$(basename "$f")"
+    done
   fi
   restored=1
 }
