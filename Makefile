@@ -36,6 +36,7 @@ export PG_BINDIR
 	soak-torture soak-crash soak-fuzz bench FORCE test-http serve bench-http \
 	test-client-python test-client-typescript test-http-examples test-citus bench-citus \
 	test-ops-worker bench-counters test-instructions bench-instructions bench-guest test-assert \
+	test-packages \
 	test-http-layers fixture bench-http-layers
 
 setup:
@@ -267,6 +268,18 @@ test-http-layers: $(STAMP).debug
 
 fixture: $(STAMP).debug
 	@bash scripts/fixture.sh
+
+# --- the packages (docs/releasing.md) ------------------------------------------------------------
+#   test-packages  every artifact a user installs, built and tested as installed
+#                  (scripts/packages-test.sh): the versions agree (scripts/version-check.py
+#                  --self-test); the Debian package for 15 (make deb) installed with apt-get on the
+#                  system's 15, the demo and pg_regress against it, removed again (the system's
+#                  extension files saved and put back; root only); the PGXN zip (make dist) built
+#                  and installed from the unpacked archive into a private PostgreSQL 18; the
+#                  Python sdist and wheel, the npm tarball and the Rust .crate each installed in a
+#                  fresh venv / npm project / directory and their tests run there
+test-packages: $(STAMP).debug
+	bash scripts/packages-test.sh
 
 # --- scale-out on Citus (scripts/citus-test.sh, bench/citus.sh; docs/scale-out.md) -----------
 # Both install nothing: Citus (from its packages, 11.0 or later) and this extension (make install
