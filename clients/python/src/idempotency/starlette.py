@@ -44,7 +44,6 @@ import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -72,7 +71,7 @@ from .http import (
     problem_for_error,
 )
 
-Connect = Callable[[], AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
+Connect = layer.Connect
 Replay = Callable[[Request, psycopg.AsyncConnection[Any], Begin], Awaitable[Response]]
 Validate = Callable[[JSON], None]
 
