@@ -70,7 +70,14 @@ async function start() {
       throw new Error(`${process.env.CLIENT_EXPRESS} exports no idempotency(options)`)
     }
     const mode = variant === 'b' ? 'transaction' : 'phased'
-    app.post('/orders', express.json(), layer.idempotency({ pool, tenant: tenantOf, mode }), async (req, res) => {
+    // The layer reads the body itself and gives it back to the stream: it goes before the parser.
+    app.post('/orders', layer.idempotency({ pool, tenant: tenantOf, mode }), express.json(), async (req, res) => {
+      // When the client has closed its connection while the layer claimed the key (wrk does
+      // at the end of a run), body-parser takes the request for finished and parses nothing.
+      if (req.body === undefined) {
+        console.warn('a request without a parsed body (its client went away): 400, nothing inserted')
+        return res.status(400).json({ problem: 'no body' })
+      }
       try {
         const db = mode === 'transaction' ? req.idempotency.client : pool
         const { rows } = await db.query(INSERT, [tenantOf(req), req.body])
@@ -98,6 +105,9 @@ async function start() {
   }
   app.listen(Number(port), '127.0.0.1', () => console.error(`variant ${variant} on 127.0.0.1:${port}`))
 }
+
+// An orderly exit on SIGTERM, so that `--cpu-prof` (BENCH_LAYERS_NODE_OPTIONS) writes its profile.
+process.on('SIGTERM', () => process.exit(0))
 
 start().catch((e) => {
   console.error(e)

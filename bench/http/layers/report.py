@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bench/http/layers/run.sh's checks and report (no library beyond Python's own).
 
-  report.py check VARIANT CONNECTIONS ROUND WRK_JSON ROWS COMPLETED HELD REDIS_KEYS
+  report.py check VARIANT CONNECTIONS ROUND WRK_JSON ROWS COMPLETED OTHER HELD REDIS_KEYS
             REDIS_RESPONSES APP_TICKS PG_TICKS REDIS_TICKS COMMITS WAL_SYNCS LOAD CLK_TCK
       checks that one run did what its variant claims; prints the run as one JSON line
   report.py report RUNS.jsonl OUTDIR --command ... --machine ... ...
@@ -25,12 +25,12 @@ COLORS = {"a": "#7f7f7f", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728"}
 
 
 def check(argv):
-    (v, c, rnd, raw, rows, completed, held, rkeys, rresp,
+    (v, c, rnd, raw, rows, completed, other, held, rkeys, rresp,
      app_t, pg_t, redis_t, xids, wal, load, clk) = argv
     c, rnd = int(c), int(rnd)
     j = json.loads(raw)
     n = j["requests"]
-    rows, completed, held = int(rows), int(completed), int(held)
+    rows, completed, other, held = int(rows), int(completed), int(other), int(held)
     rkeys, rresp = int(rkeys or 0), int(rresp or 0)
     problems = []
     if n == 0:
@@ -45,10 +45,12 @@ def check(argv):
         problems.append(f"{rows} order rows for {n} answers (at most {c} more in flight)")
     if v in "bc":
         if completed != rows:
-            problems.append(f"{completed} completed records for {rows} order rows")
+            problems.append(f"{completed} records completed with 201 for {rows} order rows")
+        if other > c:
+            problems.append(f"{other} records of other outcomes (at most one per connection closing at the end)")
         if held:
             problems.append(f"{held} records still in progress")
-    elif completed:
+    elif completed or other:
         problems.append(f"{completed} idempotency records, but variant {v} does not use the extension")
     if v == "d":
         if rkeys != rows or rresp != rows:
@@ -64,8 +66,11 @@ def check(argv):
         "variant": v, "connections": c, "round": rnd,
         "rps": n / j["seconds"], "p50_ms": j["p50_us"] / 1000, "p99_ms": j["p99_us"] / 1000,
         "mean_ms": j["mean_us"] / 1000, "requests": n, "rows": rows,
-        "records": completed, "redis_keys": rkeys,
-        "app_cpu_us": int(app_t) * tick_us / rows, "pg_cpu_us": int(pg_t) * tick_us / rows,
+        "records": completed, "other_records": other, "redis_keys": rkeys,
+        "app_cpu_us": sum(map(int, app_t.split())) * tick_us / rows,
+        "app_sys_us": int(app_t.split()[1]) * tick_us / rows,
+        "pg_cpu_us": sum(map(int, pg_t.split())) * tick_us / rows,
+        "pg_sys_us": int(pg_t.split()[1]) * tick_us / rows,
         "redis_cpu_us": int(redis_t) * tick_us / rows,
         "write_xacts": int(xids) / rows, "wal_bytes": int(wal) / rows, "load1": float(load),
     }))
@@ -149,7 +154,7 @@ def report(argv):
             if len(rs) != rounds:
                 sys.exit(f"report: {v} at {c} connections has {len(rs)} runs, not {rounds}")
             cells[(v, c)] = {k: statistics.median(r[k] for r in rs)
-                             for k in ("rps", "p50_ms", "p99_ms", "app_cpu_us", "pg_cpu_us",
+                             for k in ("rps", "p50_ms", "p99_ms", "app_cpu_us", "app_sys_us", "pg_cpu_us", "pg_sys_us",
                                        "redis_cpu_us", "write_xacts", "wal_bytes")}
             cells[(v, c)]["rps_all"] = [r["rps"] for r in rs]
     loads = [r["load1"] for r in runs]
@@ -210,16 +215,17 @@ def report(argv):
         L.append("")
     L.append("Where the time goes, per order row (medians of the rounds): CPU time of the variant's node "
              "process, of PostgreSQL (every server process) and of Redis, from /proc (10 ms ticks, "
-             "summed over the run); PostgreSQL's transactions that wrote (transaction ids assigned; "
-             "with `synchronous_commit` on each waits for its WAL to be flushed, one fsync serving "
-             "every commit waiting for it) and WAL bytes.")
+             "summed over the run; system: in the kernel); the transaction ids assigned (one per "
+             "transaction that wrote, and one per subtransaction that wrote: (b) stores the outcome "
+             "after a SAVEPOINT); with `synchronous_commit` on each top-level commit waits for its "
+             "WAL to be flushed, one fsync serving every commit waiting for it; and the WAL bytes.")
     L.append("")
-    L.append("| variant | connections | node CPU µs | PostgreSQL CPU µs | Redis CPU µs | write transactions | WAL bytes |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    L.append("| variant | connections | node CPU µs | of which system | PostgreSQL CPU µs | of which system | Redis CPU µs | transaction ids | WAL bytes |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for v in variants:
         for c in conns:
             x = cells[(v, c)]
-            L.append(f"| {NAMES[v]} | {c} | {x['app_cpu_us']:.0f} | {x['pg_cpu_us']:.0f} | "
+            L.append(f"| {NAMES[v]} | {c} | {x['app_cpu_us']:.0f} | {x['app_sys_us']:.0f} | {x['pg_cpu_us']:.0f} | {x['pg_sys_us']:.0f} | "
                      f"{x['redis_cpu_us']:.0f} | {x['write_xacts']:.2f} | {x['wal_bytes']:,.0f} |")
     L.append("")
     L.append("Checked after every run (the run fails otherwise): every answer 201, none with "

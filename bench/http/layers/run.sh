@@ -20,7 +20,8 @@
 # ("1 16 64"), BENCH_LAYERS_VARIANTS ("a b c d"), BENCH_LAYERS_POOL (16: the pg pool of every
 # variant), BENCH_LAYERS_WARMUP (3 s per variant), BENCH_LAYERS_REDIS_FSYNC (everysec: Redis's
 # appendfsync; always|everysec|no), BENCH_LAYERS_OUT (bench/http/layers: results.md,
-# results.svg). The raw runs stay in build/bench-http-layers/runs.jsonl.
+# results.svg), BENCH_LAYERS_NODE_OPTIONS (for the apps' node, e.g. --cpu-prof
+# --cpu-prof-dir=DIR: a profile per app, written when it stops). The raw runs stay in build/bench-http-layers/runs.jsonl.
 # Smoke (under a minute): BENCH_LAYERS_SECONDS=1 BENCH_LAYERS_ROUNDS=1
 #   BENCH_LAYERS_CONNECTIONS="1 16" BENCH_LAYERS_WARMUP=1 BENCH_LAYERS_OUT=build/bench-http-layers/smoke
 set -euo pipefail
@@ -129,7 +130,7 @@ for v in $VARIANTS; do
   DATABASE_HOST=$DIR/pg DATABASE_PORT=$PG_PORT DATABASE_NAME=bench POOL_SIZE=$POOL \
     REDIS_URL=redis://127.0.0.1:$REDIS_PORT CLIENT_EXPRESS=$CLIENT_EXPRESS \
     NODE_PATH=$ROOT/clients/typescript/node_modules NODE_ENV=production \
-    node "$HERE/app.js" "$v" "${APP_PORT[$v]}" >"$DIR/app-$v.log" 2>&1 &
+    node ${BENCH_LAYERS_NODE_OPTIONS:-} "$HERE/app.js" "$v" "${APP_PORT[$v]}" >"$DIR/app-$v.log" 2>&1 &
   APP_PID[$v]=$!
   on_exit stop_pid "${APP_PID[$v]}"
 done
@@ -139,26 +140,30 @@ done
 
 # --- measuring -----------------------------------------------------------------------------
 PG_MASTER=$(head -n1 "$DIR/pg/data/postmaster.pid")
-# CPU time (clock ticks) of processes: user + system, and for PG_MASTER its reaped children.
+# CPU time (clock ticks) of processes: "user system", and for PG_MASTER its reaped children's.
 cpu_ticks() {
-  local p sum=0 f
+  local p user=0 sys=0 f
   for p in "$@"; do
     f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
     f=${f##*) }  # the fields after the command name
     set -- $f
-    sum=$((sum + ${12} + ${13}))
-    [ "$p" != "$PG_MASTER" ] || sum=$((sum + ${14} + ${15}))
+    user=$((user + ${12}))
+    sys=$((sys + ${13}))
+    [ "$p" != "$PG_MASTER" ] || { user=$((user + ${14})); sys=$((sys + ${15})); }
   done
-  echo "$sum"
+  echo "$user $sys"
 }
 pg_pids() { echo "$PG_MASTER" $(pgrep -P "$PG_MASTER" || true); }
-# order rows | completed records | records in progress | transaction ids assigned so far (one
+# order rows | records completed with 201 | other records that are not in progress (a 400 for
+# a request whose client went away while the layer claimed its key, at the end of a run: see
+# app.js) | records in progress | transaction ids assigned so far (one
 # per transaction that wrote) | WAL bytes so far. Exact at once, unlike the statistics views,
 # which an idle backend may report up to 10 s late.
 db_counts() {
   sql "$DIR/pg" "$PG_PORT" bench \
     "SELECT (SELECT count(*) FROM orders),
-            (SELECT count(*) FROM idempotency.records WHERE state = 'c'),
+            (SELECT count(*) FROM idempotency.records WHERE state = 'c' AND http_status = 201),
+            (SELECT count(*) FROM idempotency.records WHERE state <> 'p' AND http_status IS DISTINCT FROM 201),
             (SELECT count(*) FROM idempotency.records WHERE state = 'p'),
             pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
             (pg_current_wal_lsn() - '0/0')::bigint"
@@ -196,22 +201,23 @@ for c in $CONNS; do
     for ((k = 0; k < n; k++)); do
       v=${ORDER[$(((k + r) % n))]}
       prefix="L$RUN_ID$v-c$c-r$r"
-      IFS='|' read -r rows0 done0 _ xid0 wal0 <<<"$(db_counts)"
-      app0=$(cpu_ticks "${APP_PID[$v]}")
-      pg0=$(cpu_ticks $(pg_pids))
-      redis0=$(cpu_ticks "$REDIS_PID")
+      IFS='|' read -r rows0 done0 other0 _ xid0 wal0 <<<"$(db_counts)"
+      read -r appu0 apps0 <<<"$(cpu_ticks "${APP_PID[$v]}")"
+      read -r pgu0 pgs0 <<<"$(cpu_ticks $(pg_pids))"
+      read -r redisu0 rediss0 <<<"$(cpu_ticks "$REDIS_PID")"
       json=$(wrk -t1 -c"$c" -d"${SECS}s" --timeout 30s -s "$HERE/orders.lua" \
         "http://127.0.0.1:${APP_PORT[$v]}" -- "$prefix" | tail -n1)
       load=$(cut -d' ' -f1 /proc/loadavg)
       sleep 0.5  # the requests in flight when wrk stopped, and (d)'s stored responses
-      app1=$(cpu_ticks "${APP_PID[$v]}")
-      pg1=$(cpu_ticks $(pg_pids))
-      redis1=$(cpu_ticks "$REDIS_PID")
-      IFS='|' read -r rows1 done1 held1 xid1 wal1 <<<"$(db_counts)"
+      read -r appu1 apps1 <<<"$(cpu_ticks "${APP_PID[$v]}")"
+      read -r pgu1 pgs1 <<<"$(cpu_ticks $(pg_pids))"
+      read -r redisu1 rediss1 <<<"$(cpu_ticks "$REDIS_PID")"
+      IFS='|' read -r rows1 done1 other1 held1 xid1 wal1 <<<"$(db_counts)"
       IFS='|' read -r rkeys rresp <<<"$(redis_count "$prefix")"
       python3 "$HERE/report.py" check "$v" "$c" "$r" "$json" \
-        "$((rows1 - rows0))" "$((done1 - done0))" "$held1" "$rkeys" "$rresp" \
-        "$((app1 - app0))" "$((pg1 - pg0))" "$((redis1 - redis0))" "$((xid1 - xid0))" \
+        "$((rows1 - rows0))" "$((done1 - done0))" "$((other1 - other0))" "$held1" "$rkeys" "$rresp" \
+        "$((appu1 - appu0)) $((apps1 - apps0))" "$((pgu1 - pgu0)) $((pgs1 - pgs0))" \
+        "$((redisu1 - redisu0 + rediss1 - rediss0))" "$((xid1 - xid0))" \
         "$((wal1 - wal0))" "$load" "$(getconf CLK_TCK)" >>"$RAW" \
         || die "variant $v at $c connections, round $r: a check failed (above)"
       log "$(tail -n1 "$RAW")"
