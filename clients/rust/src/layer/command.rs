@@ -120,11 +120,23 @@ fn body_member(headers: &HeaderMap, body: &[u8]) -> Value {
     }
     let media = media_type(headers);
     if let Some(m) = media.as_deref().filter(|m| is_json(m)) {
+        // A string holding U+0000 parses, but jsonb cannot hold it: such a body is hashed.
         if let Ok(parsed) = serde_json::from_slice::<Value>(body) {
-            return json!({"media_type": m, "json": parsed});
+            if !holds_nul(&parsed) {
+                return json!({"media_type": m, "json": parsed});
+            }
         }
     }
     json!({"media_type": media, "sha256": sha256_hex(body)})
+}
+
+fn holds_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(holds_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -248,6 +260,12 @@ mod tests {
             body(None, b"{}"),
             json!({"media_type": null, "sha256": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"})
         );
+        // jsonb holds no U+0000: hashed, in a value or a member name, however deep.
+        for nul in [&br#"{"a": ["x\u0000"]}"#[..], br#"{"\u0000": 1}"#] {
+            let b = body(Some("application/json"), nul);
+            assert_eq!(b["media_type"], json!("application/json"));
+            assert_eq!(b["sha256"].as_str().map(str::len), Some(64), "{b}");
+        }
         assert!(is_json("application/problem+json") && !is_json("application/jsonx"));
         assert!(!is_json("text/json") && !is_json("json"));
     }

@@ -215,6 +215,35 @@ async fn the_path_under_a_nested_router_is_the_full_path() {
 }
 
 #[tokio::test]
+async fn a_json_body_jsonb_cannot_hold_is_hashed() {
+    let pool = pool_with(None);
+    setup().await;
+    let echo = |b: String| async move { (StatusCode::CREATED, b) };
+    let app = Router::new()
+        .route("/echo", post(echo))
+        .route_layer(layer(&pool));
+    let (t, k) = (format!("layer:{}", uuid()), uuid());
+    let json = |body: &str| {
+        let mut r = post_req("/echo", &t, &k, body);
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r
+    };
+    let nul = r#"{"a": "\u0000"}"#;
+    let (s, h, b) = send(&app, json(nul)).await;
+    assert_eq!((s, b.as_slice()), (StatusCode::CREATED, nul.as_bytes()));
+    assert!(h.get("idempotent-replayed").is_none());
+    let (s, h, _) = send(&app, json(nul)).await;
+    assert_eq!(
+        (s, h["idempotent-replayed"].to_str().unwrap()),
+        (StatusCode::CREATED, "true")
+    );
+    // Hashed, so its spelling is part of the command.
+    let (s, _, _) = send(&app, json(r#"{"a":"\u0000"}"#)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
 async fn idem_tx_outside_transaction_mode_is_500_and_the_key_is_released() {
     let pool = pool_with(None);
     table(&pool).await;
