@@ -167,4 +167,9 @@ sql "$dir" "$port" postgres "CREATE DATABASE fresh" >/dev/null
 expect_error "$dir" "$port" fresh 0A000 "CREATE EXTENSION idempotency" 'extension "idempotency" is not available'
 cluster_stop "$dir"
 restore_system_files
+for f in "$saved"/idempotency*; do
+  [ -e "$f" ] || continue
+  case "$f" in */idempotency.so) d=$libdir ;; *) d=$extdir ;; esac
+  cmp -s "$f" "$d/$(basename "$f")" || die "$d/$(basename "$f") was not put back as it was"
+done
 log "passed: installed, the demo and pg_regress ran, removed cleanly, the records kept"
