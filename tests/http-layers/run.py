@@ -374,6 +374,16 @@ def report(results, kind, url, capabilities):
 
 # --- the self-test ---------------------------------------------------------------------------
 
+def vector_keys(vector):
+    """The Idempotency-Key values a vector sends, an sf-string's quotes removed."""
+    keys = set()
+    for step in vector["steps"]:
+        for name, value in step["request"].get("headers", {}).items():
+            if name.lower() == "idempotency-key":
+                keys.add(value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value)
+    return keys
+
+
 def self_test(paths):
     validator = load_schema_validator()
     vectors, invalid = load_vectors(paths, validator)
@@ -383,6 +393,15 @@ def self_test(paths):
         print(f"self-test: {len(invalid)} problems in the vectors")
         return 1
     print(f"self-test: {len(vectors)} vectors valid against {SCHEMA.name}")
+    owners = {}
+    for v in vectors:
+        for key in vector_keys(v):
+            owners.setdefault(key, set()).add(v["id"])
+    shared = {k: sorted(ids) for k, ids in owners.items() if len(ids) > 1}
+    for key, ids in sorted(shared.items()):
+        print(f"self-test: the key {key!r} is used by more than one vector: {', '.join(ids)}")
+    if shared:
+        return 1
     ids = {v["id"] for v in vectors}
     unknown = sorted(BARE_PASSES - ids)
     if unknown:
