@@ -167,7 +167,7 @@ def report(argv):
     L = []
     L.append("# Express with and without an idempotency layer")
     L.append("")
-    L.append(f"Written by `make bench-http-layers` (bench/http/layers/run.sh) on "
+    L.append(f"Written by bench/http/layers/run.sh on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {a.elapsed} s. Command:")
     L.append("")
     L.append(f"    {a.command}")

@@ -140,6 +140,10 @@ done
 
 # --- measuring -----------------------------------------------------------------------------
 PG_MASTER=$(head -n1 "$DIR/pg/data/postmaster.pid")
+# Which build of the extension the server loads (a debug build carries debug_info).
+LIBRARY=$(sql "$DIR/pg" "$PG_PORT" bench "SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'")/idempotency.so
+if file -b "$LIBRARY" | grep -q debug_info; then LIBRARY_BUILD=debug; else LIBRARY_BUILD=release; fi
+log "the extension: $LIBRARY ($LIBRARY_BUILD build)"
 # CPU time (clock ticks) of processes: "user system", and for PG_MASTER its reaped children's.
 cpu_ticks() {
   local p user=0 sys=0 f
@@ -234,10 +238,15 @@ for v in $VARIANTS; do
 done
 
 mkdir -p "$OUT"
-COMMAND="BENCH_LAYERS_SECONDS=$SECS BENCH_LAYERS_ROUNDS=$ROUNDS BENCH_LAYERS_CONNECTIONS=\"$CONNS\" BENCH_LAYERS_VARIANTS=\"$VARIANTS\" BENCH_LAYERS_POOL=$POOL BENCH_LAYERS_WARMUP=$WARMUP BENCH_LAYERS_REDIS_FSYNC=$REDIS_FSYNC make bench-http-layers"
+COMMAND="BENCH_LAYERS_SECONDS=$SECS BENCH_LAYERS_ROUNDS=$ROUNDS BENCH_LAYERS_CONNECTIONS=\"$CONNS\" BENCH_LAYERS_VARIANTS=\"$VARIANTS\" BENCH_LAYERS_POOL=$POOL BENCH_LAYERS_WARMUP=$WARMUP BENCH_LAYERS_REDIS_FSYNC=$REDIS_FSYNC"
+if [ "$PG_BINDIR" = "$SYSTEM_PG_BINDIR" ]; then
+  COMMAND="$COMMAND make bench-http-layers"
+else
+  COMMAND="PG_BINDIR=${PG_BINDIR#"$ROOT"/} $COMMAND bash bench/http/layers/run.sh"
+fi
 python3 "$HERE/report.py" report "$RAW" "$OUT" \
   --command "$COMMAND" \
-  --machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2 / 1048576}' /proc/meminfo); $("$PG_BINDIR/postgres" --version); node $(node --version); $(redis-server --version | awk '{print $3}' | tr -d 'v='), Redis; wrk $(wrk -v 2>&1 | head -n1 | awk '{print $2}')" \
+  --machine "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2 / 1048576}' /proc/meminfo); $("$PG_BINDIR/postgres" --version) with the $LIBRARY_BUILD build of the extension (${LIBRARY#"$ROOT"/}); node $(node --version); $(redis-server --version | awk '{print $3}' | tr -d 'v='), Redis; wrk $(wrk -v 2>&1 | head -n1 | awk '{print $2}')" \
   --load "$LOAD_START" "$LOAD_END" --pool "$POOL" --seconds "$SECS" --rounds "$ROUNDS" \
   --warmup "$WARMUP" --redis-fsync "$REDIS_FSYNC" --elapsed "$(($(date +%s) - T0))"
 log "results in $OUT/results.md and $OUT/results.svg ($(($(date +%s) - T0)) s)"
