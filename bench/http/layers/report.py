@@ -20,8 +20,9 @@ NAMES = {
     "b": "(b) ours, the route's transaction",
     "c": "(c) ours, phased",
     "d": "(d) express-idempotency + Redis",
+    "e": "(e) the round trips of (b), no layer",
 }
-COLORS = {"a": "#7f7f7f", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728"}
+COLORS = {"a": "#7f7f7f", "b": "#1f77b4", "c": "#6baed6", "d": "#d62728", "e": "#bcbd22"}
 
 
 def check(argv):
@@ -144,7 +145,7 @@ def report(argv):
     ap.add_argument("--load", nargs=2, required=True)
     a = ap.parse_args(argv)
     runs = [json.loads(line) for line in Path(a.runs).read_text().splitlines() if line.strip()]
-    variants = [v for v in "abcd" if any(r["variant"] == v for r in runs)]
+    variants = [v for v in "abcde" if any(r["variant"] == v for r in runs)]
     conns = sorted({r["connections"] for r in runs})
     rounds = int(a.rounds)
     cells = {}
@@ -202,6 +203,16 @@ def report(argv):
                  f"{fmt_ratio(ratio('c', 'a', c))} | {fmt_ratio(ratio('d', 'a', c))} | "
                  f"{fmt_ratio(ratio('b', 'a', c, 'p99_ms'))} | {fmt_ratio(ratio('b', 'd', c, 'p99_ms'))} |")
     L.append("")
+    if "e" in variants:
+        L.append("The floor (e), (b)'s round trips and statements without the extension or the layer: "
+                 "(e)/(a) is what the round trips cost, (b)/(e) what the extension's functions and "
+                 "the layer's JavaScript cost beyond them (requests/s).")
+        L.append("")
+        L.append("| connections | (e)/(a) req/s | (b)/(e) req/s |")
+        L.append("|---:|---:|---:|")
+        for c in conns:
+            L.append(f"| {c} | {fmt_ratio(ratio('e', 'a', c))} | {fmt_ratio(ratio('b', 'e', c))} |")
+        L.append("")
     targets = []
     for c in conns:
         ba, bd = ratio("b", "a", c), ratio("b", "d", c)

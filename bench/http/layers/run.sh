@@ -8,6 +8,8 @@
 #   b  @idempotency/client/express in the route's transaction (mode 'transaction')
 #   c  @idempotency/client/express phased
 #   d  express-idempotency on its Redis adapter (redis-server on +5, started here)
+#   e  (only when BENCH_LAYERS_VARIANTS names it, on +4) the floor of (b): its statements with a
+#      trivial SELECT in place of idem_begin and idem_complete, no layer (app.js)
 # on a scratch PostgreSQL (build/bench-http-layers/pg, port_of bench-http-layers). wrk drives
 # each with a new Idempotency-Key per request (bench/http/layers/orders.lua). For each number of
 # connections, BENCH_LAYERS_ROUNDS rounds in which every variant runs once for
@@ -122,7 +124,7 @@ for _ in $(seq 1 50); do [ "$("${REDIS[@]}" ping 2>/dev/null)" = PONG ] && break
 
 declare -A APP_PID APP_PORT
 i=0
-for v in a b c d; do
+for v in a b c d e; do
   APP_PORT[$v]=$((HTTP_BASE + i))
   i=$((i + 1))
 done
