@@ -8,6 +8,7 @@ row per run into layer_rows through the alias given in `?db=`.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +50,8 @@ def rows_view(request: HttpRequest) -> HttpResponse:
     info = request.idempotency  # type: ignore[attr-defined]
     with connections[alias].cursor() as cur:
         cur.execute("INSERT INTO layer_rows (scope, key) VALUES (%s, %s)", (info.scope, info.key))
+    if request.GET.get("sleep"):
+        time.sleep(float(request.GET["sleep"]))
     if request.GET.get("raise"):
         raise RuntimeError("the view raised")
     return HttpResponse('{"ok": true}', status=int(request.GET.get("status", "201")), content_type="application/json")
@@ -150,6 +153,22 @@ def test_phased_view_under_atomic_requests(client: Client, django_db: str, scope
     assert (r.status_code, count(django_db, scope), state(django_db, scope, "p")) == (503, 1, (State.FAILED, 1, 503))
     r = post(client, "/phased-rows?status=503", scope, "p")
     assert (r.status_code, CALLS[-1].mode, CALLS[-1].attempt, count(django_db, scope)) == (503, "phased", 2, 2)
+
+
+@override_settings(IDEMPOTENCY={"tenant": tenant, "ttl": timedelta(seconds=1)})
+def test_key_expired_while_the_view_ran_answers_the_view_unstored(
+        client: Client, django_db: str, scope: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Storing meets IK002 (the 1 s ttl ran out): the view's response is sent unstored and the
+    # same request executes again. Transaction mode (ATOMIC_REQUESTS): the store's savepoint
+    # rolls back, the view's row commits. Phased: the view's own transaction committed its row.
+    with caplog.at_level(logging.WARNING, logger="idempotency.layer"):
+        for n in (1, 2):
+            for url, key in (("/rows?sleep=1.5", "x-tx"), ("/phased-rows?sleep=1.5", "x-ph")):
+                r = post(client, url, scope, key)
+                assert (r.status_code, r.content, r.get("Idempotent-Replayed")) == (201, b'{"ok": true}', None)
+            assert count(django_db, scope) == 2 * n
+    warned = [r.getMessage() for r in caplog.records if r.name == "idempotency.layer"]
+    assert len(warned) == 4 and all("no longer in progress" in m for m in warned), warned
 
 
 @override_settings(IDEMPOTENCY={"tenant": tenant, "database": "plain", "replay_headers": ["X-Replayed-Too"]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -55,6 +56,13 @@ class App:
             await info.conn.execute("INSERT INTO layer_rows (scope, key) VALUES (%s, %s)", (info.scope, info.key))
             return JSONResponse({"ok": True}, status_code=int(request.query_params.get("status", "201")))
 
+        async def slow_rows(request: Request) -> Response:
+            self.calls += 1
+            info = request.state.idempotency
+            await info.conn.execute("INSERT INTO layer_rows (scope, key) VALUES (%s, %s)", (info.scope, info.key))
+            await asyncio.sleep(float(request.query_params["s"]))
+            return JSONResponse({"ok": True}, status_code=201)
+
         async def boom(request: Request) -> Response:
             self.calls += 1
             raise RuntimeError("boom")
@@ -81,6 +89,7 @@ class App:
         app = Starlette(routes=[Route("/echo", echo, methods=["POST", "PATCH", "PUT"]),
                                 Route("/tx/rows", rows, methods=["POST"]),
                                 Route("/tx/bad", bad_sql, methods=["POST"]),
+                                Route("/tx/slow", slow_rows, methods=["POST"]),
                                 Route("/boom", boom, methods=["POST"]),
                                 Route("/stream", stream, methods=["POST"]),
                                 Route("/slow", slow, methods=["POST"]),
@@ -228,6 +237,23 @@ async def test_transaction_mode(pool: AsyncConnectionPool, dsn: str, scope: str)
     r = await app.client.post("/tx/rows?status=409", headers=h(scope, "t409"))
     r = await app.client.post("/tx/rows?status=409", headers=h(scope, "t409"))
     assert (r.status_code, r.headers["idempotent-replayed"], await rows(dsn, scope)) == (409, "true", 2)
+
+
+async def test_key_expired_while_the_route_ran_answers_the_route_unstored(
+        pool: AsyncConnectionPool, dsn: str, scope: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Storing meets IK002 (the 1 s ttl ran out): the route's response is sent unstored and the
+    # same request executes again; in transaction mode the route's row commits.
+    app = App(pool, ttl=timedelta(seconds=1))
+    with caplog.at_level(logging.WARNING, logger="idempotency.layer"):
+        for n in (1, 2):
+            r = await app.client.post("/slow?s=1.5", headers=h(scope, "exp"))
+            assert (r.status_code, r.text, r.headers.get("idempotent-replayed")) == (200, "slept", None)
+            r = await app.client.post("/tx/slow?s=1.5", headers=h(scope, "exp-tx"))
+            assert (r.status_code, r.json(), r.headers.get("idempotent-replayed"), await rows(dsn, scope)) == (
+                201, {"ok": True}, None, n)
+            assert app.calls == 2 * n
+    warned = [r.getMessage() for r in caplog.records if r.name == "idempotency.layer"]
+    assert len(warned) == 4 and all("no longer in progress" in m for m in warned), warned
 
 
 async def test_response_over_the_extension_limit_is_stored_omitted(dsn: str, scope: str) -> None:

@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::ClientWrapper;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::error::Error;
@@ -117,7 +118,9 @@ fn unexpected(what: String) -> Error {
 pub struct BeginRequest<'a> {
     pub scope: &'a str,
     pub key: &'a str,
-    pub command: &'a Value,
+    /// The command as a jsonb parameter: a `serde_json::Value`, or (the drop-in layer's)
+    /// `Json<Box<RawValue>>` holding JSON text whose numbers are kept exactly.
+    pub command: &'a (dyn ToSql + Sync),
     pub ttl: Option<Duration>,
     pub lease: Option<Duration>,
     pub wait: Option<Duration>,

@@ -309,22 +309,18 @@ fn is_too_large(e: &Error) -> bool {
 }
 
 #[cfg(feature = "axum")]
-/// Completes with `full` and commits; when the extension refuses `full` as too large (`22023`)
-/// and a `smaller` completion is given, completes with that instead. With `smaller` the
-/// completion runs under a savepoint (a refused statement would abort the transaction), so
-/// the `COMMIT` is a second round trip.
+/// Completes with `full` under a savepoint and commits; when the extension refuses `full` as
+/// too large (`22023`) and a `smaller` completion is given, completes with that instead. When
+/// the key is no longer in progress (`IK002`: its ttl ran out during the transaction), rolls
+/// back to the savepoint and commits the work's writes with nothing stored: `Ok(false)`.
+/// `Ok(true)`: stored and committed. The `COMMIT` is a second round trip.
 pub(crate) async fn complete_or_smaller(
     tx: &mut Open,
     req: &BeginRequest<'_>,
     attempt: i32,
     full: Completion,
     smaller: Option<Completion>,
-) -> Result<(), Error> {
-    let Some(smaller) = smaller else {
-        return finish_tx(tx, req, attempt, Finish::Complete(full, ()))
-            .await
-            .map(drop);
-    };
+) -> Result<bool, Error> {
     let key = Some((req.scope, req.key));
     let c = tx.client();
     let st = c
@@ -335,29 +331,42 @@ pub(crate) async fn complete_or_smaller(
     let complete = |x| execute_complete(c, &st, req, x, attempt_param);
     let (sp, done) = tokio::join!(c.batch_execute(STORE_SAVEPOINT), complete(&full));
     sp.map_err(|e| Error::from_db(e, key))?;
-    match done {
+    let err = match done {
         Ok(_) => {
             let commit = c.batch_execute("COMMIT").await;
-            finish_commit(tx, Ok(0), commit, key)
+            return finish_commit(tx, Ok(0), commit, key).map(|()| true);
         }
-        Err(e) => {
-            let err = Error::from_db(e, key);
-            if !is_too_large(&err) {
-                tx.rollback().await?;
-                return Err(err);
-            }
-            let (rb, done, commit) = tokio::join!(
-                c.batch_execute(ROLLBACK_TO_STORE_SAVEPOINT),
-                complete(&smaller),
-                c.batch_execute("COMMIT")
-            );
-            if let Err(e) = rb {
-                finish_commit(tx, Ok(0), commit, key)?;
-                return Err(Error::from_db(e, key));
-            }
-            finish_commit(tx, done, commit, key)
+        Err(e) => Error::from_db(e, key),
+    };
+    let smaller = match (&err, smaller) {
+        (Error::NotInProgress(_), _) => None,
+        (e, Some(smaller)) if is_too_large(e) => Some(smaller),
+        _ => {
+            tx.rollback().await?;
+            return Err(err);
         }
+    };
+    let Some(smaller) = smaller else {
+        let (rb, commit) = tokio::join!(
+            c.batch_execute(ROLLBACK_TO_STORE_SAVEPOINT),
+            c.batch_execute("COMMIT")
+        );
+        if let Err(e) = rb {
+            finish_commit(tx, Ok(0), commit, key)?;
+            return Err(Error::from_db(e, key));
+        }
+        return finish_commit(tx, Ok(0), commit, key).map(|()| false);
+    };
+    let (rb, done, commit) = tokio::join!(
+        c.batch_execute(ROLLBACK_TO_STORE_SAVEPOINT),
+        complete(&smaller),
+        c.batch_execute("COMMIT")
+    );
+    if let Err(e) = rb {
+        finish_commit(tx, Ok(0), commit, key)?;
+        return Err(Error::from_db(e, key));
     }
+    finish_commit(tx, done, commit, key).map(|()| true)
 }
 
 #[cfg(feature = "axum")]

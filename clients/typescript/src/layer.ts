@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto'
 import type { ClientBase, Pool, PoolClient } from 'pg'
 
 import { begin, claim, complete, fail, lease as leaseOf } from './client'
-import { InvalidArgument } from './errors'
+import { InvalidArgument, NotInProgress } from './errors'
 import { IDEMPOTENT_REPLAYED, PROBLEM_JSON, Prefer, Problem, RETRY_AFTER, code, parseIdempotencyKey, parsePrefer, problem, problemForError } from './http'
 import { RawJson, type Begin, type Interval, type Json, type Lease } from './model'
 
@@ -507,6 +507,18 @@ function onPool(s: { pool: Pool }): ClientBase {
   return s.pool as unknown as ClientBase
 }
 
+/**
+ * IK002 when the route's outcome is stored: the key is no longer in progress (its ttl ran out,
+ * or `idem_forget`, while the route ran). The route's response is sent unstored, with a
+ * warning; a retry executes again. Anything else is rethrown.
+ */
+function unstored(p: Prepared, e: unknown): void {
+  if (!(e instanceof NotInProgress)) throw e
+  console.warn(
+    `idempotency: the key ${JSON.stringify(p.key)} (scope ${JSON.stringify(p.scope)}) was no longer in progress when the route's outcome was stored (${e.found ?? e.message}); the route's response is sent unstored, and a retry executes again`,
+  )
+}
+
 async function held<Req>(s: Settings<Req>, p: Prepared, b: Begin, poll: Poll): Promise<Result | null> {
   if (b.outcome === 'replay') return { kind: 'reply', reply: replayReply(b) }
   if (await poll.pause()) return null
@@ -538,7 +550,7 @@ async function phasedFlow<Req>(s: Settings<Req>, p: Prepared, route: Route): Pro
     try {
       if (captured.body === null) {
         const status = captured.status
-        return { kind: 'stream', ended: () => c.fail({ retryable: true, httpStatus: status }) }
+        return { kind: 'stream', ended: () => c.fail({ retryable: true, httpStatus: status }).catch((e) => unstored(p, e)) }
       }
       if (!stores(captured)) {
         await c.fail({ retryable: true, httpStatus: captured.threw ? 500 : captured.status })
@@ -553,7 +565,12 @@ async function phasedFlow<Req>(s: Settings<Req>, p: Prepared, route: Route): Pro
       }
       return { kind: 'send' }
     } catch (e) {
-      return { kind: 'reply', reply: errorReply(e) }
+      try {
+        unstored(p, e)
+      } catch {
+        return { kind: 'reply', reply: errorReply(e) }
+      }
+      return { kind: 'send' }
     }
   }
 }
@@ -617,10 +634,16 @@ async function transactionFlow<Req>(s: Settings<Req>, p: Prepared, route: Route)
         try {
           await settle([client.query('SAVEPOINT idempotency_store'), complete(client, p.scope, p.key, { response: doc as unknown as Json, httpStatus: captured.status, attempt })])
         } catch (e) {
-          if (!(e instanceof InvalidArgument) || doc.omitted) throw e
-          // The extension refused the response as too large (a lowered setting): store it omitted.
-          await client.query('ROLLBACK TO SAVEPOINT idempotency_store')
-          await complete(client, p.scope, p.key, { response: omitted(doc) as unknown as Json, httpStatus: captured.status, attempt })
+          if (e instanceof NotInProgress) {
+            // The key's ttl ran out during the transaction: the route's writes commit, unstored.
+            await client.query('ROLLBACK TO SAVEPOINT idempotency_store')
+            unstored(p, e)
+          } else {
+            if (!(e instanceof InvalidArgument) || doc.omitted) throw e
+            // The extension refused the response as too large (a lowered setting): store it omitted.
+            await client.query('ROLLBACK TO SAVEPOINT idempotency_store')
+            await complete(client, p.scope, p.key, { response: omitted(doc) as unknown as Json, httpStatus: captured.status, attempt })
+          }
         }
         await client.query('COMMIT')
         return { kind: 'send' }

@@ -48,6 +48,15 @@ const routes = {
     if (info.attempt === 1) await new Promise((r) => setTimeout(r, 700))
     return { status: 201, body: `attempt:${info.attempt}` }
   },
+  /** Evicts its own key while it runs (phased: the claim is committed). */
+  evict: async (info: Info) => {
+    assert.equal((await pool.query('SELECT idem_forget($1, $2) AS gone', [info.scope, info.key])).rows[0].gone, true)
+  },
+  /** Writes a row through the layer's connection, then outlives the key's 1 s ttl. */
+  expires: async (info: Info) => {
+    await info.client!.query('INSERT INTO layer_notes VALUES ($1, $2)', [info.scope, info.key])
+    await new Promise((r) => setTimeout(r, 1500))
+  },
 }
 
 function options<Req>(tenant: (r: Req) => string | undefined, extra: Partial<LayerOptions<Req>> = {}): LayerOptions<Req> {
@@ -105,6 +114,14 @@ function expressApp(): express.Express {
     const info = req.idempotency!
     await info.client!.query('INSERT INTO layer_notes VALUES ($1, $2)', [info.scope, info.key])
     res.status(Number(req.query.status ?? 201)).json({ mode: info.mode, attempt: info.attempt })
+  })
+  app.post('/evict', layer, async (req, res) => {
+    await routes.evict(req.idempotency!)
+    res.status(201).type('text/plain').send('evicted')
+  })
+  app.post('/tx-expires', expressLayer(options(tenant, { mode: 'transaction', ttl: 1000 })), async (req, res) => {
+    await routes.expires(req.idempotency!)
+    res.status(201).type('text/plain').send('written')
   })
   app.post('/small', expressLayer(options(tenant, { maxStoredBody: 4 })), (_req, res) => {
     res.status(200).type('text/plain').send('0123456789')
@@ -166,6 +183,14 @@ function honoApp(): Hono {
     const info = c.get('idempotency')
     await info.client!.query('INSERT INTO layer_notes VALUES ($1, $2)', [info.scope, info.key])
     return c.json({ mode: info.mode, attempt: info.attempt }, Number(c.req.query('status') ?? 201) as 201)
+  })
+  app.post('/evict', layer, async (c) => {
+    await routes.evict(c.get('idempotency'))
+    return c.text('evicted', 201)
+  })
+  app.post('/tx-expires', honoLayer(options(tenant, { mode: 'transaction', ttl: 1000 })), async (c) => {
+    await routes.expires(c.get('idempotency'))
+    return c.text('written', 201)
   })
   app.post('/small', honoLayer(options(tenant, { maxStoredBody: 4 })), (c) => c.text('0123456789'))
   app.post('/limit', honoLayer(options(tenant, { maxBodyBytes: 8 })), (c) => c.body(null, 201))
@@ -318,6 +343,18 @@ for (const fw of ['express', 'hono'] as const) {
     assert.deepEqual([down.status, await rows('d'), await state(tenant, 'd')], [500, 0, 'absent'])
     const busy = await call(base, '/tx?status=429', { headers: h(tenant, 'd') })
     assert.deepEqual([busy.status, JSON.parse(busy.text).attempt, await rows('d'), await state(tenant, 'd')], [429, 1, 0, 'absent'])
+  })
+
+  t('a key gone when the outcome is stored (IK002): the route\'s response, unstored; a retry executes again', async (base, tenant) => {
+    const rows = async (key: string) => (await pool.query('SELECT count(*)::int AS n FROM layer_notes WHERE scope = $1 AND key = $2', [tenant, key])).rows[0].n
+    for (const n of [1, 2]) {
+      // Phased, evicted with idem_forget while the route ran.
+      const e = await call(base, '/evict', { headers: h(tenant, 'ev') })
+      assert.deepEqual([e.status, e.text, e.headers.get('idempotent-replayed'), await state(tenant, 'ev')], [201, 'evicted', null, 'absent'])
+      // Transaction mode, the ttl run out during the transaction: the row commits, unstored.
+      const x = await call(base, '/tx-expires', { headers: h(tenant, 'ex') })
+      assert.deepEqual([x.status, x.text, x.headers.get('idempotent-replayed'), await rows('ex')], [201, 'written', null, n])
+    }
   })
 
   t('phased: a route slower than its lease loses the key to a retry, whose outcome is stored', async (base, tenant) => {

@@ -37,7 +37,7 @@ from psycopg.types.json import Jsonb
 
 from . import aio, sync
 from ._model import JSON, Begin, Lease, Outcome
-from .errors import IdempotencyError, InvalidArgument, SerializationFailure
+from .errors import IdempotencyError, InvalidArgument, NotInProgress, SerializationFailure
 from .http import (
     IDEMPOTENT_REPLAYED,
     PROBLEM_JSON,
@@ -466,6 +466,15 @@ def error_reply(error: BaseException) -> Reply:
     return problem_reply(problem_for_error(error))
 
 
+def warn_unstored(p: Prepared, error: NotInProgress) -> None:
+    """IK002 when the route's outcome is stored: the key is no longer in progress (its ttl ran
+    out, or `idem_forget`, while the route ran). The route's response is sent unstored; a retry
+    executes again."""
+    log.warning("the key %r (scope %r) was no longer in progress when the route's outcome was "
+                "stored (%s); the route's response is sent unstored, and a retry executes again",
+                p.key, p.scope, error.found or error)
+
+
 def captured_reply(c: Captured) -> Reply:
     return Reply(c.status, c.headers, c.body, c.original)
 
@@ -611,6 +620,8 @@ async def _phased_async(options: Options, connect: Connect, p: Prepared, route: 
 
     try:
         await aio.retry_serialization(store_once, attempts=SERIALIZATION_ATTEMPTS)
+    except NotInProgress as e:
+        warn_unstored(p, e)
     except (IdempotencyError, psycopg.Error) as e:
         if captured.sent:
             log.warning("could not release the key after a streamed response: %s", e)
@@ -642,9 +653,11 @@ async def _transaction_async(options: Options, connect: Connect, p: Prepared, ro
                         else:
                             doc = stored_response(options, captured.headers, captured.body)
                             try:
-                                async with conn.transaction():
+                                async with conn.transaction():  # a savepoint
                                     await aio.complete(conn, p.scope, p.key, response=doc,
                                                        http_status=captured.status, attempt=begin.attempt)
+                            except NotInProgress as e:  # the ttl ran out: the writes commit, unstored
+                                warn_unstored(p, e)
                             except InvalidArgument:
                                 await aio.complete(conn, p.scope, p.key, response=omitted(doc),
                                                    http_status=captured.status, attempt=begin.attempt)
@@ -764,7 +777,10 @@ def _phased_sync(options: Options, db: SyncDatabase, p: Prepared, route: SyncRou
         else:
             c.fail(retryable=True, http_status=captured.status)
 
-    sync.retry_serialization(store_once, attempts=SERIALIZATION_ATTEMPTS)
+    try:
+        sync.retry_serialization(store_once, attempts=SERIALIZATION_ATTEMPTS)
+    except NotInProgress as e:
+        warn_unstored(p, e)
     return captured_reply(captured)
 
 
@@ -788,9 +804,11 @@ def _transaction_sync(options: Options, db: SyncDatabase, p: Prepared, route: Sy
                     else:
                         doc = stored_response(options, captured.headers, captured.body)
                         try:
-                            with db.atomic():
+                            with db.atomic():  # a savepoint
                                 sync.complete(db.connection(), p.scope, p.key, response=doc,
                                               http_status=captured.status, attempt=begin.attempt)
+                        except NotInProgress as e:  # the ttl ran out: the writes commit, unstored
+                            warn_unstored(p, e)
                         except InvalidArgument:
                             sync.complete(db.connection(), p.scope, p.key, response=omitted(doc),
                                           http_status=captured.status, attempt=begin.attempt)

@@ -9,8 +9,9 @@ use axum::body::Body;
 use axum::extract::{OriginalUri, Request};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::Mutex;
+use tokio_postgres::types::Json;
 use tower::{Service, ServiceExt};
 
 use super::body::{self, Captured, ReadError};
@@ -55,7 +56,7 @@ where
 struct Keyed {
     scope: String,
     key: String,
-    command: Value,
+    command: Json<Box<RawValue>>,
     prefer: Prefer,
     wait: Option<Duration>,
 }
@@ -124,14 +125,14 @@ where
         .map_or_else(|| parts.uri.clone(), |u| u.0.clone());
     let prefer = headers::prefer_of(&parts.headers, o.max_wait.as_secs());
     let keyed = Keyed {
-        command: command(
+        command: Json(command(
             &parts.method,
             uri.path(),
             uri.query(),
             &parts.headers,
             &o.command_headers,
             &bytes,
-        ),
+        )),
         scope,
         key,
         prefer,
@@ -183,6 +184,24 @@ fn failed(e: &Error) -> Response {
     answers::error(e).into_response()
 }
 
+/// The route's response when its outcome could not be stored because the key is no longer in
+/// progress (`IK002`: its ttl ran out, or `idem_forget`, while the route ran): sent unstored,
+/// with a warning, and a retry executes again. Any other error is the layer's answer.
+fn unstored(result: Result<(), Error>, resp: Response) -> Response {
+    match result {
+        Ok(()) => resp,
+        Err(Error::NotInProgress(t)) => {
+            eprintln!(
+                "idempotency: warning: the key was no longer in progress when the route's outcome \
+                 was stored ({}); the route's response is sent unstored, and a retry executes again",
+                t.message
+            );
+            resp
+        }
+        Err(e) => failed(&e),
+    }
+}
+
 /// The claim commits at once; the outcome is stored in a second transaction.
 async fn phased_flow<S>(shared: &Shared, inner: S, req: Request, keyed: Keyed) -> Response
 where
@@ -205,19 +224,15 @@ where
     };
     let resp = match route(inner, req).await {
         Routed::Panicked => {
-            return match holder.fail(&retryable(500)).await {
-                Ok(()) => answers::internal().into_response(),
-                Err(e) => failed(&e),
-            }
+            let done = holder.fail(&retryable(500)).await;
+            return unstored(done, answers::internal().into_response());
         }
         Routed::Answered(r) => r,
     };
     let status = resp.status().as_u16();
     if decide(status) == Decision::FailRetryable {
-        return match holder.fail(&retryable(status)).await {
-            Ok(()) => resp,
-            Err(e) => failed(&e),
-        };
+        let done = holder.fail(&retryable(status)).await;
+        return unstored(done, resp);
     }
     let stored = StoredResponse {
         headers: stored_headers(resp.headers(), &shared.options.replay_headers),
@@ -230,26 +245,23 @@ where
                 ..stored
             };
             let full = completion(&stored, status);
-            match holder
+            let done = holder
                 .complete_or_smaller(&full, &completion(&stored.omitted(), status))
-                .await
-            {
-                Ok(()) => Response::from_parts(parts, Body::from(bytes)),
-                Err(e) => failed(&e),
-            }
+                .await;
+            unstored(done, Response::from_parts(parts, Body::from(bytes)))
         }
-        Captured::Long(resp) => match holder.complete(&completion(&stored, status)).await {
-            Ok(()) => resp,
-            Err(e) => failed(&e),
-        },
+        Captured::Long(resp) => {
+            let done = holder.complete(&completion(&stored, status)).await;
+            unstored(done, resp)
+        }
         Captured::Streaming(resp) => {
             let (parts, b) = resp.into_parts();
             Response::from_parts(parts, body::then(b, fail_later(holder, status)))
         }
-        Captured::Broken => match holder.fail(&retryable(500)).await {
-            Ok(()) => answers::internal().into_response(),
-            Err(e) => failed(&e),
-        },
+        Captured::Broken => {
+            let done = holder.fail(&retryable(500)).await;
+            unstored(done, answers::internal().into_response())
+        }
     }
 }
 
@@ -260,6 +272,18 @@ fn fail_later(holder: Phased, status: u16) -> futures_util::future::BoxFuture<'s
             eprintln!("idempotency: the streamed response's key was not failed: {e}");
         }
     })
+}
+
+/// After [`one_tx::complete_or_smaller`]: `false` (the key's ttl ran out during the
+/// transaction, `IK002`; the route's writes committed, nothing stored) is logged as a warning.
+fn stored_or_warn(stored: bool) {
+    if !stored {
+        eprintln!(
+            "idempotency: warning: the key was no longer in progress when the route's outcome \
+             was stored (its ttl ran out during the transaction); the route's writes are \
+             committed and its response is sent unstored, and a retry executes again"
+        );
+    }
 }
 
 /// The claim, the route's writes through [`IdemTx`] and the outcome in one transaction,
@@ -327,10 +351,10 @@ where
                 Some(completion(&stored.omitted(), status)),
             )
             .await;
-            match done {
-                Ok(()) => Response::from_parts(parts, Body::from(bytes)),
-                Err(e) => failed(&e),
-            }
+            unstored(
+                done.map(stored_or_warn),
+                Response::from_parts(parts, Body::from(bytes)),
+            )
         }
         Captured::Long(resp) => {
             match one_tx::complete_or_smaller(
@@ -342,7 +366,10 @@ where
             )
             .await
             {
-                Ok(()) => resp,
+                Ok(stored) => {
+                    stored_or_warn(stored);
+                    resp
+                }
                 Err(e) => failed(&e),
             }
         }

@@ -4,16 +4,22 @@
 //! percent-decoded without the query, every query parameter decoded (`+` a space) as name →
 //! values in order, the named request headers as name → values in order, and the body as
 //! `null`, parsed JSON with its media type, or the media type and the SHA-256 of the bytes.
+//!
+//! The command is JSON text (a [`RawValue`]), not a [`Value`]: a JSON body goes into it as the
+//! client's own text, so its numbers reach the extension exactly (`12345678901234567891` and
+//! `12345678901234567890` are two commands; a `Value` would round both to one `f64`).
 
 use http::{HeaderMap, HeaderName, Method};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 /// The command format's version.
 pub const VERSION: i64 = 1;
 
-/// The command of a request. `path` and `query` are as they came on the wire (percent-encoded;
-/// `query` without the `?`).
+/// The command of a request, as JSON text (pass it as `tokio_postgres::types::Json`, a jsonb
+/// parameter). `path` and `query` are as they came on the wire (percent-encoded; `query`
+/// without the `?`).
 pub fn command(
     method: &Method,
     path: &str,
@@ -21,15 +27,21 @@ pub fn command(
     headers: &HeaderMap,
     command_headers: &[HeaderName],
     body: &[u8],
-) -> Value {
-    json!({
+) -> Box<RawValue> {
+    let head = json!({
         "v": VERSION,
         "method": method.as_str().to_ascii_uppercase(),
         "path": percent_decode(path, false),
         "query": query_members(query.unwrap_or("")),
         "headers": header_members(headers, command_headers),
-        "body": body_member(headers, body),
-    })
+    });
+    // `{...}` without its closing brace, then the body member, which may embed raw JSON text.
+    let mut text = head.to_string();
+    text.pop();
+    text.push_str(r#","body":"#);
+    text.push_str(&body_member(headers, body));
+    text.push('}');
+    RawValue::from_string(text).expect("the command is JSON")
 }
 
 /// Percent-decoding (`+` a space when `plus` is true: the query's form encoding). A `%` not
@@ -114,29 +126,44 @@ pub fn is_json(media_type: &str) -> bool {
             .is_some_and(|(_, sub)| sub.ends_with("+json"))
 }
 
-fn body_member(headers: &HeaderMap, body: &[u8]) -> Value {
+/// The body member as JSON text.
+fn body_member(headers: &HeaderMap, body: &[u8]) -> String {
     if body.is_empty() {
-        return Value::Null;
+        return "null".to_owned();
     }
     let media = media_type(headers);
     if let Some(m) = media.as_deref().filter(|m| is_json(m)) {
-        // A string holding U+0000 parses, but jsonb cannot hold it: such a body is hashed.
-        if let Ok(parsed) = serde_json::from_slice::<Value>(body) {
-            if !holds_nul(&parsed) {
-                return json!({"media_type": m, "json": parsed});
+        // The client's own text once it parses as one JSON value (numbers stay exact). A
+        // string holding U+0000 parses, but jsonb cannot hold it: such a body is hashed.
+        if let Ok(parsed) = serde_json::from_slice::<&RawValue>(body) {
+            if !escapes_nul(parsed.get()) {
+                return format!(
+                    r#"{{"media_type":{},"json":{}}}"#,
+                    Value::from(m),
+                    parsed.get()
+                );
             }
         }
     }
-    json!({"media_type": media, "sha256": sha256_hex(body)})
+    json!({"media_type": media, "sha256": sha256_hex(body)}).to_string()
 }
 
-fn holds_nul(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(a) => a.iter().any(holds_nul),
-        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
+/// True when valid JSON text holds the escape `\u0000` (in a string or a member name): the
+/// only way U+0000 can be in it, a raw control character being invalid in JSON.
+fn escapes_nul(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'u') && b.get(i + 2..i + 6) == Some(&b"0000"[..]) {
+                return true;
+            }
+            i += 2; // the escaped character, which may be a backslash
+        } else {
+            i += 1;
+        }
     }
+    false
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -159,6 +186,11 @@ mod tests {
         h
     }
 
+    /// The command as a `Value` (for tests whose numbers a `Value` holds exactly).
+    fn parsed(c: Box<RawValue>) -> Value {
+        serde_json::from_str(c.get()).unwrap()
+    }
+
     #[test]
     fn the_documented_example() {
         let h = headers(&[
@@ -166,14 +198,14 @@ mod tests {
             ("x-variant", "blue"),
             ("x-other", "ignored"),
         ]);
-        let c = command(
+        let c = parsed(command(
             &Method::POST,
             "/orders/42/items",
             Some("a=1&b=&a=2"),
             &h,
             &[HeaderName::from_static("x-variant")],
             br#"{"sku": "A-1", "qty": 2}"#,
-        );
+        ));
         assert_eq!(
             c,
             json!({"v": 1, "method": "POST", "path": "/orders/42/items",
@@ -185,14 +217,14 @@ mod tests {
 
     #[test]
     fn path_and_query_are_decoded() {
-        let c = command(
+        let c = parsed(command(
             &Method::PATCH,
             "/a%20b/%C3%A9/%zz/x+y",
             Some("q=a+b%2Bc&&flag&%C3%A9=%E2%82%AC&q=2"),
             &HeaderMap::new(),
             &[],
             b"",
-        );
+        ));
         assert_eq!(c["path"], json!("/a b/é/%zz/x+y"));
         assert_eq!(
             c["query"],
@@ -201,7 +233,14 @@ mod tests {
         assert_eq!(c["method"], json!("PATCH"));
         assert_eq!(c["body"], Value::Null);
         assert_eq!(c["headers"], json!({}));
-        let none = command(&Method::POST, "/", None, &HeaderMap::new(), &[], b"");
+        let none = parsed(command(
+            &Method::POST,
+            "/",
+            None,
+            &HeaderMap::new(),
+            &[],
+            b"",
+        ));
         assert_eq!(none["query"], json!({}));
         assert_eq!(percent_decode("%4", false), "%4");
         assert_eq!(percent_decode("%ff", false), "\u{fffd}");
@@ -210,7 +249,7 @@ mod tests {
     #[test]
     fn named_headers_keep_their_values_in_order_and_absent_ones_are_left_out() {
         let h = headers(&[("x-variant", "a"), ("x-variant", "b")]);
-        let c = command(
+        let c = parsed(command(
             &Method::POST,
             "/",
             None,
@@ -220,7 +259,7 @@ mod tests {
                 HeaderName::from_static("x-absent"),
             ],
             b"",
-        );
+        ));
         assert_eq!(c["headers"], json!({"x-variant": ["a", "b"]}));
     }
 
@@ -231,7 +270,7 @@ mod tests {
                 Some(ct) => headers(&[("content-type", ct)]),
                 None => HeaderMap::new(),
             };
-            command(&Method::POST, "/", None, &h, &[], b)["body"].clone()
+            parsed(command(&Method::POST, "/", None, &h, &[], b))["body"].clone()
         };
         // JSON media types that parse: the value (spelling is the extension's to canonicalise).
         assert_eq!(
@@ -268,5 +307,54 @@ mod tests {
         }
         assert!(is_json("application/problem+json") && !is_json("application/jsonx"));
         assert!(!is_json("text/json") && !is_json("json"));
+    }
+
+    #[test]
+    fn json_numbers_stay_the_clients_text() {
+        let h = headers(&[("content-type", "application/json")]);
+        let text = |b: &[u8]| {
+            command(&Method::POST, "/echo", None, &h, &[], b)
+                .get()
+                .to_owned()
+        };
+        // A Value would round both to the nearest f64 (12345678901234567891.0 to
+        // 12345678901234567168; 123456789012345678901 is over u64). The body member is the
+        // command's last, the other members in serde_json's order.
+        let big = text(br#"{"amount": 12345678901234567891.0, "over": 123456789012345678901}"#);
+        assert!(
+            big.ends_with(r#","body":{"media_type":"application/json","json":{"amount": 12345678901234567891.0, "over": 123456789012345678901}}}"#),
+            "{big}"
+        );
+        let members: Value = serde_json::from_str(&big).unwrap();
+        assert_eq!(
+            (
+                &members["v"],
+                &members["method"],
+                &members["path"],
+                &members["query"],
+                &members["headers"]
+            ),
+            (
+                &json!(1),
+                &json!("POST"),
+                &json!("/echo"),
+                &json!({}),
+                &json!({})
+            )
+        );
+        let spaced = text(b" [12345678901234567890, 1e400, -0.1000000000000000000001]\n");
+        assert!(
+            spaced
+                .ends_with(r#""json":[12345678901234567890, 1e400, -0.1000000000000000000001]}}"#),
+            "{spaced}"
+        );
+        // An escaped backslash before u0000 is no U+0000: the text is kept.
+        let kept = text(br#"{"a": "\\u0000"}"#);
+        assert!(kept.ends_with(r#""json":{"a": "\\u0000"}}}"#), "{kept}");
+        // Not one JSON value, or not UTF-8: hashed.
+        for bad in [&b"1 2"[..], b"{\"a\": \"\xff\"}", b"[1,]"] {
+            let c = parsed(command(&Method::POST, "/", None, &h, &[], bad));
+            assert_eq!(c["body"]["sha256"].as_str().map(str::len), Some(64), "{c}");
+        }
     }
 }

@@ -108,6 +108,10 @@ async fn write_row(tx: IdemTx, req: Request<Body>) -> Response {
         let s = futures_util::stream::iter(["a", "b"].map(Ok::<_, std::io::Error>));
         return Body::from_stream(s).into_response();
     }
+    if q == "sleep" {
+        // Longer than the 1 s ttl of the test that asks for it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     let status = q
         .strip_prefix("status=")
         .map_or(201, |s| s.parse().unwrap());
@@ -257,6 +261,61 @@ async fn idem_tx_outside_transaction_mode_is_500_and_the_key_is_released() {
     assert_eq!(doc["code"], "internal_error");
     assert_eq!(state(&pool, &t, &k).await, State::Failed);
     assert_eq!(rows(&pool, &t).await, 0);
+}
+
+#[tokio::test]
+async fn a_key_that_expires_during_the_transaction_commits_the_writes_unstored() {
+    let pool = pool_with(None);
+    table(&pool).await;
+    let app = Router::new().route("/rows", post(write_row)).route_layer(
+        layer(&pool)
+            .mode(Mode::Transaction)
+            .ttl(Duration::from_secs(1)),
+    );
+    let (t, k) = (format!("layer:{}", uuid()), uuid());
+    // Storing meets IK002: the layer rolls back to the store's savepoint and commits the row;
+    // the route's 201 is sent, unstored, so the same request executes again.
+    for n in 1..=2 {
+        let (s, h, b) = send(&app, post_req("/rows?sleep", &t, &k, "x")).await;
+        assert_eq!((s, b.as_slice()), (StatusCode::CREATED, &b"written"[..]));
+        assert!(h.get("idempotent-replayed").is_none());
+        assert_eq!(rows(&pool, &t).await, n);
+    }
+}
+
+#[tokio::test]
+async fn a_key_evicted_while_its_phased_route_runs_answers_the_route_unstored() {
+    let pool = pool_with(None);
+    setup().await;
+    let forgets = pool.clone();
+    let evicting = move |req: Request<Body>| {
+        let pool = forgets.clone();
+        async move {
+            let h = req.headers();
+            let (t, k) = (
+                h["x-tenant"].to_str().unwrap(),
+                h["idempotency-key"].to_str().unwrap(),
+            );
+            let c = pool.get().await.unwrap();
+            let gone: bool = c
+                .query_one("SELECT idem_forget($1, $2)", &[&t, &k])
+                .await
+                .unwrap()
+                .get(0);
+            assert!(gone);
+            (StatusCode::CREATED, "evicted")
+        }
+    };
+    let app = Router::new()
+        .route("/evict", post(evicting))
+        .route_layer(layer(&pool));
+    let (t, k) = (format!("layer:{}", uuid()), uuid());
+    for _ in 0..2 {
+        let (s, h, b) = send(&app, post_req("/evict", &t, &k, "x")).await;
+        assert_eq!((s, b.as_slice()), (StatusCode::CREATED, &b"evicted"[..]));
+        assert!(h.get("idempotent-replayed").is_none());
+        assert_eq!(state(&pool, &t, &k).await, State::Absent);
+    }
 }
 
 #[tokio::test]
