@@ -119,6 +119,30 @@ export async function complete(client: ClientBase, scope: string, key: string, o
   await one(client, SQL.complete, completeParams(scope, key, options, options.attempt), scope, key)
 }
 
+/**
+ * `idem_complete` of a response that the server stores whole when it fits the database's
+ * `idempotency.max_response_size` (the size the extension checks: the jsonb's, uncompressed),
+ * else in its `omitted` form: decided in the same statement, so that no savepoint and no
+ * second try are needed when the setting is lower than the layer's own limit.
+ */
+export const SQL_COMPLETE_FITTING =
+  'SELECT idem_complete($1, $2, response => CASE WHEN pg_column_size($3::jsonb)' +
+  " <= pg_size_bytes(current_setting('idempotency.max_response_size')) THEN $3::jsonb ELSE $4::jsonb END," +
+  ' http_status => $5::int, attempt => $6::int)'
+
+export interface CompleteFittingOptions {
+  response: JsonInput
+  /** Stored instead of `response` when that is over the database's limit. */
+  omitted: JsonInput
+  httpStatus?: number
+  attempt?: number
+}
+
+/** `idem_complete` with `response`, or `omitted` when the response is over `idempotency.max_response_size`. */
+export async function completeFitting(client: ClientBase, scope: string, key: string, o: CompleteFittingOptions): Promise<void> {
+  await one(client, SQL_COMPLETE_FITTING, [scope, key, jsonb(o.response), jsonb(o.omitted), o.httpStatus ?? 200, o.attempt ?? null], scope, key)
+}
+
 /** `idem_fail`: store a failure; a retryable one is executed again by the next request. */
 export async function fail(client: ClientBase, scope: string, key: string, options: FailOptions & { attempt?: number } = {}): Promise<void> {
   await one(client, SQL.fail, failParams(scope, key, options, options.attempt), scope, key)

@@ -35,6 +35,7 @@ import { Problem, Prefer, answerForBegin, code, command, mediaType, parseBearerT
 import {
   BodyReader,
   Captured,
+  ClientGone,
   Incoming,
   Info,
   LayerOptions,
@@ -144,6 +145,11 @@ function writeReply(res: Response, reply: LayerReply, end: (body: Buffer) => voi
   end(reply.body)
 }
 
+function gone(req: Request): boolean {
+  const socket = req.socket as Request['socket'] | null
+  return req.destroyed || socket === null || socket.destroyed
+}
+
 async function handle(s: Settings<Request>, req: Request, res: Response, next: NextFunction): Promise<void> {
   if (!covered(s, req.method)) return next()
   const incoming = incomingOf(req)
@@ -162,12 +168,22 @@ async function handle(s: Settings<Request>, req: Request, res: Response, next: N
     return writeReply(res, layerProblemReply(e), (b) => res.end(b))
   }
   const capture = new Capture(res)
-  const result = await run(s, p, (info) => {
-    req.idempotency = info
-    capture.start()
-    next()
-    return capture.captured
-  })
+  let result
+  try {
+    result = await run(s, p, (info) => {
+      // The client closed the connection while the key was claimed: the body given back to
+      // the stream is gone with it, and the route must not run on a request it cannot read.
+      if (gone(req)) return Promise.reject(new ClientGone())
+      req.idempotency = info
+      capture.start()
+      next()
+      return capture.captured
+    })
+  } catch (e) {
+    if (!(e instanceof ClientGone)) throw e
+    res.destroy()
+    return
+  }
   if (result.kind === 'reply') return capture.answer(result.reply)
   if (result.kind === 'send') return capture.send()
   capture.stream(result.ended)

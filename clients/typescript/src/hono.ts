@@ -15,6 +15,7 @@ import { Problem } from './http'
 import {
   BodyReader,
   Captured,
+  ClientGone,
   Incoming,
   Info,
   LayerOptions,
@@ -200,12 +201,21 @@ async function handle(s: Settings<Context>, c: Context, next: () => Promise<void
     return
   }
   let read: Read | undefined
-  const result = await run(s, p, async (info) => {
-    c.set('idempotency', info)
-    await next()
-    read = await readResponse(c)
-    return read.captured
-  })
+  const signal = c.req.raw.signal // aborted by the Node server when the client has gone
+  let result
+  try {
+    result = await run(s, p, async (info) => {
+      if (signal.aborted) throw new ClientGone()
+      c.set('idempotency', info)
+      await next()
+      read = await readResponse(c)
+      return read.captured
+    })
+  } catch (e) {
+    if (!(e instanceof ClientGone)) throw e
+    // Nobody reads the answer: an empty one ends the request.
+    return replace(c, new Response(null, { status: 499 }))
+  }
   if (result.kind === 'reply') {
     if (read?.reader) await read.reader.cancel().catch(() => undefined)
     return replace(c, fromReply(result.reply))

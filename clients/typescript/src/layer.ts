@@ -8,8 +8,8 @@ import { createHash } from 'node:crypto'
 
 import type { ClientBase, Pool, PoolClient } from 'pg'
 
-import { begin, claim, complete, fail, lease as leaseOf } from './client'
-import { InvalidArgument, NotInProgress } from './errors'
+import { begin, claim, completeFitting, fail, lease as leaseOf } from './client'
+import { NotInProgress } from './errors'
 import { IDEMPOTENT_REPLAYED, PROBLEM_JSON, Prefer, Problem, RETRY_AFTER, code, parseIdempotencyKey, parsePrefer, problem, problemForError } from './http'
 import { RawJson, type Begin, type Interval, type Json, type Lease } from './model'
 
@@ -481,6 +481,18 @@ export interface Info {
   client?: PoolClient
 }
 
+/**
+ * What the route callback rejects with when the client has gone (its connection closed while
+ * the key was being claimed): the route is not called, the claim is released (phased: failed
+ * retryably; transaction: rolled back), and the adapter ends the request without an answer.
+ */
+export class ClientGone extends Error {
+  constructor() {
+    super('the client closed the connection before the route was called')
+    this.name = 'ClientGone'
+  }
+}
+
 /** What the adapter does once the flow has ended. */
 export type Result =
   /** Answer this instead of the route's response (a replay, an answer of the layer's own). */
@@ -556,13 +568,7 @@ async function phasedFlow<Req>(s: Settings<Req>, p: Prepared, route: Route): Pro
         await c.fail({ retryable: true, httpStatus: captured.threw ? 500 : captured.status })
         return { kind: 'send' }
       }
-      const doc = storedResponse(s, captured.headers, captured.body)
-      try {
-        await c.complete({ response: doc as unknown as Json, httpStatus: captured.status })
-      } catch (e) {
-        if (!(e instanceof InvalidArgument) || doc.omitted) throw e
-        await c.complete({ response: omitted(doc) as unknown as Json, httpStatus: captured.status })
-      }
+      await store(onPool(s), s, p, captured, attempt)
       return { kind: 'send' }
     } catch (e) {
       try {
@@ -573,6 +579,34 @@ async function phasedFlow<Req>(s: Settings<Req>, p: Prepared, route: Route): Pro
       return { kind: 'send' }
     }
   }
+}
+
+/**
+ * Store the route's whole response: in the server's one statement, whole when it fits the
+ * database's `idempotency.max_response_size`, else omitted (`completeFitting`).
+ */
+function store<Req>(client: ClientBase, s: Settings<Req>, p: Prepared, captured: Captured, attempt: number): Promise<void> {
+  const doc = storedResponse(s, captured.headers, captured.body as Buffer)
+  return completeFitting(client, p.scope, p.key, {
+    response: doc as unknown as Json,
+    omitted: (doc.omitted ? doc : omitted(doc)) as unknown as Json,
+    httpStatus: captured.status,
+    attempt,
+  })
+}
+
+/**
+ * Transaction mode: storing the outcome failed, and the COMMIT sent with it ended the aborted
+ * transaction as a rollback: nothing of the request happened, the next retry executes. IK002
+ * (the key's ttl ran out during the transaction) is 503 with Retry-After: 1; anything else
+ * as the error maps.
+ */
+function rolledBack(p: Prepared, e: unknown): Reply {
+  if (!(e instanceof NotInProgress)) return errorReply(e)
+  console.warn(
+    `idempotency: the key ${JSON.stringify(p.key)} (scope ${JSON.stringify(p.scope)}) was no longer in progress when the route's outcome was stored (${e.found ?? e.message}); the transaction was rolled back, and a retry executes again`,
+  )
+  return problemReply(new Problem(503, code.SERVICE_UNAVAILABLE, 'the idempotency key expired while the request ran; nothing was done: try again', { [RETRY_AFTER]: '1' }))
 }
 
 async function settle(statements: Promise<unknown>[]): Promise<void> {
@@ -624,32 +658,20 @@ async function transactionFlow<Req>(s: Settings<Req>, p: Prepared, route: Route)
           await client.query('ROLLBACK')
           return captured.body === null ? { kind: 'stream', ended: async () => undefined } : { kind: 'send' }
         }
-        if (captured.body === null) {
-          // Streamed: the route's writes commit with the key failed retryably.
-          await settle([fail(client, p.scope, p.key, { retryable: true, httpStatus: captured.status, attempt }), client.query('COMMIT')])
-          keep = true
-          return { kind: 'stream', ended: async () => client.release() }
-        }
-        const doc = storedResponse(s, captured.headers, captured.body)
-        try {
-          await settle([client.query('SAVEPOINT idempotency_store'), complete(client, p.scope, p.key, { response: doc as unknown as Json, httpStatus: captured.status, attempt })])
-        } catch (e) {
-          if (e instanceof NotInProgress) {
-            // The key's ttl ran out during the transaction: the route's writes commit, unstored.
-            await client.query('ROLLBACK TO SAVEPOINT idempotency_store')
-            unstored(p, e)
-          } else {
-            if (!(e instanceof InvalidArgument) || doc.omitted) throw e
-            // The extension refused the response as too large (a lowered setting): store it omitted.
-            await client.query('ROLLBACK TO SAVEPOINT idempotency_store')
-            await complete(client, p.scope, p.key, { response: omitted(doc) as unknown as Json, httpStatus: captured.status, attempt })
-          }
-        }
-        await client.query('COMMIT')
-        return { kind: 'send' }
+        // The outcome and COMMIT in one flight: if storing fails, the COMMIT ends the
+        // aborted transaction as a rollback (the ROLLBACK below only makes sure of it).
+        const final =
+          captured.body === null
+            ? // Streamed: the route's writes commit with the key failed retryably.
+              fail(client, p.scope, p.key, { retryable: true, httpStatus: captured.status, attempt })
+            : store(client, s, p, captured, attempt)
+        await settle([final, client.query('COMMIT')])
+        if (captured.body !== null) return { kind: 'send' }
+        keep = true
+        return { kind: 'stream', ended: async () => client.release() }
       } catch (e) {
         await client.query('ROLLBACK').catch((err: Error) => (broken = err))
-        return { kind: 'reply', reply: errorReply(e) }
+        return { kind: 'reply', reply: rolledBack(p, e) }
       }
     } finally {
       if (!keep) client.release(broken)

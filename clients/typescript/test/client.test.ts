@@ -21,6 +21,7 @@ import {
   checkpoint,
   claim,
   complete,
+  completeFitting,
   fail,
   fingerprint,
   forget,
@@ -182,6 +183,27 @@ test('22023 and 22004 are InvalidArgument', async () => {
   await begin(c, s, 'k', CMD)
   const e = await complete(c, s, 'k', { httpStatus: 600 }).then(() => assert.fail('no error'), (x) => x)
   assert.ok(e instanceof InvalidArgument)
+})
+
+test('completeFitting: the response whole when it fits idempotency.max_response_size, else the omitted form', async () => {
+  const s = newScope()
+  const holder = await client()
+  await begin(holder, s, 'fits', CMD)
+  await begin(holder, s, 'over', CMD)
+  // A connection that has called no function of the extension yet reads the setting too.
+  const fresh = await client()
+  const big = { v: 1, headers: [], body: 'z'.repeat(2000) }
+  const small = { v: 1, headers: [], omitted: true }
+  await completeFitting(fresh, s, 'fits', { response: big, omitted: small, httpStatus: 201, attempt: 1 })
+  assert.deepEqual((await check(fresh, s, 'fits')).response, big)
+  // The setting's text ('1MB', '1kB', '512kB') is what pg_size_bytes reads.
+  assert.deepEqual((await fresh.query("SELECT pg_size_bytes(current_setting('idempotency.max_response_size'))::int AS n")).rows[0].n, 1 << 20)
+  await fresh.query("SET idempotency.max_response_size = '1kB'") // PGC_SUSET: the test role is a superuser
+  await completeFitting(fresh, s, 'over', { response: big, omitted: small, httpStatus: 201, attempt: 1 })
+  assert.deepEqual([(await check(fresh, s, 'over')).response, (await check(fresh, s, 'over')).httpStatus], [small, 201])
+  await fresh.query("SET idempotency.max_response_size = '512kB'")
+  assert.deepEqual((await fresh.query("SELECT current_setting('idempotency.max_response_size') AS t, pg_size_bytes(current_setting('idempotency.max_response_size'))::int AS n")).rows[0], { t: '512kB', n: 512 << 10 })
+  await fresh.query('RESET idempotency.max_response_size')
 })
 
 // --- The one-transaction helper ------------------------------------------------------------

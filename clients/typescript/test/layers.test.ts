@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import type { Server } from 'node:http'
+import net from 'node:net'
 import { after, before, test } from 'node:test'
 
 import { serve } from '@hono/node-server'
@@ -22,9 +23,11 @@ const HTTP_PORT = Number(process.env.IDEM_TEST_HTTP_PORT ?? 18110)
 
 let pool: pg.Pool
 let lowered: pg.Pool // idempotency.max_response_size lowered to 1 kB: the extension refuses a 2 kB response
+let tight: pg.Pool // one connection, which a test holds to keep the layer waiting while it claims
 const servers: Server[] = []
 const bases: Record<string, string> = {}
 const runs: Record<string, number> = { express: 0, hono: 0 }
+const routed: Record<string, number> = { express: 0, hono: 0 } // the /tolerant route's runs
 
 // The /slow route waits until the test opens the gate of its key.
 const gates = new Map<string, () => void>()
@@ -38,6 +41,7 @@ function whenEntered(key: string): Promise<void> {
 }
 
 const bigBody = 'y'.repeat(2048)
+const expired = new Set<string>()
 
 /** The app's behaviour, written once: what each route answers, given the layer's info. */
 const routes = {
@@ -52,9 +56,11 @@ const routes = {
   evict: async (info: Info) => {
     assert.equal((await pool.query('SELECT idem_forget($1, $2) AS gone', [info.scope, info.key])).rows[0].gone, true)
   },
-  /** Writes a row through the layer's connection, then outlives the key's 1 s ttl. */
+  /** Writes a row through the layer's connection; the first time for a key, then outlives the key's 1 s ttl. */
   expires: async (info: Info) => {
     await info.client!.query('INSERT INTO layer_notes VALUES ($1, $2)', [info.scope, info.key])
+    if (expired.has(`${info.scope}/${info.key}`)) return
+    expired.add(`${info.scope}/${info.key}`)
     await new Promise((r) => setTimeout(r, 1500))
   },
 }
@@ -132,6 +138,11 @@ function expressApp(): express.Express {
   app.post('/refused', expressLayer(options(tenant, { pool: lowered, mode: (r) => modeOf(r.query.mode as string) })), (_req, res) => {
     res.status(201).type('text/plain').send(bigBody)
   })
+  // Tolerates a missing body (req.body undefined): it must never run on a request whose body was lost.
+  app.post('/tolerant', expressLayer(options(tenant, { pool: tight, mode: (r) => modeOf(r.query.mode as string) })), express.json(), (req, res) => {
+    routed.express++
+    res.status(201).json({ n: req.body?.n ?? null, attempt: req.idempotency!.attempt })
+  })
   app.post('/parsed-first', express.json(), layer, (_req, res) => {
     res.status(201).end()
   })
@@ -195,6 +206,11 @@ function honoApp(): Hono {
   app.post('/small', honoLayer(options(tenant, { maxStoredBody: 4 })), (c) => c.text('0123456789'))
   app.post('/limit', honoLayer(options(tenant, { maxBodyBytes: 8 })), (c) => c.body(null, 201))
   app.post('/refused', honoLayer(options(tenant, { pool: lowered, mode: (c) => modeOf(c.req.query('mode')) })), (c) => c.text(bigBody, 201))
+  app.post('/tolerant', honoLayer(options(tenant, { pool: tight, mode: (c) => modeOf(c.req.query('mode')) })), async (c) => {
+    routed.hono++
+    const body = await c.req.json().catch(() => undefined)
+    return c.json({ n: body?.n ?? null, attempt: c.get('idempotency').attempt }, 201)
+  })
   app.onError((_err, c) => c.text('internal error', 500))
   return app
 }
@@ -203,6 +219,7 @@ before(async () => {
   await setupDatabase()
   pool = new pg.Pool({ ...clientConfig(), max: 8 } as pg.PoolConfig)
   lowered = new pg.Pool({ ...clientConfig(), max: 2, options: '-c idempotency.max_response_size=1kB' } as pg.PoolConfig)
+  tight = new pg.Pool({ ...clientConfig(), max: 1 } as pg.PoolConfig)
   await pool.query('CREATE TABLE layer_notes (scope text, key text)')
   await new Promise<void>((resolve) => {
     servers.push(expressApp().listen(HTTP_PORT + 1, '127.0.0.1', () => resolve()))
@@ -218,6 +235,7 @@ after(async () => {
   for (const s of servers) await new Promise((r) => s.close(r))
   await pool.end()
   await lowered.end()
+  await tight.end()
   await dropDatabase()
 })
 
@@ -345,17 +363,55 @@ for (const fw of ['express', 'hono'] as const) {
     assert.deepEqual([busy.status, JSON.parse(busy.text).attempt, await rows('d'), await state(tenant, 'd')], [429, 1, 0, 'absent'])
   })
 
-  t('a key gone when the outcome is stored (IK002): the route\'s response, unstored; a retry executes again', async (base, tenant) => {
+  t('a key gone when the outcome is stored (IK002): phased sends the route\'s response unstored; transaction mode rolls back, 503', async (base, tenant) => {
     const rows = async (key: string) => (await pool.query('SELECT count(*)::int AS n FROM layer_notes WHERE scope = $1 AND key = $2', [tenant, key])).rows[0].n
-    for (const n of [1, 2]) {
+    for (let i = 0; i < 2; i++) {
       // Phased, evicted with idem_forget while the route ran.
       const e = await call(base, '/evict', { headers: h(tenant, 'ev') })
       assert.deepEqual([e.status, e.text, e.headers.get('idempotent-replayed'), await state(tenant, 'ev')], [201, 'evicted', null, 'absent'])
-      // Transaction mode, the ttl run out during the transaction: the row commits, unstored.
-      const x = await call(base, '/tx-expires', { headers: h(tenant, 'ex') })
-      assert.deepEqual([x.status, x.text, x.headers.get('idempotent-replayed'), await rows('ex')], [201, 'written', null, n])
     }
+    // Transaction mode, the ttl run out during the transaction: nothing happened (the row is
+    // rolled back with the claim), 503 with Retry-After: 1; the retry executes and is stored.
+    const x = await call(base, '/tx-expires', { headers: h(tenant, 'ex') })
+    assert.deepEqual(
+      [x.status, x.headers.get('retry-after'), x.headers.get('content-type'), JSON.parse(x.text).code, await rows('ex'), await state(tenant, 'ex')],
+      [503, '1', 'application/problem+json', 'service_unavailable', 0, 'absent'],
+    )
+    const retry = await call(base, '/tx-expires', { headers: h(tenant, 'ex') })
+    assert.deepEqual([retry.status, retry.text, retry.headers.get('idempotent-replayed'), await rows('ex'), await state(tenant, 'ex')], [201, 'written', null, 1, 'completed'])
+    const replay = await call(base, '/tx-expires', { headers: h(tenant, 'ex') })
+    assert.deepEqual([replay.status, replay.text, replay.headers.get('idempotent-replayed'), await rows('ex')], [201, 'written', 'true', 1])
   })
+
+  for (const mode of ['phased', 'transaction'] as const) {
+    t(`${mode}: a client gone while the key is claimed: the route never runs, the key is free`, async (base, tenant) => {
+      const before = routed[fw]
+      const held = await tight.connect() // the layer waits for the pool's one connection
+      const url = new URL(base)
+      const body = '{"n": 7}'
+      const socket = net.connect(Number(url.port), url.hostname)
+      await new Promise((r) => socket.once('connect', r))
+      socket.write(
+        `POST /tolerant?mode=${mode} HTTP/1.1\r\nHost: ${url.host}\r\nx-tenant: ${tenant}\r\nIdempotency-Key: gone\r\n` +
+          `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+      )
+      for (let i = 0; i < 200 && tight.waitingCount === 0; i++) await new Promise((r) => setTimeout(r, 10))
+      assert.equal(tight.waitingCount, 1) // the request has been read, and the layer is claiming
+      const closed = new Promise((r) => socket.once('close', r))
+      socket.destroy()
+      await closed
+      await new Promise((r) => setTimeout(r, 100)) // the server sees the close
+      held.release()
+      // Phased: the claim is released as a retryable failure; transaction mode: rolled back.
+      const released = mode === 'phased' ? 'failed' : 'absent'
+      for (let i = 0; i < 100 && (tight.waitingCount > 0 || tight.idleCount === 0 || (await state(tenant, 'gone')) !== released); i++) {
+        await new Promise((r) => setTimeout(r, 10))
+      }
+      assert.deepEqual([routed[fw] - before, await state(tenant, 'gone')], [0, released])
+      const retry = await call(base, `/tolerant?mode=${mode}`, { headers: h(tenant, 'gone', { 'content-type': 'application/json' }), body })
+      assert.deepEqual([retry.status, JSON.parse(retry.text), routed[fw] - before], [201, { n: 7, attempt: mode === 'phased' ? 2 : 1 }, 1])
+    })
+  }
 
   t('phased: a route slower than its lease loses the key to a retry, whose outcome is stored', async (base, tenant) => {
     const slow = call(base, '/lease', { headers: h(tenant, 'l') })
