@@ -32,12 +32,29 @@ function pipelined(client: ClientBase): boolean {
 }
 
 /**
- * Send the statements in order; on a pipelined client all at once (one round trip), else one
- * after the other. Every result is settled: one failure does not hide the others.
+ * Calls `send`, which issues statements without awaiting them; on a pipelined client, they
+ * reach the socket in one write (node-postgres writes each statement on its own, one system
+ * call each, unless the socket is corked around them).
+ */
+export function together<T>(client: ClientBase, send: () => T): T {
+  const stream = pipelined(client) ? (client as unknown as { connection?: { stream?: { cork?: () => void; uncork?: () => void } } }).connection?.stream : undefined
+  if (!stream?.cork || !stream.uncork) return send()
+  stream.cork()
+  try {
+    return send()
+  } finally {
+    stream.uncork()
+  }
+}
+
+/**
+ * Send the statements in order; on a pipelined client all at once (one round trip, one
+ * write), else one after the other. Every result is settled: one failure does not hide the
+ * others.
  */
 async function batch(client: ClientBase, statements: Statement[]): Promise<PromiseSettledResult<QueryResult>[]> {
   if (pipelined(client)) {
-    return Promise.allSettled(statements.map(([text, values]) => client.query(text, values)))
+    return Promise.allSettled(together(client, () => statements.map(([text, values]) => client.query(text, values))))
   }
   // One by one, the statements after a failure are not sent: in the aborted transaction they
   // could only fail too.
@@ -369,7 +386,7 @@ export class Finish extends Finishing {
   async run<T>(work: (f: Finish) => Promise<T>): Promise<T> {
     // BEGIN and the savepoint go out now; their results are awaited with the completion.
     const started = pipelined(this.client)
-      ? [this.client.query('BEGIN'), this.client.query(SQL.savepoint)]
+      ? together(this.client, () => [this.client.query('BEGIN'), this.client.query(SQL.savepoint)])
       : [await this.client.query('BEGIN'), await this.client.query(SQL.savepoint)].map((r) => Promise.resolve(r))
     started.forEach((p) => p.catch(() => undefined))
     let value: T

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto'
 
 import type { ClientBase, Pool, PoolClient } from 'pg'
 
-import { begin, claim, completeFitting, fail, lease as leaseOf } from './client'
+import { begin, claim, completeFitting, fail, lease as leaseOf, together } from './client'
 import { NotInProgress } from './errors'
 import { IDEMPOTENT_REPLAYED, PROBLEM_JSON, Prefer, Problem, RETRY_AFTER, code, parseIdempotencyKey, parsePrefer, problem, problemForError } from './http'
 import { RawJson, type Begin, type Interval, type Json, type Lease } from './model'
@@ -630,8 +630,10 @@ async function transactionFlow<Req>(s: Settings<Req>, p: Prepared, route: Route)
     try {
       let b: Begin
       try {
-        const started = client.query('BEGIN')
-        const claimed = begin(client, p.scope, p.key, p.command, { ttl: s.ttl, wait: poll.serverWait() })
+        const [started, claimed] = together(client, () => [
+          client.query('BEGIN'),
+          begin(client, p.scope, p.key, p.command, { ttl: s.ttl, wait: poll.serverWait() }),
+        ] as const)
         await settle([started, claimed])
         b = await claimed
       } catch (e) {
@@ -660,12 +662,15 @@ async function transactionFlow<Req>(s: Settings<Req>, p: Prepared, route: Route)
         }
         // The outcome and COMMIT in one flight: if storing fails, the COMMIT ends the
         // aborted transaction as a rollback (the ROLLBACK below only makes sure of it).
-        const final =
-          captured.body === null
-            ? // Streamed: the route's writes commit with the key failed retryably.
-              fail(client, p.scope, p.key, { retryable: true, httpStatus: captured.status, attempt })
-            : store(client, s, p, captured, attempt)
-        await settle([final, client.query('COMMIT')])
+        await settle(
+          together(client, () => [
+            captured.body === null
+              ? // Streamed: the route's writes commit with the key failed retryably.
+                fail(client, p.scope, p.key, { retryable: true, httpStatus: captured.status, attempt })
+              : store(client, s, p, captured, attempt),
+            client.query('COMMIT'),
+          ]),
+        )
         if (captured.body !== null) return { kind: 'send' }
         keep = true
         return { kind: 'stream', ended: async () => client.release() }

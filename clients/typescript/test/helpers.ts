@@ -21,9 +21,21 @@ if (!HOST) throw new Error('IDEM_TEST_PGHOST is not set: run the tests through s
  */
 export class CountingSocket extends net.Socket {
   count = 0
+  /** The socket's writes to the kernel (one write or writev each): corked writes are one. */
+  writes = 0
   private answered = true
   constructor() {
     super()
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const sock = this as any
+    for (const m of ['_write', '_writev'] as const) {
+      const original = sock[m]
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      sock[m] = (...args: any[]) => {
+        this.writes += 1
+        return original.apply(this, args)
+      }
+    }
     this.on('data', () => {
       this.answered = true
     })
@@ -50,6 +62,7 @@ export class CountingSocket extends net.Socket {
   }
   reset(): void {
     this.count = 0
+    this.writes = 0
     this.answered = true
   }
 }
