@@ -160,9 +160,9 @@ cpu_ticks() {
   echo "$user $sys"
 }
 pg_pids() { echo "$PG_MASTER" $(pgrep -P "$PG_MASTER" || true); }
-# order rows | records completed with 201 | other records that are not in progress (a 400 for
-# a request whose client went away while the layer claimed its key, at the end of a run: see
-# app.js) | records in progress | transaction ids assigned so far (one
+# order rows | records completed with 201 | other records that are not in progress ((c): a
+# claim released as a retryable failure for a request whose client went away while the layer
+# claimed its key, at the end of a run; the route is not called) | records in progress | transaction ids assigned so far (one
 # per transaction that wrote) | WAL bytes so far. Exact at once, unlike the statistics views,
 # which an idle backend may report up to 10 s late.
 db_counts() {

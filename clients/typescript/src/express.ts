@@ -145,9 +145,14 @@ function writeReply(res: Response, reply: LayerReply, end: (body: Buffer) => voi
   end(reply.body)
 }
 
+/**
+ * Whether the client has gone: its connection closed, or only its side of it (a FIN), which
+ * is enough for the body parsers (on-finished's `isFinished`: the socket no longer readable)
+ * to take the request for finished and parse nothing.
+ */
 function gone(req: Request): boolean {
   const socket = req.socket as Request['socket'] | null
-  return req.destroyed || socket === null || socket.destroyed
+  return req.destroyed || socket === null || socket.destroyed || !socket.readable
 }
 
 async function handle(s: Settings<Request>, req: Request, res: Response, next: NextFunction): Promise<void> {

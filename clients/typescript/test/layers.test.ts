@@ -383,8 +383,10 @@ for (const fw of ['express', 'hono'] as const) {
     assert.deepEqual([replay.status, replay.text, replay.headers.get('idempotent-replayed'), await rows('ex')], [201, 'written', 'true', 1])
   })
 
-  for (const mode of ['phased', 'transaction'] as const) {
-    t(`${mode}: a client gone while the key is claimed: the route never runs, the key is free`, async (base, tenant) => {
+  for (const [mode, how] of [['phased', 'destroy'], ['transaction', 'destroy'], ['phased', 'end'], ['transaction', 'end']] as const) {
+    // destroy: the socket closed; end: the client's side only (a FIN), which is enough for the
+    // body parsers to take the request for finished and parse nothing.
+    t(`${mode}: a client gone while the key is claimed (${how}): the route never runs, the key is free`, async (base, tenant) => {
       const before = routed[fw]
       const held = await tight.connect() // the layer waits for the pool's one connection
       const url = new URL(base)
@@ -397,9 +399,14 @@ for (const fw of ['express', 'hono'] as const) {
       )
       for (let i = 0; i < 200 && tight.waitingCount === 0; i++) await new Promise((r) => setTimeout(r, 10))
       assert.equal(tight.waitingCount, 1) // the request has been read, and the layer is claiming
-      const closed = new Promise((r) => socket.once('close', r))
-      socket.destroy()
-      await closed
+      if (how === 'destroy') {
+        const closed = new Promise((r) => socket.once('close', r))
+        socket.destroy()
+        await closed
+      } else {
+        socket.on('data', () => undefined) // whatever the server still sends is dropped
+        socket.end()
+      }
       await new Promise((r) => setTimeout(r, 100)) // the server sees the close
       held.release()
       // Phased: the claim is released as a retryable failure; transaction mode: rolled back.
@@ -410,6 +417,7 @@ for (const fw of ['express', 'hono'] as const) {
       assert.deepEqual([routed[fw] - before, await state(tenant, 'gone')], [0, released])
       const retry = await call(base, `/tolerant?mode=${mode}`, { headers: h(tenant, 'gone', { 'content-type': 'application/json' }), body })
       assert.deepEqual([retry.status, JSON.parse(retry.text), routed[fw] - before], [201, { n: 7, attempt: mode === 'phased' ? 2 : 1 }, 1])
+      socket.destroy()
     })
   }
 
