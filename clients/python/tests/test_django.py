@@ -90,7 +90,10 @@ def django_db(dsn: str) -> str:
         DEBUG=False, ALLOWED_HOSTS=["*"], SECRET_KEY="test", ROOT_URLCONF=__name__, USE_TZ=True,
         INSTALLED_APPS=[], MIDDLEWARE=["idempotency.django.IdempotencyMiddleware"],
         DATABASES={"default": {**db, "ATOMIC_REQUESTS": True}, "plain": db,
-                   "rr": {**db, "OPTIONS": {"isolation_level": psycopg.IsolationLevel.REPEATABLE_READ}}},
+                   "rr": {**db, "OPTIONS": {"isolation_level": psycopg.IsolationLevel.REPEATABLE_READ}},
+                   # A superuser's session with idempotency.max_response_size lowered to 1 kB.
+                   "small": {**db, "ATOMIC_REQUESTS": True,
+                             "OPTIONS": {"options": "-c idempotency.max_response_size=1kB"}}},
         IDEMPOTENCY={"tenant": f"{__name__}.tenant"},
     )
     django.setup()
@@ -156,19 +159,39 @@ def test_phased_view_under_atomic_requests(client: Client, django_db: str, scope
 
 
 @override_settings(IDEMPOTENCY={"tenant": tenant, "ttl": timedelta(seconds=1)})
-def test_key_expired_while_the_view_ran_answers_the_view_unstored(
+def test_key_expired_while_the_view_ran(
         client: Client, django_db: str, scope: str, caplog: pytest.LogCaptureFixture) -> None:
-    # Storing meets IK002 (the 1 s ttl ran out): the view's response is sent unstored and the
-    # same request executes again. Transaction mode (ATOMIC_REQUESTS): the store's savepoint
-    # rolls back, the view's row commits. Phased: the view's own transaction committed its row.
+    # Storing meets IK002 (the 1 s ttl ran out); the same request executes again. Transaction
+    # mode (ATOMIC_REQUESTS): the block is rolled back (the view's row too) and the answer is
+    # 503 with Retry-After: 1. Phased: the view's own transaction committed its row, and the
+    # view's response is sent unstored.
     with caplog.at_level(logging.WARNING, logger="idempotency.layer"):
         for n in (1, 2):
-            for url, key in (("/rows?sleep=1.5", "x-tx"), ("/phased-rows?sleep=1.5", "x-ph")):
-                r = post(client, url, scope, key)
-                assert (r.status_code, r.content, r.get("Idempotent-Replayed")) == (201, b'{"ok": true}', None)
-            assert count(django_db, scope) == 2 * n
+            r = post(client, "/rows?sleep=1.5", scope, "x-tx")
+            assert (r.status_code, r["Content-Type"], r["Retry-After"], json.loads(r.content)["code"]) == (
+                503, "application/problem+json", "1", "service_unavailable")
+            assert (count(django_db, scope), state(django_db, scope, "x-tx")) == (n - 1, (State.ABSENT, None, None))
+            r = post(client, "/phased-rows?sleep=1.5", scope, "x-ph")
+            assert (r.status_code, r.content, r.get("Idempotent-Replayed")) == (201, b'{"ok": true}', None)
+            assert (count(django_db, scope), len(CALLS)) == (n, 2 * n)
     warned = [r.getMessage() for r in caplog.records if r.name == "idempotency.layer"]
     assert len(warned) == 4 and all("no longer in progress" in m for m in warned), warned
+    assert sum("rolled back" in m for m in warned) == 2, warned
+
+
+@pytest.mark.parametrize("mode", ["transaction", "phased"])
+def test_response_over_the_extension_limit_is_stored_omitted(
+        client: Client, django_db: str, scope: str, mode: str) -> None:
+    body = b"y" * 2000
+    with override_settings(IDEMPOTENCY={"tenant": tenant, "database": "small", "mode": mode}):
+        r = post(client, "/echo", scope, "big", body, content_type="text/plain")
+        assert (r.status_code, r.content, r.get("Idempotent-Replayed"), CALLS[-1].mode) == (201, body, None, mode)
+        r = post(client, "/echo", scope, "big", body, content_type="text/plain")
+        assert (r.status_code, r.content, r["Idempotent-Replay-Body"], r["Content-Type"], len(CALLS)) == (
+            201, b"", "omitted", "text/plain", 1)
+        r = post(client, "/echo", scope, "small", b"s", content_type="text/plain")
+        r = post(client, "/echo", scope, "small", b"s", content_type="text/plain")
+        assert (r.status_code, r.content, r["Idempotent-Replayed"], len(CALLS)) == (201, b"s", "true", 2)
 
 
 @override_settings(IDEMPOTENCY={"tenant": tenant, "database": "plain", "replay_headers": ["X-Replayed-Too"]})

@@ -54,7 +54,10 @@ class App:
             info = request.state.idempotency
             self.seen.append(info)
             await info.conn.execute("INSERT INTO layer_rows (scope, key) VALUES (%s, %s)", (info.scope, info.key))
-            return JSONResponse({"ok": True}, status_code=int(request.query_params.get("status", "201")))
+            status = int(request.query_params.get("status", "201"))
+            if "bytes" in request.query_params:
+                return Response(b"y" * int(request.query_params["bytes"]), status_code=status, media_type="text/plain")
+            return JSONResponse({"ok": True}, status_code=status)
 
         async def slow_rows(request: Request) -> Response:
             self.calls += 1
@@ -62,6 +65,17 @@ class App:
             await info.conn.execute("INSERT INTO layer_rows (scope, key) VALUES (%s, %s)", (info.scope, info.key))
             await asyncio.sleep(float(request.query_params["s"]))
             return JSONResponse({"ok": True}, status_code=201)
+
+        async def xids(request: Request) -> Response:
+            # The transactionid locks the transaction holds: 1 without a savepoint under the
+            # route (a write under one takes a second xid).
+            self.calls += 1
+            info = request.state.idempotency
+            await info.conn.execute("INSERT INTO layer_rows (scope, key) VALUES (%s, %s)", (info.scope, info.key))
+            cur = await info.conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid'"
+                                          " AND pid = pg_backend_pid()")
+            row = await cur.fetchone()
+            return Response(str(row[0] if row else -1), media_type="text/plain")
 
         async def boom(request: Request) -> Response:
             self.calls += 1
@@ -89,6 +103,7 @@ class App:
         app = Starlette(routes=[Route("/echo", echo, methods=["POST", "PATCH", "PUT"]),
                                 Route("/tx/rows", rows, methods=["POST"]),
                                 Route("/tx/bad", bad_sql, methods=["POST"]),
+                                Route("/tx/xids", xids, methods=["POST"]),
                                 Route("/tx/slow", slow_rows, methods=["POST"]),
                                 Route("/boom", boom, methods=["POST"]),
                                 Route("/stream", stream, methods=["POST"]),
@@ -239,36 +254,70 @@ async def test_transaction_mode(pool: AsyncConnectionPool, dsn: str, scope: str)
     assert (r.status_code, r.headers["idempotent-replayed"], await rows(dsn, scope)) == (409, "true", 2)
 
 
-async def test_key_expired_while_the_route_ran_answers_the_route_unstored(
+async def test_key_expired_while_the_route_ran(
         pool: AsyncConnectionPool, dsn: str, scope: str, caplog: pytest.LogCaptureFixture) -> None:
-    # Storing meets IK002 (the 1 s ttl ran out): the route's response is sent unstored and the
-    # same request executes again; in transaction mode the route's row commits.
+    # Storing meets IK002 (the 1 s ttl ran out). Phased: the route's response is sent unstored.
+    # Transaction mode: the whole transaction rolls back (the route's row too), the answer is
+    # 503 with Retry-After: 1. Either way the same request executes again.
     app = App(pool, ttl=timedelta(seconds=1))
     with caplog.at_level(logging.WARNING, logger="idempotency.layer"):
         for n in (1, 2):
             r = await app.client.post("/slow?s=1.5", headers=h(scope, "exp"))
             assert (r.status_code, r.text, r.headers.get("idempotent-replayed")) == (200, "slept", None)
             r = await app.client.post("/tx/slow?s=1.5", headers=h(scope, "exp-tx"))
-            assert (r.status_code, r.json(), r.headers.get("idempotent-replayed"), await rows(dsn, scope)) == (
-                201, {"ok": True}, None, n)
+            assert (r.status_code, r.headers["content-type"], r.headers["retry-after"], r.json()["code"],
+                    await rows(dsn, scope)) == (503, "application/problem+json", "1", "service_unavailable", 0)
             assert app.calls == 2 * n
+    async with await psycopg.AsyncConnection.connect(dsn) as c:
+        assert (await idem.check(c, scope, "exp-tx")).state is State.ABSENT
     warned = [r.getMessage() for r in caplog.records if r.name == "idempotency.layer"]
     assert len(warned) == 4 and all("no longer in progress" in m for m in warned), warned
+    assert sum("rolled back" in m for m in warned) == 2, warned
 
 
 async def test_response_over_the_extension_limit_is_stored_omitted(dsn: str, scope: str) -> None:
+    # idempotency.max_response_size lowered to 1 kB (a superuser's session setting): the server
+    # stores the omitted form, in the same statement, in both modes.
     small = AsyncConnectionPool(dsn + " options='-c idempotency.max_response_size=1kB'", min_size=1, open=False)
     await small.open(wait=True)
     try:
         app = App(small)
         body = b"y" * 2000
-        r = await app.client.post("/echo", content=body, headers=h(scope, "big", content_type="text/plain"))
-        assert (r.status_code, r.content) == (201, body)
-        r = await app.client.post("/echo", content=body, headers=h(scope, "big", content_type="text/plain"))
-        assert (r.status_code, r.content, r.headers["idempotent-replay-body"], r.headers["content-type"]) == (
-            201, b"", "omitted", "text/plain; charset=utf-8")
+        for url, key in (("/echo", "big"), ("/tx/rows?bytes=2000", "big-tx")):
+            r = await app.client.post(url, content=body, headers=h(scope, key, content_type="text/plain"))
+            assert (r.status_code, r.content, r.headers.get("idempotent-replayed")) == (201, body, None)
+            r = await app.client.post(url, content=body, headers=h(scope, key, content_type="text/plain"))
+            assert (r.status_code, r.content, r.headers["idempotent-replay-body"], r.headers["content-type"]) == (
+                201, b"", "omitted", "text/plain; charset=utf-8")
+        assert (app.calls, await rows(dsn, scope)) == (2, 1)
+        # A small response still fits and is stored whole.
+        r = await app.client.post("/tx/rows?bytes=10", headers=h(scope, "small-tx"))
+        r = await app.client.post("/tx/rows?bytes=10", headers=h(scope, "small-tx"))
+        assert (r.status_code, r.content, r.headers["idempotent-replayed"], app.calls) == (201, b"y" * 10, "true", 3)
     finally:
         await small.close()
+
+
+async def test_round_trips_of_a_stored_request(proxy: Any, counted_dsn: str, scope: str) -> None:
+    # Transaction mode: BEGIN, idem_begin, the route's INSERT, then idem_complete and COMMIT in
+    # one flight, no savepoint: 4. Phased: the claim (BEGIN, idem_begin, COMMIT pipelined) and
+    # the store (the same): 2. And the route's write takes no second xid.
+    async with await psycopg.AsyncConnection.connect(counted_dsn, autocommit=True) as c:
+        await c.execute("CREATE TABLE IF NOT EXISTS layer_rows (scope text, key text)")
+    counted = AsyncConnectionPool(counted_dsn, min_size=1, max_size=1, open=False)
+    await counted.open(wait=True)
+    try:
+        app = App(counted)
+        proxy.reset()
+        r = await app.client.post("/tx/rows", headers=h(scope, "rt-tx"))
+        assert (r.status_code, proxy.count) == (201, 4)
+        proxy.reset()
+        r = await app.client.post("/echo", content=b"x", headers=h(scope, "rt-ph"))
+        assert (r.status_code, proxy.count) == (201, 2)
+        r = await app.client.post("/tx/xids", headers=h(scope, "rt-xids"))
+        assert (r.status_code, r.text) == (200, "1")
+    finally:
+        await counted.close()
 
 
 async def test_in_progress_wait_and_async(pool: AsyncConnectionPool, dsn: str, scope: str) -> None:

@@ -47,6 +47,12 @@ const ALL: [&str; 9] = [
     SQL_FORGET,
 ];
 
+/// The drop-in layer's own statement, prepared with the others.
+#[cfg(feature = "axum")]
+const LAYER: &[&str] = &[crate::layer::stored::SQL_STORE];
+#[cfg(not(feature = "axum"))]
+const LAYER: &[&str] = &[];
+
 /// `idem_purge`'s own default.
 pub const DEFAULT_PURGE_ROWS: i32 = 10_000;
 
@@ -54,7 +60,8 @@ pub const DEFAULT_PURGE_ROWS: i32 = 10_000;
 /// no request pays for a prepare later.
 pub async fn prepare_statements(c: &ClientWrapper) -> Result<(), Error> {
     let prepared =
-        futures_util::future::join_all(ALL.iter().map(|sql| c.prepare_cached(sql))).await;
+        futures_util::future::join_all(ALL.iter().chain(LAYER).map(|sql| c.prepare_cached(sql)))
+            .await;
     for p in prepared {
         p.map_err(|e| Error::from_db(e, None))?;
     }

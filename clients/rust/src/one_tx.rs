@@ -28,10 +28,6 @@ use crate::error::Error;
 
 const SAVEPOINT: &str = "SAVEPOINT idempotency_work";
 const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idempotency_work";
-#[cfg(feature = "axum")]
-const STORE_SAVEPOINT: &str = "SAVEPOINT idempotency_store";
-#[cfg(feature = "axum")]
-const ROLLBACK_TO_STORE_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idempotency_store";
 
 /// How the caller's work ends.
 #[derive(Debug)]
@@ -144,7 +140,7 @@ pub async fn run<T, E, F>(
 where
     F: for<'c> FnOnce(&'c ClientWrapper, &'c Begun) -> BoxFuture<'c, Result<Finish<T>, E>>,
 {
-    let (mut tx, begun) = match start(pool, req).await? {
+    let (mut tx, begun) = match start(pool, req, true).await? {
         Started::Replayed(b) => return Ok(Ran::Replayed(b)),
         Started::InProgress(b, c) => return Ok(Ran::InProgress(b, c)),
         Started::Execute(tx, begun) => (tx, begun),
@@ -165,9 +161,15 @@ where
     })
 }
 
-/// The first flight: `BEGIN`, `idem_begin`, `SAVEPOINT`; on `replay` the transaction is rolled
-/// back, on `in_progress` too, with `idem_check` for the lease end in the same flight.
-pub(crate) async fn start(pool: &Pool, req: &BeginRequest<'_>) -> Result<Started, Error> {
+/// The first flight: `BEGIN`, `idem_begin`, and with `work_savepoint` the `SAVEPOINT` that
+/// [`Finish::Fail`] rolls back to (the drop-in layer takes none: a savepoint the work writes
+/// under costs a subtransaction); on `replay` the transaction is rolled back, on
+/// `in_progress` too, with `idem_check` for the lease end in the same flight.
+pub(crate) async fn start(
+    pool: &Pool,
+    req: &BeginRequest<'_>,
+    work_savepoint: bool,
+) -> Result<Started, Error> {
     let conn = pool.get().await?;
     let mut tx = Open::new(conn);
     let key = Some((req.scope, req.key));
@@ -178,12 +180,19 @@ pub(crate) async fn start(pool: &Pool, req: &BeginRequest<'_>) -> Result<Started
         .map_err(|e| Error::from_db(e, key))?;
     let micros = |d: Option<std::time::Duration>| d.map(|d| d.as_micros() as i64);
     let (ttl, lease, wait) = (micros(req.ttl), micros(req.lease), micros(req.wait));
-    // One flight: BEGIN, idem_begin, SAVEPOINT.
+    // One flight: BEGIN, idem_begin (, SAVEPOINT).
     let params: [&(dyn ToSql + Sync); 6] = [&req.scope, &req.key, req.command, &ttl, &lease, &wait];
+    let savepoint = async {
+        if work_savepoint {
+            c.batch_execute(SAVEPOINT).await
+        } else {
+            Ok(())
+        }
+    };
     let (b, row, sp) = tokio::join!(
         c.batch_execute("BEGIN"),
         c.query_one(&begin, &params),
-        c.batch_execute(SAVEPOINT)
+        savepoint
     );
     b.map_err(|e| Error::from_db(e, key))?;
     let begun = match row {
@@ -292,11 +301,11 @@ pub(crate) async fn start_waiting(
     wait: Option<std::time::Duration>,
 ) -> Result<Started, Error> {
     let Some(wait) = wait else {
-        return start(pool, req).await;
+        return start(pool, req, false).await;
     };
     let mut poll = crate::phased::Polling::new(wait);
     loop {
-        match start(pool, &req.wait(poll.server_slice())).await? {
+        match start(pool, &req.wait(poll.server_slice()), false).await? {
             Started::InProgress(..) if !poll.remaining().is_zero() => poll.back_off().await,
             other => return Ok(other),
         }
@@ -304,88 +313,38 @@ pub(crate) async fn start_waiting(
 }
 
 #[cfg(feature = "axum")]
-fn is_too_large(e: &Error) -> bool {
-    matches!(e, Error::Invalid { sqlstate, .. } if sqlstate == "22023")
-}
-
-#[cfg(feature = "axum")]
-/// Completes with `full` under a savepoint and commits; when the extension refuses `full` as
-/// too large (`22023`) and a `smaller` completion is given, completes with that instead. When
-/// the key is no longer in progress (`IK002`: its ttl ran out during the transaction), rolls
-/// back to the savepoint and commits the work's writes with nothing stored: `Ok(false)`.
-/// `Ok(true)`: stored and committed. The `COMMIT` is a second round trip.
-pub(crate) async fn complete_or_smaller(
+/// The drop-in layer's store in transaction mode: [`crate::layer::stored::SQL_STORE`] (the
+/// document, or its omitted form when the server finds it over
+/// `idempotency.max_response_size`) and `COMMIT`, pipelined in one flight, with no savepoint.
+/// If `idem_complete` fails (`IK002`: the key's ttl ran out during the transaction; or any
+/// other error), the `COMMIT` ends the transaction as a rollback: nothing of it happened, the
+/// work's writes included, and the error is returned.
+pub(crate) async fn store_and_commit(
     tx: &mut Open,
     req: &BeginRequest<'_>,
     attempt: i32,
-    full: Completion,
-    smaller: Option<Completion>,
-) -> Result<bool, Error> {
+    stored: &crate::layer::stored::StoredResponse,
+    http_status: i32,
+) -> Result<(), Error> {
     let key = Some((req.scope, req.key));
     let c = tx.client();
+    // Prepared before the flight, so that the statement goes out before the COMMIT.
     let st = c
-        .prepare_cached(SQL_COMPLETE)
+        .prepare_cached(crate::layer::stored::SQL_STORE)
         .await
         .map_err(|e| Error::from_db(e, key))?;
+    let (doc, omitted) = (stored.encode(), stored.omitted().encode());
     let attempt_param = Some(attempt);
-    let complete = |x| execute_complete(c, &st, req, x, attempt_param);
-    let (sp, done) = tokio::join!(c.batch_execute(STORE_SAVEPOINT), complete(&full));
-    sp.map_err(|e| Error::from_db(e, key))?;
-    let err = match done {
-        Ok(_) => {
-            let commit = c.batch_execute("COMMIT").await;
-            return finish_commit(tx, Ok(0), commit, key).map(|()| true);
-        }
-        Err(e) => Error::from_db(e, key),
-    };
-    let smaller = match (&err, smaller) {
-        (Error::NotInProgress(_), _) => None,
-        (e, Some(smaller)) if is_too_large(e) => Some(smaller),
-        _ => {
-            tx.rollback().await?;
-            return Err(err);
-        }
-    };
-    let Some(smaller) = smaller else {
-        let (rb, commit) = tokio::join!(
-            c.batch_execute(ROLLBACK_TO_STORE_SAVEPOINT),
-            c.batch_execute("COMMIT")
-        );
-        if let Err(e) = rb {
-            finish_commit(tx, Ok(0), commit, key)?;
-            return Err(Error::from_db(e, key));
-        }
-        return finish_commit(tx, Ok(0), commit, key).map(|()| false);
-    };
-    let (rb, done, commit) = tokio::join!(
-        c.batch_execute(ROLLBACK_TO_STORE_SAVEPOINT),
-        complete(&smaller),
-        c.batch_execute("COMMIT")
-    );
-    if let Err(e) = rb {
-        finish_commit(tx, Ok(0), commit, key)?;
-        return Err(Error::from_db(e, key));
-    }
-    finish_commit(tx, done, commit, key).map(|()| true)
-}
-
-#[cfg(feature = "axum")]
-async fn execute_complete(
-    c: &ClientWrapper,
-    st: &tokio_postgres::Statement,
-    req: &BeginRequest<'_>,
-    x: &Completion,
-    attempt: Option<i32>,
-) -> Result<u64, tokio_postgres::Error> {
     let params: [&(dyn ToSql + Sync); 6] = [
         &req.scope,
         &req.key,
-        &x.response,
-        &x.resource,
-        &x.http_status,
-        &attempt,
+        &doc,
+        &omitted,
+        &http_status,
+        &attempt_param,
     ];
-    c.execute(st, &params).await
+    let (done, commit) = tokio::join!(c.execute(&st, &params), c.batch_execute("COMMIT"));
+    finish_commit(tx, done, commit, key)
 }
 
 #[cfg(feature = "axum")]

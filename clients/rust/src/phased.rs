@@ -173,26 +173,41 @@ impl Phased {
     }
 
     /// Stores the outcome (committed) without any business write in the same transaction.
-    /// (By reference: a completion the extension refused, `22023` for a response over its
-    /// size limit, can be followed by a smaller one.)
     pub async fn complete(&self, completion: &Completion) -> Result<(), Error> {
         let c = self.pool.get().await?;
         calls::complete(&c, &self.scope, &self.key, completion, Some(self.attempt)).await
     }
 
-    /// [`Phased::complete`] with `full`; when the extension refuses it as too large (`22023`),
-    /// with `smaller`.
-    pub async fn complete_or_smaller(
+    #[cfg(feature = "axum")]
+    /// The drop-in layer's store of a route's response, committed, fenced by this attempt:
+    /// [`crate::layer::stored::SQL_STORE`] (the document, or its omitted form when the server
+    /// finds it over `idempotency.max_response_size`, in one statement).
+    pub(crate) async fn store(
         &self,
-        full: &Completion,
-        smaller: &Completion,
+        stored: &crate::layer::stored::StoredResponse,
+        http_status: i32,
     ) -> Result<(), Error> {
-        match self.complete(full).await {
-            Err(Error::Invalid { sqlstate, .. }) if sqlstate == "22023" => {
-                self.complete(smaller).await
-            }
-            other => other,
-        }
+        let c = self.pool.get().await?;
+        let key = Some((self.scope.as_str(), self.key.as_str()));
+        let st = c
+            .prepare_cached(crate::layer::stored::SQL_STORE)
+            .await
+            .map_err(|e| Error::from_db(e, key))?;
+        let (doc, omitted) = (stored.encode(), stored.omitted().encode());
+        c.execute(
+            &st,
+            &[
+                &self.scope,
+                &self.key,
+                &doc,
+                &omitted,
+                &http_status,
+                &self.attempt,
+            ],
+        )
+        .await
+        .map_err(|e| Error::from_db(e, key))?;
+        Ok(())
     }
 
     /// The last phase in one round trip: `BEGIN`, the business `statement` (its rows are

@@ -13,7 +13,9 @@ backend: the client's sync calls run on `connections[alias].connection`.
 The mode: `transaction` by default when the alias has `ATOMIC_REQUESTS` (the middleware opens
 `transaction.atomic()` around the rest of the chain, so the view's own atomic block becomes a
 savepoint in it; the claim, the view's ORM writes and the stored response commit together;
-a 5xx, a 429 or an exception marks it for rollback), `phased` otherwise; `mode` in the
+a 5xx, a 429 or an exception marks it for rollback; the response is stored in that block,
+with no savepoint of the layer's, and `IK002` there, the key's ttl run out during the request,
+marks it for rollback too and answers 503 with `Retry-After: 1`), `phased` otherwise; `mode` in the
 settings overrides that, and `@idempotent(mode=...)` chooses per view (`@idempotent(exempt=True)`
 leaves a view alone). The view finds `request.idempotency` (`layer.Info`).
 """

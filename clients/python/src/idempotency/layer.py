@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -33,16 +33,18 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from . import aio, sync
 from ._model import JSON, Begin, Lease, Outcome
-from .errors import IdempotencyError, InvalidArgument, NotInProgress, SerializationFailure
+from .errors import IdempotencyError, NotInProgress, SerializationFailure, translate
 from .http import (
     IDEMPOTENT_REPLAYED,
     PROBLEM_JSON,
     REQUEST_IN_PROGRESS,
     RETRY_AFTER,
+    SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
     Prefer,
     Problem,
@@ -409,6 +411,22 @@ def omitted(doc: dict[str, Any]) -> dict[str, Any]:
     return {"v": doc["v"], "headers": doc["headers"], "omitted": True}
 
 
+STORE_SQL = (
+    "SELECT idem_complete(%s, %s, response => CASE"
+    " WHEN pg_column_size(r.doc) - 4 <= pg_size_bytes(current_setting('idempotency.max_response_size'))"
+    " THEN r.doc ELSE %s::jsonb END, http_status => %s, attempt => %s)"
+    " FROM (SELECT %s::jsonb AS doc) AS r"
+)
+"""The one statement that stores a route's response, in both modes: the server decides in
+the same statement whether the stored document fits `idempotency.max_response_size` (the
+extension's own measure: the jsonb's size without its 4-byte header) and stores it, or its
+omitted form (`{"v": 1, "headers": [...], "omitted": true}`). The document is sent once."""
+
+
+def store_params(p: Prepared, doc: dict[str, Any], http_status: int, attempt: int | None) -> tuple[Any, ...]:
+    return (p.scope, p.key, Jsonb(omitted(doc)), http_status, attempt, Jsonb(doc))
+
+
 def decode_stored(response: JSON) -> tuple[list[tuple[str, str]], bytes | None]:
     """(headers, body) of a stored response; body None when it was omitted. A response that
     is not the layer's format (stored by other code with the same scope) answers no header
@@ -473,6 +491,18 @@ def warn_unstored(p: Prepared, error: NotInProgress) -> None:
     log.warning("the key %r (scope %r) was no longer in progress when the route's outcome was "
                 "stored (%s); the route's response is sent unstored, and a retry executes again",
                 p.key, p.scope, error.found or error)
+
+
+def expired_reply(p: Prepared, error: NotInProgress) -> Reply:
+    """Transaction mode, IK002 when the outcome is stored (the key's ttl ran out during the
+    transaction): the whole transaction rolled back, nothing happened, so the answer is 503
+    with `Retry-After: 1`, and the retry executes."""
+    log.warning("the key %r (scope %r) was no longer in progress when the route's outcome was "
+                "stored (%s); the transaction is rolled back and the answer is 503: a retry executes",
+                p.key, p.scope, error.found or error)
+    return problem_reply(Problem(503, SERVICE_UNAVAILABLE,
+                                 "the idempotency key expired while the request ran; nothing was done; "
+                                 "retry after Retry-After seconds", headers={RETRY_AFTER: "1"}))
 
 
 def captured_reply(c: Captured) -> Reply:
@@ -611,10 +641,8 @@ async def _phased_async(options: Options, connect: Connect, p: Prepared, route: 
             c = aio.Claim(conn, p.scope, p.key, begin, True)
             if stores(captured.status, captured.streamed):
                 doc = stored_response(options, captured.headers, captured.body)
-                try:
-                    await c.complete(response=doc, http_status=captured.status)
-                except InvalidArgument:
-                    await c.complete(response=omitted(doc), http_status=captured.status)
+                await aio._commit_one(conn, STORE_SQL, store_params(p, doc, captured.status, begin.attempt),
+                                      p.scope, p.key, True)
             else:
                 await c.fail(retryable=True, http_status=captured.status)
 
@@ -630,40 +658,57 @@ async def _phased_async(options: Options, connect: Connect, p: Prepared, route: 
     return None if captured.sent else captured_reply(captured)
 
 
+def _failed_statement(error: psycopg.Error) -> psycopg.Error:
+    """The error of the statement that failed in a pipeline: psycopg may report the COMMIT
+    queued behind it ("pipeline aborted") with the statement's error as its context."""
+    while isinstance(error, psycopg.errors.PipelineAborted) and isinstance(error.__context__, psycopg.Error):
+        error = error.__context__
+    return error
+
+
 async def _transaction_async(options: Options, connect: Connect, p: Prepared, route: AsyncRoute) -> Reply | None:
     poll = Poll(p.prefer)
     tries = 0
     while True:
         claimed = False
+        storing = False
         try:
             async with connect() as conn:
                 try:
-                    async with conn.transaction():
-                        begin = await aio.begin(conn, p.scope, p.key, p.command, ttl=options.ttl,
-                                                wait=poll.server_wait())
-                        claimed = True
-                        if begin.outcome is not Outcome.EXECUTE:
-                            raise _Hold(begin)
-                        captured = await route(Info(p.key, p.scope, begin.attempt, TRANSACTION, conn))
-                        if not transaction_keeps(captured):
-                            raise psycopg.Rollback()  # nothing stored: the next retry executes
-                        if captured.streamed:  # the route's writes commit, the key failed retryably
-                            await aio.fail(conn, p.scope, p.key, retryable=True, http_status=captured.status,
-                                           attempt=begin.attempt)
-                        else:
-                            doc = stored_response(options, captured.headers, captured.body)
-                            try:
-                                async with conn.transaction():  # a savepoint
-                                    await aio.complete(conn, p.scope, p.key, response=doc,
-                                                       http_status=captured.status, attempt=begin.attempt)
-                            except NotInProgress as e:  # the ttl ran out: the writes commit, unstored
-                                warn_unstored(p, e)
-                            except InvalidArgument:
-                                await aio.complete(conn, p.scope, p.key, response=omitted(doc),
-                                                   http_status=captured.status, attempt=begin.attempt)
+                    # The pipeline entered to store the outcome is left after the transaction
+                    # block: idem_complete and the block's COMMIT travel together (one flight).
+                    async with AsyncExitStack() as flight:
+                        async with conn.transaction():
+                            begin = await aio.begin(conn, p.scope, p.key, p.command, ttl=options.ttl,
+                                                    wait=poll.server_wait())
+                            claimed = True
+                            if begin.outcome is not Outcome.EXECUTE:
+                                raise _Hold(begin)
+                            captured = await route(Info(p.key, p.scope, begin.attempt, TRANSACTION, conn))
+                            if not transaction_keeps(captured):
+                                raise psycopg.Rollback()  # nothing stored: the next retry executes
+                            if captured.streamed:  # the route's writes commit, the key failed retryably
+                                await aio.fail(conn, p.scope, p.key, retryable=True, http_status=captured.status,
+                                               attempt=begin.attempt)
+                            else:
+                                doc = stored_response(options, captured.headers, captured.body)
+                                storing = True
+                                if psycopg.AsyncPipeline.is_supported():
+                                    await flight.enter_async_context(conn.pipeline())
+                                await conn.execute(STORE_SQL, store_params(p, doc, captured.status, begin.attempt))
                     return captured_reply(captured)  # committed (or rolled back: 5xx, 429)
                 except _Hold as h:
                     begin = h.begin
+                except psycopg.Error as e:
+                    if not storing:
+                        raise
+                    # idem_complete or the COMMIT failed: the whole transaction is rolled back.
+                    if not conn.closed and conn.info.transaction_status == TransactionStatus.INERROR:
+                        await conn.rollback()
+                    error = translate(_failed_statement(e), p.scope, p.key)
+                    if isinstance(error, NotInProgress):
+                        return expired_reply(p, error)
+                    return error_reply(error)
         except SerializationFailure:
             tries += 1
             if claimed or tries >= SERIALIZATION_ATTEMPTS:
@@ -770,10 +815,8 @@ def _phased_sync(options: Options, db: SyncDatabase, p: Prepared, route: SyncRou
         c = sync.Claim(db.connection(), p.scope, p.key, begin, True)
         if stores(captured.status):
             doc = stored_response(options, captured.headers, captured.body)
-            try:
-                c.complete(response=doc, http_status=captured.status)
-            except InvalidArgument:
-                c.complete(response=omitted(doc), http_status=captured.status)
+            sync._commit_one(c.conn, STORE_SQL, store_params(p, doc, captured.status, begin.attempt),
+                             p.scope, p.key, True)
         else:
             c.fail(retryable=True, http_status=captured.status)
 
@@ -789,6 +832,7 @@ def _transaction_sync(options: Options, db: SyncDatabase, p: Prepared, route: Sy
     tries = 0
     while True:
         claimed = False
+        expired: NotInProgress | None = None
         try:
             with db.atomic():
                 begin = sync.begin(db.connection(), p.scope, p.key, p.command, ttl=options.ttl,
@@ -801,17 +845,14 @@ def _transaction_sync(options: Options, db: SyncDatabase, p: Prepared, route: Sy
                     elif captured.streamed:  # the route's writes commit, the key failed retryably
                         sync.fail(db.connection(), p.scope, p.key, retryable=True, http_status=captured.status,
                                   attempt=begin.attempt)
-                    else:
+                    else:  # in the block itself: no savepoint
                         doc = stored_response(options, captured.headers, captured.body)
                         try:
-                            with db.atomic():  # a savepoint
-                                sync.complete(db.connection(), p.scope, p.key, response=doc,
-                                              http_status=captured.status, attempt=begin.attempt)
-                        except NotInProgress as e:  # the ttl ran out: the writes commit, unstored
-                            warn_unstored(p, e)
-                        except InvalidArgument:
-                            sync.complete(db.connection(), p.scope, p.key, response=omitted(doc),
-                                          http_status=captured.status, attempt=begin.attempt)
+                            sync._one(db.connection(), STORE_SQL, store_params(p, doc, captured.status, begin.attempt),
+                                      p.scope, p.key)
+                        except NotInProgress as e:  # the ttl ran out: nothing of the request stays
+                            db.set_rollback()
+                            expired = e
                 else:
                     db.set_rollback()
         except SerializationFailure:
@@ -820,6 +861,8 @@ def _transaction_sync(options: Options, db: SyncDatabase, p: Prepared, route: Sy
                 raise
             time.sleep(serialization_pause(tries))  # the claim met a commit it cannot see
             continue
+        if expired is not None:
+            return expired_reply(p, expired)
         if begin.outcome is Outcome.EXECUTE:
             return captured_reply(captured)
         if begin.outcome is Outcome.REPLAY:

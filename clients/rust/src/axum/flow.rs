@@ -17,7 +17,7 @@ use tower::{Service, ServiceExt};
 use super::body::{self, Captured, ReadError};
 use super::tx::IdemTx;
 use super::Shared;
-use crate::calls::{BeginRequest, Completion, Failure};
+use crate::calls::{BeginRequest, Failure};
 use crate::error::{retry_serialization, Error};
 use crate::headers::{self, KeyError, Prefer};
 use crate::http::code;
@@ -169,14 +169,6 @@ fn retryable(status: u16) -> Failure {
     }
 }
 
-fn completion(stored: &StoredResponse, status: u16) -> Completion {
-    Completion {
-        response: Some(stored.encode()),
-        resource: None,
-        http_status: i32::from(status),
-    }
-}
-
 fn failed(e: &Error) -> Response {
     if answers::error(e).status >= 500 {
         eprintln!("idempotency: {e}");
@@ -184,9 +176,10 @@ fn failed(e: &Error) -> Response {
     answers::error(e).into_response()
 }
 
-/// The route's response when its outcome could not be stored because the key is no longer in
-/// progress (`IK002`: its ttl ran out, or `idem_forget`, while the route ran): sent unstored,
-/// with a warning, and a retry executes again. Any other error is the layer's answer.
+/// Phased mode: the route's response when its outcome could not be stored because the key is
+/// no longer in progress (`IK002`: its ttl ran out, or `idem_forget`, while the route ran):
+/// sent unstored, with a warning, and a retry executes again. Any other error is the layer's
+/// answer.
 fn unstored(result: Result<(), Error>, resp: Response) -> Response {
     match result {
         Ok(()) => resp,
@@ -244,14 +237,11 @@ where
                 body: Some(bytes.to_vec()),
                 ..stored
             };
-            let full = completion(&stored, status);
-            let done = holder
-                .complete_or_smaller(&full, &completion(&stored.omitted(), status))
-                .await;
+            let done = holder.store(&stored, i32::from(status)).await;
             unstored(done, Response::from_parts(parts, Body::from(bytes)))
         }
         Captured::Long(resp) => {
-            let done = holder.complete(&completion(&stored, status)).await;
+            let done = holder.store(&stored, i32::from(status)).await;
             unstored(done, resp)
         }
         Captured::Streaming(resp) => {
@@ -274,15 +264,23 @@ fn fail_later(holder: Phased, status: u16) -> futures_util::future::BoxFuture<'s
     })
 }
 
-/// After [`one_tx::complete_or_smaller`]: `false` (the key's ttl ran out during the
-/// transaction, `IK002`; the route's writes committed, nothing stored) is logged as a warning.
-fn stored_or_warn(stored: bool) {
-    if !stored {
-        eprintln!(
-            "idempotency: warning: the key was no longer in progress when the route's outcome \
-             was stored (its ttl ran out during the transaction); the route's writes are \
-             committed and its response is sent unstored, and a retry executes again"
-        );
+/// Transaction mode, after [`one_tx::store_and_commit`]: the route's response, or when storing
+/// failed (the whole transaction rolled back, the route's writes too) the layer's answer:
+/// for `IK002` (the key's ttl ran out during the transaction) 503 `service_unavailable` with
+/// `Retry-After: 1`, logged as a warning; nothing happened, and the retry executes.
+fn committed(result: Result<(), Error>, resp: Response) -> Response {
+    match result {
+        Ok(()) => resp,
+        Err(Error::NotInProgress(t)) => {
+            eprintln!(
+                "idempotency: warning: the key was no longer in progress when the route's outcome \
+                 was stored ({}); the transaction is rolled back and the answer is 503: a retry \
+                 executes",
+                t.message
+            );
+            answers::expired().into_response()
+        }
+        Err(e) => failed(&e),
     }
 }
 
@@ -343,35 +341,16 @@ where
                 body: Some(bytes.to_vec()),
                 ..stored
             };
-            let done = one_tx::complete_or_smaller(
-                &mut open,
-                &begin,
-                attempt,
-                completion(&stored, status),
-                Some(completion(&stored.omitted(), status)),
-            )
-            .await;
-            unstored(
-                done.map(stored_or_warn),
-                Response::from_parts(parts, Body::from(bytes)),
-            )
+            let done =
+                one_tx::store_and_commit(&mut open, &begin, attempt, &stored, i32::from(status))
+                    .await;
+            committed(done, Response::from_parts(parts, Body::from(bytes)))
         }
         Captured::Long(resp) => {
-            match one_tx::complete_or_smaller(
-                &mut open,
-                &begin,
-                attempt,
-                completion(&stored, status),
-                None,
-            )
-            .await
-            {
-                Ok(stored) => {
-                    stored_or_warn(stored);
-                    resp
-                }
-                Err(e) => failed(&e),
-            }
+            let done =
+                one_tx::store_and_commit(&mut open, &begin, attempt, &stored, i32::from(status))
+                    .await;
+            committed(done, resp)
         }
         Captured::Streaming(resp) => {
             // The writes commit with the key failed retryably, before the stream starts.

@@ -114,6 +114,18 @@ pub fn internal() -> Problem {
     Problem::new(500, code::INTERNAL_ERROR, detail::INTERNAL)
 }
 
+/// 503 `service_unavailable` with `Retry-After: 1`: transaction mode met `IK002` when it
+/// stored the outcome (the key's ttl ran out during the transaction), so the whole transaction
+/// rolled back and nothing happened; the retry executes.
+pub fn expired() -> Problem {
+    Problem::new(
+        503,
+        code::SERVICE_UNAVAILABLE,
+        "The idempotency key expired while the request ran; nothing was done. Retry after Retry-After seconds.",
+    )
+    .retry_after(1)
+}
+
 /// An error of the crate: [`map::error_problem`].
 pub fn error(e: &Error) -> Problem {
     let (a, doc) = map::error_problem(e);
@@ -221,6 +233,15 @@ mod tests {
         assert_eq!((p.status, p.code.as_str()), (413, "payload_too_large"));
         let r = error(&Error::ReadOnly(Default::default())).reply();
         assert_eq!((r.status, header(&r, "retry-after")), (503, vec!["1"]));
+        let r = expired().reply();
+        assert_eq!((r.status, header(&r, "retry-after")), (503, vec!["1"]));
+        let doc: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            doc,
+            json!({"type": "urn:problem-type:service_unavailable", "title": "Service unavailable",
+                   "status": 503, "code": "service_unavailable",
+                   "detail": "The idempotency key expired while the request ran; nothing was done. Retry after Retry-After seconds."})
+        );
     }
 
     #[test]

@@ -4,12 +4,21 @@
 //! The status decides: 1xx–3xx and 4xx but 429 are completed with the response; 5xx and 429
 //! fail the key retryably, nothing of the response stored. The stored response is
 //! `{"v": 1, "headers": [[name, value], ...], "body": <base64>}`, or with `"omitted": true`
-//! instead of the body when the body is over `max_stored_body`.
+//! instead of the body when the body is over `max_stored_body`; [`SQL_STORE`] stores it, or
+//! its omitted form when the server finds it over `idempotency.max_response_size`.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::{HeaderMap, HeaderName};
 use serde_json::{json, Value};
+
+/// The one statement that stores a route's response, in both modes: the server decides in the
+/// same statement whether the document (`$3`) fits `idempotency.max_response_size` (the
+/// extension's own measure: the jsonb's size without its 4-byte header) and stores it, or its
+/// omitted form (`$4`). `$5` the status, `$6` the claim's attempt. No savepoint, no retry.
+pub(crate) const SQL_STORE: &str = "SELECT idem_complete($1, $2, response => CASE \
+     WHEN pg_column_size($3::jsonb) - 4 <= pg_size_bytes(current_setting('idempotency.max_response_size')) \
+     THEN $3::jsonb ELSE $4::jsonb END, http_status => $5, attempt => $6)";
 
 /// The stored response's format version.
 pub const VERSION: i64 = 1;

@@ -1,8 +1,8 @@
 //! The drop-in layer for axum against the database, through `Router::oneshot` (no socket): what
 //! the conformance vectors (tests/http-layers) cannot see from outside: the transaction mode's
-//! writes and the key's state after a rollback or a stream, the extension refusing a stored
-//! response as too large, the command's path under a nested router, and the layer's refusals
-//! at build time.
+//! writes and the key's state after a rollback or a stream, a stored response over
+//! `idempotency.max_response_size` stored omitted (the server's decision, exact to the byte),
+//! the command's path under a nested router, and the layer's refusals at build time.
 
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use http_body_util::BodyExt;
 use idempotency_client::axum::{IdemTx, IdempotencyLayer, Mode};
 use idempotency_client::calls::{self, State};
+use idempotency_client::layer::stored::StoredResponse;
 use tower::ServiceExt;
 
 use super::{config, setup, uuid};
@@ -142,6 +143,58 @@ async fn transaction_mode_commits_the_route_writes_with_the_outcome() {
 }
 
 #[tokio::test]
+async fn the_outcome_is_stored_in_one_flight() {
+    let (pool, rt) = super::new_pool(1).await;
+    table(&pool).await;
+    let tx = tx_app(&pool);
+    let phased = Router::new()
+        .route("/echo", post(|| async { (StatusCode::CREATED, "ok") }))
+        .route_layer(layer(&pool));
+    let t = format!("layer:{}", uuid());
+    // Warm up: the connection and the layer's statements, prepared.
+    send(&tx, post_req("/rows", &t, &uuid(), "x")).await;
+    send(&phased, post_req("/echo", &t, &uuid(), "x")).await;
+    // Transaction mode: BEGIN and idem_begin; the route's INSERT (prepared, then executed);
+    // idem_complete and COMMIT.
+    let n = super::count(&rt, async {
+        let (s, _, _) = send(&tx, post_req("/rows", &t, &uuid(), "x")).await;
+        assert_eq!(s, StatusCode::CREATED);
+    })
+    .await;
+    assert_eq!(n, 4);
+    // Phased: the claim (BEGIN, idem_begin, COMMIT), then the store.
+    let n = super::count(&rt, async {
+        let (s, _, _) = send(&phased, post_req("/echo", &t, &uuid(), "x")).await;
+        assert_eq!(s, StatusCode::CREATED);
+    })
+    .await;
+    assert_eq!(n, 2);
+    // No savepoint under the route either: its write takes no second xid (one transactionid
+    // lock, the transaction's own).
+    let xids = |tx: IdemTx, req: Request<Body>| async move {
+        let tenant = req.headers()["x-tenant"].to_str().unwrap().to_owned();
+        let c = tx.lock().await;
+        c.execute("INSERT INTO layer_rows VALUES ($1, 'row')", &[&tenant])
+            .await
+            .unwrap();
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (StatusCode::CREATED, n.to_string())
+    };
+    let app = Router::new()
+        .route("/xids", post(xids))
+        .route_layer(layer(&pool).mode(Mode::Transaction));
+    let (s, _, b) = send(&app, post_req("/xids", &t, &uuid(), "x")).await;
+    assert_eq!((s, b.as_slice()), (StatusCode::CREATED, &b"1"[..]));
+}
+
+#[tokio::test]
 async fn transaction_mode_rolls_back_a_5xx_and_commits_a_stream_with_the_key_failed() {
     let pool = pool_with(None);
     table(&pool).await;
@@ -165,28 +218,78 @@ async fn transaction_mode_rolls_back_a_5xx_and_commits_a_stream_with_the_key_fai
     assert_eq!(rows(&pool, &t).await, 2);
 }
 
+/// 680 body bytes under the content type `text/x-pad; p=` and `?pad=` times `x`: one more
+/// `x` is one more byte of the stored document.
+async fn padded(req: Request<Body>) -> Response {
+    let pad: usize = req.uri().query().unwrap()["pad=".len()..].parse().unwrap();
+    let ct = format!("text/x-pad; p={}", "x".repeat(pad));
+    ([("content-type", ct)], "y".repeat(680)).into_response()
+}
+
 #[tokio::test]
-async fn a_response_the_extension_refuses_as_too_large_is_stored_omitted() {
-    // The setting is superuser-only; the test database's role is one.
+async fn a_response_over_max_response_size_is_stored_omitted_to_the_byte() {
+    // The setting is superuser-only; the test database's role is one. Lowered to 1 kB for
+    // this pool's sessions.
     let pool = pool_with(Some("-c idempotency.max_response_size=1kB"));
     table(&pool).await;
+    // The padding whose stored document is exactly 1024 bytes by the extension's measure (the
+    // jsonb's size without its 4-byte header): the largest that fits.
+    let c = pool.get().await.unwrap();
+    let mut fits = None;
+    for pad in 0..64usize {
+        let doc = StoredResponse {
+            headers: vec![(
+                "content-type".into(),
+                format!("text/x-pad; p={}", "x".repeat(pad)),
+            )],
+            body: Some(vec![b'y'; 680]),
+        }
+        .encode();
+        let size: i32 = c
+            .query_one("SELECT pg_column_size($1::jsonb) - 4", &[&doc])
+            .await
+            .unwrap()
+            .get(0);
+        if size == 1024 {
+            fits = Some(pad);
+            break;
+        }
+    }
+    drop(c);
+    let fits = fits.expect("a padding gives a 1024-byte document");
     let big = || async { "y".repeat(4000) };
     let phased = Router::new()
         .route("/big", post(big))
+        .route("/padded", post(padded))
         .route_layer(layer(&pool));
     let tx = Router::new()
         .route("/big", post(big))
+        .route("/padded", post(padded))
         .route_layer(layer(&pool).mode(Mode::Transaction));
     for app in [phased, tx] {
-        let (t, k) = (format!("layer:{}", uuid()), uuid());
-        let (s, h, b) = send(&app, post_req("/big", &t, &k, "")).await;
-        assert_eq!((s, b.len()), (StatusCode::OK, 4000));
-        assert!(h.get("idempotent-replay-body").is_none());
-        let (s, h, b) = send(&app, post_req("/big", &t, &k, "")).await;
-        assert_eq!((s, b.len()), (StatusCode::OK, 0));
-        assert_eq!(h["idempotent-replayed"], "true");
-        assert_eq!(h["idempotent-replay-body"], "omitted");
-        assert_eq!(h["content-type"], "text/plain; charset=utf-8");
+        let t = format!("layer:{}", uuid());
+        for (path, len, omitted) in [
+            ("/big".to_owned(), 4000, true),
+            (format!("/padded?pad={fits}"), 680, false),
+            (format!("/padded?pad={}", fits + 1), 680, true),
+        ] {
+            let k = uuid();
+            let (s, h, b) = send(&app, post_req(&path, &t, &k, "")).await;
+            assert_eq!((s, b.len()), (StatusCode::OK, len), "{path}");
+            assert!(h.get("idempotent-replay-body").is_none());
+            let (s, h, b) = send(&app, post_req(&path, &t, &k, "")).await;
+            assert_eq!(h["idempotent-replayed"], "true");
+            if omitted {
+                assert_eq!((s, b.len()), (StatusCode::OK, 0), "{path}");
+                assert_eq!(h["idempotent-replay-body"], "omitted");
+            } else {
+                assert_eq!(
+                    (s, b, h.get("idempotent-replay-body")),
+                    (StatusCode::OK, "y".repeat(680).into_bytes(), None),
+                    "{path}"
+                );
+            }
+        }
     }
 }
 
@@ -264,7 +367,7 @@ async fn idem_tx_outside_transaction_mode_is_500_and_the_key_is_released() {
 }
 
 #[tokio::test]
-async fn a_key_that_expires_during_the_transaction_commits_the_writes_unstored() {
+async fn a_key_that_expires_during_the_transaction_rolls_back_and_answers_503() {
     let pool = pool_with(None);
     table(&pool).await;
     let app = Router::new().route("/rows", post(write_row)).route_layer(
@@ -273,13 +376,27 @@ async fn a_key_that_expires_during_the_transaction_commits_the_writes_unstored()
             .ttl(Duration::from_secs(1)),
     );
     let (t, k) = (format!("layer:{}", uuid()), uuid());
-    // Storing meets IK002: the layer rolls back to the store's savepoint and commits the row;
-    // the route's 201 is sent, unstored, so the same request executes again.
-    for n in 1..=2 {
+    // Storing meets IK002: idem_complete and the COMMIT went together, so the transaction
+    // rolled back, the route's row and the claim with it; the answer is 503 with
+    // Retry-After: 1, and the same request executes again (and again meets IK002).
+    for _ in 1..=2 {
         let (s, h, b) = send(&app, post_req("/rows?sleep", &t, &k, "x")).await;
-        assert_eq!((s, b.as_slice()), (StatusCode::CREATED, &b"written"[..]));
-        assert!(h.get("idempotent-replayed").is_none());
-        assert_eq!(rows(&pool, &t).await, n);
+        assert_eq!(
+            (
+                s,
+                h["content-type"].to_str().unwrap(),
+                h["retry-after"].to_str().unwrap()
+            ),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/problem+json",
+                "1"
+            )
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(doc["code"], "service_unavailable");
+        assert_eq!(rows(&pool, &t).await, 0);
+        assert_eq!(state(&pool, &t, &k).await, State::Absent);
     }
 }
 
