@@ -83,7 +83,8 @@ check: test-guard test-core test-pg test-regress test-isolation
 
 test: check test-meta test-vectors test-upgrade test-standby test-dump test-torture test-crash \
 	test-bench test-instructions test-fuzz test-matrix test-assert test-http test-client-python \
-	test-client-typescript test-http-examples test-http-layers test-ops-worker test-guest test-citus
+	test-client-typescript test-http-examples test-http-layers test-ops-worker test-guest test-packages \
+	test-citus
 	@if [ "$$(cat build/citus/status 2>/dev/null)" = PASSED ]; then \
 		echo "make test: every suite passed"; \
 	else \
@@ -277,7 +278,8 @@ fixture: $(STAMP).debug
 #                  extension files saved and put back; root only); the PGXN zip (make dist) built
 #                  and installed from the unpacked archive into a private PostgreSQL 18; the
 #                  Python sdist and wheel, the npm tarball and the Rust .crate each installed in a
-#                  fresh venv / npm project / directory and their tests run there
+#                  fresh venv / npm project / directory and their tests run there. In make test:
+#                  170 s warm (docs/testing.md)
 test-packages: $(STAMP).debug
 	bash scripts/packages-test.sh
 
