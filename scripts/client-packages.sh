@@ -47,7 +47,11 @@ log "python -m build (sdist, then the wheel from it)"
   || { cat "$base/python-build.log" >&2; die "python -m build failed"; }
 
 # --- TypeScript --------------------------------------------------------------------------
-bash scripts/client-npm.sh >/dev/null  # node_modules from the lock file (and a tsc pass)
+# node_modules from the lock file: scripts/client-npm.sh (npm ci and a tsc pass into
+# clients/typescript/dist) only when they are missing or stale, so that a dist/ that another
+# suite may be reading is not rebuilt for nothing.
+[ "$(cat clients/typescript/node_modules/.installed 2>/dev/null)" = "$(sha256sum clients/typescript/package-lock.json | cut -d' ' -f1)" ] \
+  || bash scripts/client-npm.sh >/dev/null
 copy_client typescript
 ln -s "$ROOT/clients/typescript/node_modules" "$base/src/clients/typescript/node_modules"
 log "npm pack"
