@@ -279,7 +279,7 @@ fixture: $(STAMP).debug
 #                  and installed from the unpacked archive into a private PostgreSQL 18; the
 #                  Python sdist and wheel, the npm tarball and the Rust .crate each installed in a
 #                  fresh venv / npm project / directory and their tests run there. In make test:
-#                  170 s warm (docs/testing.md)
+#                  170 s warm, 408 s in a fresh clone (docs/testing.md)
 test-packages: $(STAMP).debug
 	bash scripts/packages-test.sh
 
