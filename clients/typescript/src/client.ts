@@ -138,12 +138,13 @@ export async function complete(client: ClientBase, scope: string, key: string, o
 
 /**
  * `idem_complete` of a response that the server stores whole when it fits the database's
- * `idempotency.max_response_size` (the size the extension checks: the jsonb's, uncompressed),
+ * `idempotency.max_response_size` (the size the extension checks: the jsonb's, uncompressed,
+ * without its 4-byte header, hence the `- 4`),
  * else in its `omitted` form: decided in the same statement, so that no savepoint and no
  * second try are needed when the setting is lower than the layer's own limit.
  */
 export const SQL_COMPLETE_FITTING =
-  'SELECT idem_complete($1, $2, response => CASE WHEN pg_column_size($3::jsonb)' +
+  'SELECT idem_complete($1, $2, response => CASE WHEN pg_column_size($3::jsonb) - 4' +
   " <= pg_size_bytes(current_setting('idempotency.max_response_size')) THEN $3::jsonb ELSE $4::jsonb END," +
   ' http_status => $5::int, attempt => $6::int)'
 

@@ -201,6 +201,21 @@ test('completeFitting: the response whole when it fits idempotency.max_response_
   await fresh.query("SET idempotency.max_response_size = '1kB'") // PGC_SUSET: the test role is a superuser
   await completeFitting(fresh, s, 'over', { response: big, omitted: small, httpStatus: 201, attempt: 1 })
   assert.deepEqual([(await check(fresh, s, 'over')).response, (await check(fresh, s, 'over')).httpStatus], [small, 201])
+  // The edge, to the byte: the extension measures the jsonb without its 4-byte header. Of the
+  // documents of 900..1100 characters, the largest that measures at most 1 kB is stored whole,
+  // the next one omitted (jsonb's alignment padding makes the sizes skip, hence the search).
+  const sizes = (await fresh.query(
+    "SELECT n, pg_column_size(jsonb_build_object('v', 1, 'headers', '[]'::jsonb, 'body', repeat('z', n))) - 4 AS size FROM generate_series(900, 1100) n ORDER BY n",
+  )).rows as { n: number; size: number }[]
+  const fits = sizes.filter((r) => r.size <= 1024).pop()!
+  const over = sizes.find((r) => r.size > 1024)!
+  assert.ok(fits.size > 1020, `a document of ${fits.size} bytes is the largest at most 1 kB`)
+  await begin(holder, s, 'edge-fits', CMD)
+  await begin(holder, s, 'edge-over', CMD)
+  const doc = (n: number) => ({ v: 1, headers: [], body: 'z'.repeat(n) })
+  await completeFitting(fresh, s, 'edge-fits', { response: doc(fits.n), omitted: small, httpStatus: 201, attempt: 1 })
+  await completeFitting(fresh, s, 'edge-over', { response: doc(over.n), omitted: small, httpStatus: 201, attempt: 1 })
+  assert.deepEqual([(await check(fresh, s, 'edge-fits')).response, (await check(fresh, s, 'edge-over')).response], [doc(fits.n), small])
   await fresh.query("SET idempotency.max_response_size = '512kB'")
   assert.deepEqual((await fresh.query("SELECT current_setting('idempotency.max_response_size') AS t, pg_size_bytes(current_setting('idempotency.max_response_size'))::int AS n")).rows[0], { t: '512kB', n: 512 << 10 })
   await fresh.query('RESET idempotency.max_response_size')
