@@ -238,13 +238,8 @@ pub(crate) async fn finish_tx<T>(
     finish: Finish<T>,
 ) -> Result<(T, Stored), Error> {
     let key = Some((req.scope, req.key));
-    let c = tx.client();
     match finish {
         Finish::Complete(completion, value) => {
-            let st = c
-                .prepare_cached(SQL_COMPLETE)
-                .await
-                .map_err(|e| Error::from_db(e, key))?;
             let attempt_param = Some(attempt);
             let params: [&(dyn ToSql + Sync); 6] = [
                 &req.scope,
@@ -254,11 +249,11 @@ pub(crate) async fn finish_tx<T>(
                 &completion.http_status,
                 &attempt_param,
             ];
-            let (done, commit) = tokio::join!(c.execute(&st, &params), c.batch_execute("COMMIT"));
-            finish_commit(tx, done, commit, key)?;
+            execute_and_commit(tx, SQL_COMPLETE, &params, key).await?;
             Ok((value, Stored::Completed))
         }
         Finish::Fail(failure, value) => {
+            let c = tx.client();
             let st = c
                 .prepare_cached(SQL_FAIL)
                 .await
@@ -327,12 +322,6 @@ pub(crate) async fn store_and_commit(
     http_status: i32,
 ) -> Result<(), Error> {
     let key = Some((req.scope, req.key));
-    let c = tx.client();
-    // Prepared before the flight, so that the statement goes out before the COMMIT.
-    let st = c
-        .prepare_cached(crate::layer::stored::SQL_STORE)
-        .await
-        .map_err(|e| Error::from_db(e, key))?;
     let (doc, omitted) = (stored.encode(), stored.omitted().encode());
     let attempt_param = Some(attempt);
     let params: [&(dyn ToSql + Sync); 6] = [
@@ -343,8 +332,7 @@ pub(crate) async fn store_and_commit(
         &http_status,
         &attempt_param,
     ];
-    let (done, commit) = tokio::join!(c.execute(&st, &params), c.batch_execute("COMMIT"));
-    finish_commit(tx, done, commit, key)
+    execute_and_commit(tx, crate::layer::stored::SQL_STORE, &params, key).await
 }
 
 #[cfg(feature = "axum")]
@@ -357,11 +345,6 @@ pub(crate) async fn fail_keeping_work(
     failure: &Failure,
 ) -> Result<(), Error> {
     let key = Some((req.scope, req.key));
-    let c = tx.client();
-    let st = c
-        .prepare_cached(SQL_FAIL)
-        .await
-        .map_err(|e| Error::from_db(e, key))?;
     let attempt_param = Some(attempt);
     let params: [&(dyn ToSql + Sync); 6] = [
         &req.scope,
@@ -371,7 +354,23 @@ pub(crate) async fn fail_keeping_work(
         &failure.http_status,
         &attempt_param,
     ];
-    let (done, commit) = tokio::join!(c.execute(&st, &params), c.batch_execute("COMMIT"));
+    execute_and_commit(tx, SQL_FAIL, &params, key).await
+}
+
+/// `sql` with `params` and `COMMIT`, pipelined in one flight; the statement is prepared before
+/// the flight, so that it goes out before the COMMIT ([`finish_commit`] reads the results).
+async fn execute_and_commit(
+    tx: &mut Open,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    key: Option<(&str, &str)>,
+) -> Result<(), Error> {
+    let c = tx.client();
+    let st = c
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| Error::from_db(e, key))?;
+    let (done, commit) = tokio::join!(c.execute(&st, params), c.batch_execute("COMMIT"));
     finish_commit(tx, done, commit, key)
 }
 
