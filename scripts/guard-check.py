@@ -3,7 +3,7 @@
 
 Every function that PostgreSQL can call (an `extern "C"` or `extern "C-unwind"` function
 defined in src/: SQL functions, hooks, callbacks, GUC hooks, workers, _PG_init) must run its
-work through `entry::enter` (src/entry.rs), or through `fmgr::call`, which does. A panic or a
+work through `entry::enter` (src/entry.rs), or through `functions::call`, which does. A panic or a
 PostgreSQL error unwinding out of such a function into C aborts the server process and
 restarts the cluster. The one exception is the `pg_finfo_` record of a SQL function, which
 returns a constant.
@@ -20,8 +20,8 @@ import tempfile
 DEFINITION = re.compile(
     r'\bextern\s+"C(?:-unwind)?"\s+fn\s+(\$?[A-Za-z_][A-Za-z0-9_]*)\s*(?:<[^>]*>)?\s*\('
 )
-GUARDS = ("entry::enter(", "fmgr::call(")
-EXEMPT = re.compile(r"^(\$finfo|pg_finfo_\w+)$")
+GUARDS = ("entry::enter(", "super::call(")
+EXEMPT = re.compile(r"^(finfo|pg_finfo_\w+)$")
 
 
 def strip(text):
@@ -103,10 +103,10 @@ def check(src):
                 seen += 1
                 if not any(g in strip(body) for g in GUARDS):
                     problems.append(f"{path}:{line}: {name} is exported to C without entry::enter")
-            # fmgr::call counts as a guard only while it goes through entry::enter.
-            m = re.search(r"pub unsafe fn call\(.*?\n}\n", text, re.S)
-            if f == "fmgr.rs" and (m is None or "entry::enter(" not in m.group(0)):
-                problems.append(f"{path}: fmgr::call does not go through entry::enter")
+            # functions::call counts as a guard only while it goes through entry::enter.
+            m = re.search(r"unsafe fn call\(.*?\n}\n", text, re.S)
+            if f == "functions.rs" and (m is None or "entry::enter(" not in m.group(0)):
+                problems.append(f"{path}: functions::call does not go through entry::enter")
     return problems, seen
 
 

@@ -17,24 +17,13 @@ use idempotency_core::decision::{self, Begin, Execute, Existing, Micros, State};
 use pgrx::pg_sys;
 
 use crate::errors::{IdemError, KeyRef};
-use crate::fmgr::{bytea, sql_functions, text, Args};
+use crate::datum::{bytea, text};
+use crate::fmgr::Args;
 use crate::lock::KeyLock;
 use crate::settings;
 use crate::signature as sig;
 use crate::stats::{self, Counter};
 use crate::store::{Claim, Outcome, Read, Records, Row};
-
-sql_functions! {
-    idem_begin, pg_finfo_idem_begin => begin;
-    idem_complete, pg_finfo_idem_complete => complete;
-    idem_fail, pg_finfo_idem_fail => fail;
-    idem_checkpoint, pg_finfo_idem_checkpoint => checkpoint;
-    idem_check, pg_finfo_idem_check => check;
-    idem_fingerprint, pg_finfo_idem_fingerprint => fingerprint;
-    idem_canonical, pg_finfo_idem_canonical => canonical;
-    idem_purge, pg_finfo_idem_purge => purge;
-    idem_forget, pg_finfo_idem_forget => forget;
-}
 
 /// 409: what a web API answers while another request holds the key.
 const HTTP_CONFLICT: i32 = 409;
@@ -130,7 +119,7 @@ fn require_owner(
     }
 }
 
-fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+pub fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let p = sig::idem_begin::PARAMS;
     let (scope_d, scope) = a.key_text(p.scope)?;
     let (key_d, key) = a.key_text(p.key)?;
@@ -401,7 +390,7 @@ impl<'a> Settling<'a> {
     }
 }
 
-fn complete(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+pub fn complete(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let p = sig::idem_complete::PARAMS;
     let limit = settings::max_response_size();
     let response = a.jsonb(p.response, Some(limit))?.map(|(d, _)| d);
@@ -428,7 +417,7 @@ fn complete(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     Ok(pg_sys::Datum::from(0))
 }
 
-fn fail(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+pub fn fail(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let p = sig::idem_fail::PARAMS;
     let error = a
         .jsonb(p.error, Some(settings::max_response_size()))?
@@ -452,7 +441,7 @@ fn fail(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     Ok(pg_sys::Datum::from(0))
 }
 
-fn checkpoint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+pub fn checkpoint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let p = sig::idem_checkpoint::PARAMS;
     let limit = settings::max_response_size();
     let point = a
@@ -485,7 +474,7 @@ fn written(found: bool) -> Result<(), IdemError> {
     }
 }
 
-fn check(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+pub fn check(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let p = sig::idem_check::PARAMS;
     let (scope_d, scope) = a.key_text(p.scope)?;
     let (key_d, key) = a.key_text(p.key)?;
@@ -536,17 +525,17 @@ fn check(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     )
 }
 
-fn fingerprint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+pub fn fingerprint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     // SAFETY: a jsonb argument of a STRICT function.
     let (_, command) =
-        unsafe { crate::fmgr::jsonb_bytes(a.strict(sig::idem_fingerprint::PARAMS.command)) };
+        unsafe { crate::datum::jsonb_bytes(a.strict(sig::idem_fingerprint::PARAMS.command)) };
     Ok(bytea(&idempotency_core::fingerprint(command)?))
 }
 
-fn canonical(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+pub fn canonical(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     // SAFETY: a jsonb argument of a STRICT function.
     let (_, command) =
-        unsafe { crate::fmgr::jsonb_bytes(a.strict(sig::idem_canonical::PARAMS.command)) };
+        unsafe { crate::datum::jsonb_bytes(a.strict(sig::idem_canonical::PARAMS.command)) };
     let text = idempotency_core::canonical(command)?;
     // SAFETY: copies the bytes into a text value in the current memory context.
     Ok(pg_sys::Datum::from(unsafe {
@@ -554,7 +543,7 @@ fn canonical(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     }))
 }
 
-fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+pub fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let p = sig::idem_purge::PARAMS;
     let max_rows = a.i32(p.max_rows).ok_or(IdemError::NullArgument {
         function: a.function(),
@@ -578,7 +567,7 @@ fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     Ok(pg_sys::Datum::from(deleted as i64))
 }
 
-fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+pub fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let p = sig::idem_forget::PARAMS;
     let (scope_d, scope) = a.key_text(p.scope)?;
     let (key_d, key) = a.key_text(p.key)?;
@@ -630,4 +619,58 @@ fn counted(outcome: &Begin, row: Option<&Row>, scope: &str, key: &str) {
         Begin::Replay => Counter::Replay,
         Begin::InProgress => Counter::InProgress,
     });
+}
+
+/// `idem_stats()`: the counters of every database (55000 when the library was not preloaded).
+pub fn stats(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+    use pgrx::IntoDatum;
+    let rows = stats::rows(a.function())?;
+    let big = |r: &stats::Row, c: Counter| Some(pg_sys::Datum::from(r.counters[c as usize] as i64));
+    let out = rows.iter().filter_map(|r| {
+        let datname = match r.database {
+            Some(db) => {
+                // SAFETY: a syscache lookup; NULL for a database dropped since it counted
+                // (its slot is given back by the launcher): such rows are left out.
+                let name = unsafe { pg_sys::get_database_name(db) };
+                if name.is_null() {
+                    return None;
+                }
+                Some(crate::datum::name(name))
+            }
+            None => None,
+        };
+        use Counter::*;
+        Some(
+            sig::idem_stats::Out {
+                datid: r.database.map(pg_sys::Datum::from),
+                datname,
+                executes_new: big(r, ExecuteNew),
+                executes_takeover: big(r, ExecuteTakeover),
+                executes_retry: big(r, ExecuteRetry),
+                replays: big(r, Replay),
+                in_progress: big(r, InProgress),
+                command_mismatches: big(r, CommandMismatch),
+                not_in_progress: big(r, NotInProgress),
+                leases_lost: big(r, LeaseLost),
+                permission_denied: big(r, PermissionDenied),
+                waits: big(r, Waits),
+                wait_time: (r.counters[WaitMicros as usize] as f64 / 1000.0).into_datum(),
+                completions: big(r, Completions),
+                failures_retryable: big(r, FailuresRetryable),
+                failures_final: big(r, FailuresFinal),
+                checkpoints: big(r, Checkpoints),
+                forgets: big(r, Forgets),
+                purged_rows: big(r, PurgedRows),
+                purge_runs: big(r, PurgeRuns),
+                last_purge: r.last_purge.map(pg_sys::Datum::from),
+                stats_reset: Some(pg_sys::Datum::from(r.stats_reset)),
+            }
+            .values(),
+        )
+    });
+    a.rows(out)
+}
+
+pub fn stats_reset(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+    stats::reset(a.function()).map(pg_sys::Datum::from)
 }

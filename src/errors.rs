@@ -204,7 +204,7 @@ impl IdemError {
                      this request's fingerprint is {}.",
                     at.scope,
                     at.key,
-                    crate::fmgr::timestamptz_text(*first_used),
+                    crate::datum::timestamptz_text(*first_used),
                     hex8(stored),
                     hex8(given)
                 )),
@@ -420,11 +420,17 @@ pub fn log_takeover(scope: &str, key: &str, attempt: i32, lease_expired_at: Opti
             attempt.saturating_sub(1),
             lease_expired_at.map_or(String::new(), |t| format!(
                 " at {}",
-                crate::fmgr::timestamptz_text(t)
+                crate::datum::timestamptz_text(t)
             ))
         )),
         c"idem_begin",
     );
+}
+
+impl From<std::str::Utf8Error> for IdemError {
+    fn from(e: std::str::Utf8Error) -> Self {
+        IdemError::Internal(format!("text is not UTF-8: {e}"))
+    }
 }
 
 impl From<FormatError> for IdemError {

@@ -1,72 +1,15 @@
-//! The calling convention of the SQL functions: PostgreSQL's version-1 C interface, written
-//! by hand rather than through `#[pg_extern]` for three reasons: the contract's own SQLSTATEs
-//! (raised from the outermost frame, see `errors.rs`), NULL arguments answered with 22004
-//! (so the functions cannot be STRICT), and jsonb read in its binary form without pgrx
-//! converting it to serde_json first.
-//!
-//! Each function's arguments and result columns are those its declaration in `signature`
-//! names: [`Args`] reads an argument by its [`Param`], checks the call's argument count
-//! against the declaration, and builds result rows from the declared columns.
-
-use std::ffi::CStr;
+//! The arguments and the result of one call of a SQL function, in PostgreSQL's version-1 C
+//! interface: [`Args`] reads an argument by its [`Param`] (NULL answered with 22004, sizes and
+//! domains checked with 22023), checks the call's argument count against the function's
+//! declaration in `signature`, and builds the result rows from the declared columns. The
+//! entry points themselves (the guard, counting, logging) are `functions.rs`, on top.
 
 use idempotency_core::decision::Micros;
-use pgrx::{pg_sys, IntoDatum};
+use pgrx::pg_sys;
 
 use crate::errors::IdemError;
 use crate::signature::{Param, Signature, Type};
-use crate::store::{text_str, varlena_bytes};
-
-/// Declares the SQL-callable functions: for each, the `pg_finfo_` record and the entry point
-/// that runs the body with the call's [`Args`] and raises its error, if any, after everything
-/// the body owned is dropped. The signature is `signature::<name>::SIGNATURE`.
-macro_rules! sql_functions {
-    ($($name:ident, $finfo:ident => $body:path;)*) => {$(
-        #[no_mangle]
-        #[doc(hidden)]
-        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
-            const V1: ::pgrx::pg_sys::Pg_finfo_record = ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-
-        /// # Safety
-        /// Called by PostgreSQL's function manager only.
-        #[no_mangle]
-        pub unsafe extern "C-unwind" fn $name(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
-            // SAFETY: called by the function manager with this function's call info; `call`
-            // goes through `entry::enter`, the guard of every way in.
-            unsafe { $crate::fmgr::call(fcinfo, &$crate::signature::$name::SIGNATURE, $body) }
-        }
-    )*};
-}
-pub(crate) use sql_functions;
-
-/// Runs one call of a SQL function through the guard of every way in (`entry.rs`): the
-/// body's errors and whatever unwinds out of it (errors PostgreSQL raised inside, which pgrx
-/// turns into panics) are raised as PostgreSQL errors once the body and everything it owned
-/// are gone. A refusal is counted and logged inside the guard.
-///
-/// # Safety
-/// `fcinfo` is the call info PostgreSQL passed to the function that `signature` declares;
-/// called from that function's outermost frame.
-pub unsafe fn call(
-    fcinfo: pg_sys::FunctionCallInfo,
-    signature: &'static Signature,
-    body: fn(&Args) -> Result<pg_sys::Datum, IdemError>,
-) -> pg_sys::Datum {
-    let function = signature.c_name();
-    // SAFETY: the outermost frame of the SQL function; nothing here needs dropping.
-    unsafe {
-        crate::entry::enter(function, || {
-            body(&Args::new(fcinfo, signature)?).inspect_err(|e| {
-                crate::stats::refused(e);
-                if crate::settings::log_refusals() {
-                    e.log(function);
-                }
-            })
-        })
-    }
-}
+use crate::datum::{jsonb_bytes, text_str};
 
 /// The arguments of one call.
 pub struct Args {
@@ -79,7 +22,7 @@ const MICROS_PER_DAY: i128 = 86_400_000_000;
 impl Args {
     /// Refuses a call whose argument count is not the declared one: the SQL objects were
     /// created by another version of the extension than this library's.
-    fn new(
+    pub(crate) fn new(
         fcinfo: pg_sys::FunctionCallInfo,
         signature: &'static Signature,
     ) -> Result<Self, IdemError> {
@@ -386,39 +329,5 @@ impl Args {
             });
             Ok(kept)
         }
-    }
-}
-
-/// A jsonb value's binary form after its varlena header, detoasted in the current memory
-/// context.
-///
-/// # Safety
-/// `d` must be a jsonb datum.
-pub unsafe fn jsonb_bytes<'a>(d: pg_sys::Datum) -> (pg_sys::Datum, &'a [u8]) {
-    unsafe {
-        let v = pg_sys::Datum::from(pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr()));
-        (v, varlena_bytes(v))
-    }
-}
-
-/// A text datum in the current memory context.
-pub fn text(s: &str) -> pg_sys::Datum {
-    s.into_datum().unwrap_or(pg_sys::Datum::from(0))
-}
-
-/// A bytea datum in the current memory context.
-pub fn bytea(b: &[u8]) -> pg_sys::Datum {
-    b.into_datum().unwrap_or(pg_sys::Datum::from(0))
-}
-
-/// A timestamp as the session shows it (DateStyle, TimeZone).
-pub fn timestamptz_text(t: Micros) -> String {
-    // SAFETY: the type output function of timestamptz on a timestamptz value.
-    unsafe {
-        let mut out = pg_sys::InvalidOid;
-        let mut varlena = false;
-        pg_sys::getTypeOutputInfo(pg_sys::TIMESTAMPTZOID, &mut out, &mut varlena);
-        let s = pg_sys::OidOutputFunctionCall(out, pg_sys::Datum::from(t));
-        CStr::from_ptr(s).to_string_lossy().into_owned()
     }
 }

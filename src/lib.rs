@@ -28,9 +28,11 @@
 mod api;
 mod citus;
 mod compat;
+mod datum;
 mod entry;
 mod errors;
 mod fmgr;
+mod functions;
 mod lock;
 mod settings;
 mod signature;

@@ -3,7 +3,8 @@
 //! and what purging did. `idem_stats()` reads them, `idem_stats_reset()` zeroes them.
 //!
 //! Each event is counted once, where it is decided: begin's outcome in `api::begin`, every
-//! refusal in `fmgr::call` (the one place an error leaves a function), waits in
+//! refusal in `functions::call` (the one place an error leaves a SQL function; `counter_of` maps
+//! every error, with no wildcard), waits in
 //! `lock::KeyLock::acquire_within`, purged rows in `purge`. A count is one relaxed atomic
 //! add on this backend's slot, found once per backend; without the library in
 //! `shared_preload_libraries` there is no shared memory and counting does nothing.
@@ -309,82 +310,32 @@ pub fn reset(function: &'static str) -> Result<i64, IdemError> {
 /// Counts a refusal: the error a function is about to raise, if it is one of the four the
 /// counters keep (IK001, IK002, IK003, 42501).
 pub fn refused(e: &IdemError) {
-    let c = match e {
-        IdemError::CommandMismatch { .. } => Counter::CommandMismatch,
-        IdemError::NotInProgress { .. } => Counter::NotInProgress,
-        IdemError::LeaseLost { .. } => Counter::LeaseLost,
-        IdemError::NotOwner { .. } => Counter::PermissionDenied,
-        _ => return,
-    };
-    count(c);
+    if let Some(c) = counter_of(e) {
+        count(c);
+    }
 }
 
-crate::fmgr::sql_functions! {
-    idem_stats, pg_finfo_idem_stats => stats_rows;
-    idem_stats_reset, pg_finfo_idem_stats_reset => stats_reset;
-}
-
-fn stats_rows(a: &crate::fmgr::Args) -> Result<pg_sys::Datum, IdemError> {
-    use pgrx::IntoDatum;
-    let rows = rows(a.function())?;
-    let big = |r: &Row, c: Counter| Some(pg_sys::Datum::from(r.counters[c as usize] as i64));
-    let out = rows.iter().filter_map(|r| {
-        let datname = match r.database {
-            Some(db) => {
-                // SAFETY: a syscache lookup; NULL for a database dropped since it counted
-                // (its slot is given back by the launcher): such rows are left out.
-                let name = unsafe { pg_sys::get_database_name(db) };
-                if name.is_null() {
-                    return None;
-                }
-                Some(name_datum(name))
-            }
-            None => None,
-        };
-        use Counter::*;
-        Some(
-            crate::signature::idem_stats::Out {
-                datid: r.database.map(pg_sys::Datum::from),
-                datname,
-                executes_new: big(r, ExecuteNew),
-                executes_takeover: big(r, ExecuteTakeover),
-                executes_retry: big(r, ExecuteRetry),
-                replays: big(r, Replay),
-                in_progress: big(r, InProgress),
-                command_mismatches: big(r, CommandMismatch),
-                not_in_progress: big(r, NotInProgress),
-                leases_lost: big(r, LeaseLost),
-                permission_denied: big(r, PermissionDenied),
-                waits: big(r, Waits),
-                wait_time: (r.counters[WaitMicros as usize] as f64 / 1000.0).into_datum(),
-                completions: big(r, Completions),
-                failures_retryable: big(r, FailuresRetryable),
-                failures_final: big(r, FailuresFinal),
-                checkpoints: big(r, Checkpoints),
-                forgets: big(r, Forgets),
-                purged_rows: big(r, PurgedRows),
-                purge_runs: big(r, PurgeRuns),
-                last_purge: r.last_purge.map(pg_sys::Datum::from),
-                stats_reset: Some(pg_sys::Datum::from(r.stats_reset)),
-            }
-            .values(),
-        )
-    });
-    a.rows(out)
-}
-
-fn stats_reset(a: &crate::fmgr::Args) -> Result<pg_sys::Datum, IdemError> {
-    reset(a.function()).map(pg_sys::Datum::from)
-}
-
-/// A `name` datum holding a C string.
-fn name_datum(s: *const std::ffi::c_char) -> pg_sys::Datum {
-    // SAFETY: a NameData in the current memory context, filled with (at most NAMEDATALEN - 1
-    // bytes of) the string.
-    unsafe {
-        let name =
-            pg_sys::palloc0(std::mem::size_of::<pg_sys::NameData>()).cast::<pg_sys::NameData>();
-        pg_sys::namestrcpy(name, s);
-        pg_sys::Datum::from(name)
+/// The counter of each error, written out for every one (no wildcard): a new refusal does
+/// not compile until it is given a counter here, or is said to have none.
+fn counter_of(e: &IdemError) -> Option<Counter> {
+    match e {
+        IdemError::CommandMismatch { .. } => Some(Counter::CommandMismatch),
+        IdemError::NotInProgress { .. } => Some(Counter::NotInProgress),
+        IdemError::LeaseLost { .. } => Some(Counter::LeaseLost),
+        IdemError::NotOwner { .. } => Some(Counter::PermissionDenied),
+        // Errors of the call, the server or the library, not refusals of a key: PostgreSQL
+        // counts them as errors of the statement.
+        IdemError::DuringRecovery { .. }
+        | IdemError::NullArgument { .. }
+        | IdemError::InvalidArgument { .. }
+        | IdemError::Unsupported { .. }
+        | IdemError::TooLarge { .. }
+        | IdemError::TtlTooLong { .. }
+        | IdemError::InvalidSetting { .. }
+        | IdemError::NotPreloaded { .. }
+        | IdemError::VersionMismatch { .. }
+        | IdemError::SerializationFailure(_)
+        | IdemError::Corrupted(_)
+        | IdemError::Internal(_) => None,
     }
 }

@@ -24,6 +24,7 @@ use idempotency_core::decision::{Micros, State};
 use pgrx::pg_sys;
 
 use crate::errors::IdemError;
+pub use crate::datum::{text_str, varlena_bytes};
 
 /// A record as read, with its varlena values copied into the memory context that was current
 /// when the table was opened (the SQL function's), so they outlive the SPI connection.
@@ -274,27 +275,4 @@ pub fn owner_of(relid: pg_sys::Oid) -> pg_sys::Oid {
         pg_sys::RelationClose(rel);
         owner
     }
-}
-
-/// The bytes of a (possibly toasted or short-header) varlena datum.
-///
-/// # Safety
-/// `d` must be a valid varlena datum that outlives the returned slice.
-pub unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
-    unsafe {
-        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-        let len = pgrx::varlena::varsize_any_exhdr(v);
-        let data = pgrx::varlena::vardata_any(v) as *const u8;
-        std::slice::from_raw_parts(data, len)
-    }
-}
-
-/// A text datum's contents as `&str` (the database is UTF8, checked at CREATE EXTENSION, and
-/// the server validates text on input).
-///
-/// # Safety
-/// As for [`varlena_bytes`].
-pub unsafe fn text_str<'a>(d: pg_sys::Datum) -> Result<&'a str, IdemError> {
-    let bytes = unsafe { varlena_bytes(d) };
-    std::str::from_utf8(bytes).map_err(|e| IdemError::Internal(format!("text is not UTF-8: {e}")))
 }
