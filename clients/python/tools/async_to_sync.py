@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Generates the sync modules of the Python client from their async originals.
 
-    python3 tools/async_to_sync.py           # (in clients/python) rewrite the generated files
-    python3 tools/async_to_sync.py --check   # exit 1, with a diff, if one is not up to date
+    python3 tools/async_to_sync.py              # (in clients/python) rewrite the generated files
+    python3 tools/async_to_sync.py --check      # exit 1, with a diff, if one is not up to date
+    python3 tools/async_to_sync.py --self-test  # every rule on a sample, and the refusals
 
 `src/idempotency/sync.py` is generated from `src/idempotency/aio.py` (TARGETS below) and
 committed: users install the package without running this. `make test-client-python`
-(scripts/client-python-test.sh) runs `--check`.
+(scripts/client-python-test.sh) runs `--self-test` and `--check`.
 
 How: the source is parsed with `ast`, and each node that differs in the sync module is
 rewritten in place in the source text, at the position `ast` gives for it (so that comments
@@ -123,8 +124,7 @@ def header(target: Target) -> str:
 
 def rename_words(text: str) -> str:
     for old, new in NAMES.items():
-        text = re.sub(rf"(?<![\w.]){re.escape(old)}\b", new, text)
-        text = re.sub(rf"(?<=\.){re.escape(old)}\b", new, text)
+        text = re.sub(rf"(?<!\w){re.escape(old)}\b", new, text)
     return text
 
 
@@ -339,12 +339,10 @@ class Generator:
                 self.prose_at(s, e)
 
     def apply(self) -> str:
-        def inside_directive(start: int, end: int, new: bytes) -> bool:
+        def inside_directive(start: int, end: int) -> bool:
             return any(rs <= start and end <= re_ and (start, end) != (rs, re_) for rs, re_ in self.replaced)
 
-        edits = sorted(
-            (ed for ed in self.edits if not inside_directive(*ed)), key=lambda ed: (ed[0], ed[1])
-        )
+        edits = sorted((ed for ed in self.edits if not inside_directive(ed[0], ed[1])), key=lambda ed: ed[:2])
         out = bytearray()
         pos = 0
         for s, e, new in edits:
@@ -397,18 +395,112 @@ def verify(target: Target, text: str) -> None:
             )
 
 
-def generate(target: Target) -> str:
-    source = (ROOT / target.source).read_text(encoding="utf-8")
+def generate(target: Target, source: str | None = None) -> str:
+    if source is None:
+        source = (ROOT / target.source).read_text(encoding="utf-8")
     text = Generator(target, source).run()
     verify(target, text)
     return text
+
+
+# --- The self-test: every rule on a sample, and the refusals ------------------------------
+
+SAMPLE_TARGET = Target("sample_aio.py", "sample_sync.py", text=[("An async sample.", "A sync sample.")])
+SAMPLE = """\
+\"\"\"An async sample.\"\"\"
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+
+import psycopg
+
+
+class Unit:
+    async def __aenter__(self) -> Unit:  # enters `psycopg.AsyncConnection`
+        return self
+
+
+async def run(conn: psycopg.AsyncConnection[Any], fn: Callable[[], Awaitable[int]],
+              cm: AbstractAsyncContextManager[psycopg.AsyncPipeline]) -> int:
+    \"\"\"Run `await fn()` inside `async with cm`.\"\"\"
+    await conn.set_autocommit(True)  # sync: conn.autocommit = True
+    async with cm:
+        row = await (await conn.execute("SELECT 1")).fetchone()
+    async for x in (await conn.cursor().stream("SELECT 1")):
+        pass
+    await asyncio.sleep(0.1)
+    return await fn() + (await cm.__aenter__()).x
+"""
+EXPECTED = """\
+# Generated from sample_aio.py by tools/async_to_sync.py: do not edit. Change sample_aio.py (or the
+# generator's tables) and run `python3 tools/async_to_sync.py` in clients/python.
+\"\"\"A sync sample.\"\"\"
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import psycopg
+
+
+class Unit:
+    def __enter__(self) -> Unit:  # enters `psycopg.Connection`
+        return self
+
+
+def run(conn: psycopg.Connection[Any], fn: Callable[[], int],
+              cm: AbstractContextManager[psycopg.Pipeline]) -> int:
+    \"\"\"Run `fn()` inside `with cm`.\"\"\"
+    conn.autocommit = True
+    with cm:
+        row = conn.execute("SELECT 1").fetchone()
+    for x in (conn.cursor().stream("SELECT 1")):
+        pass
+    time.sleep(0.1)
+    return fn() + cm.__enter__().x
+"""
+REFUSED = [
+    ("class AsyncThing: pass\n", "AsyncThing is left"),
+    ("import asyncio.locks\n", "asyncio.locks is left"),
+    ("async def f(xs):\n    return [x async for x in xs]\n", "async comprehensions"),
+    ("x = 1; y = 2  # sync: x = 2\n", "a `# sync:` directive ends the line of one statement"),
+    ("x = 1  # sync: x = (\n", "does not parse"),
+]
+
+
+def self_test() -> int:
+    failures = []
+    got = generate(SAMPLE_TARGET, SAMPLE)
+    if got != EXPECTED:
+        failures.append("the sample:\n" + "".join(difflib.unified_diff(
+            EXPECTED.splitlines(keepends=True), got.splitlines(keepends=True), "expected", "generated")))
+    for source, message in REFUSED:
+        try:
+            generate(Target("refused_aio.py", "refused_sync.py"), source)
+            failures.append(f"not refused: {source!r}")
+        except GenerateError as err:
+            if message not in str(err):
+                failures.append(f"{source!r} refused with {err}, expected {message!r}")
+    try:
+        generate(SAMPLE_TARGET, SAMPLE.replace("An async sample.", "A sample."))
+        failures.append("an unused text replacement was not noticed")
+    except GenerateError as err:
+        if "matches nothing" not in str(err):
+            failures.append(f"an unused text replacement: {err}")
+    for f in failures:
+        print(f"async_to_sync self-test: {f}", file=sys.stderr)
+    if not failures:
+        print(f"async_to_sync self-test: the sample and {len(REFUSED) + 1} refusals as expected")
+    return 1 if failures else 0
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Generate the sync modules from the async ones.")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 with a diff when a generated file is not up to date")
+    parser.add_argument("--self-test", action="store_true", help="check the generator itself on a sample")
     args = parser.parse_args(argv)
+    if args.self_test:
+        return self_test()
     stale = 0
     for target in TARGETS:
         try:
