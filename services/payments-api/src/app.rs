@@ -25,7 +25,9 @@ use tokio_postgres::types::ToSql;
 
 use crate::db;
 use crate::headers;
+use crate::loads;
 use crate::processor::{self, Charge};
+use crate::validate;
 use idempotency_client::headers::{self as keys, KeyError, Prefer};
 use idempotency_client::layer::{answers, Problem};
 
@@ -177,49 +179,6 @@ fn in_progress(key: &str, checked: &Checked, prefer: Prefer) -> Response {
     answers::in_progress(Some(checked), Prefer::default(), None).into_response()
 }
 
-// --- documents -------------------------------------------------------------------------------
-
-fn payment_doc(
-    id: &str,
-    amount: &str,
-    currency: &str,
-    status: &str,
-    charge_id: &str,
-    created_at: DateTime<Utc>,
-) -> Value {
-    json!({"id": id, "amount": amount, "currency": currency, "status": status,
-           "charge_id": charge_id, "created_at": rfc3339(created_at)})
-}
-
-async fn load_payment(pool: &Pool, id: &str, tenant: &str) -> Result<Option<Value>, Error> {
-    let c = pool.get().await?;
-    let st = c
-        .prepare_cached(db::SQL_PAYMENT)
-        .await
-        .map_err(|e| Error::from_db(e, None))?;
-    let row = c
-        .query_opt(&st, &[&id, &tenant])
-        .await
-        .map_err(|e| Error::from_db(e, None))?;
-    Ok(row.map(|r| payment_doc(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
-}
-
-async fn load_refund(pool: &Pool, id: &str, tenant: &str) -> Result<Option<Value>, Error> {
-    let c = pool.get().await?;
-    let st = c
-        .prepare_cached(db::SQL_REFUND)
-        .await
-        .map_err(|e| Error::from_db(e, None))?;
-    let row = c
-        .query_opt(&st, &[&id, &tenant])
-        .await
-        .map_err(|e| Error::from_db(e, None))?;
-    Ok(row.map(|r| {
-        let t: DateTime<Utc> = r.get(3);
-        json!({"id": r.get::<_, &str>(0), "payment_id": r.get::<_, &str>(1), "amount": r.get::<_, &str>(2), "created_at": rfc3339(t)})
-    }))
-}
-
 /// A replay: the stored status with the body rebuilt from the stored resource (a success) or
 /// the stored problem (a final failure), and `Idempotent-Replayed: true`.
 async fn replay(app: &App, tenant: &str, b: &Begun) -> Response {
@@ -234,12 +193,12 @@ async fn replay(app: &App, tenant: &str, b: &Begun) -> Response {
     let resource = b.resource.as_deref().unwrap_or_default();
     let (doc, location) = if let Some(id) = resource.strip_prefix("payments/") {
         (
-            load_payment(&app.pool, id, tenant).await,
+            loads::payment(&app.pool, id, tenant).await,
             format!("/v1/payments/{id}"),
         )
     } else if let Some(id) = resource.strip_prefix("refunds/") {
         (
-            load_refund(&app.pool, id, tenant).await,
+            loads::refund(&app.pool, id, tenant).await,
             format!("/v1/refunds/{id}"),
         )
     } else {
@@ -280,78 +239,6 @@ async fn read_json(body: Body) -> Result<Value, Response> {
             code::INVALID_REQUEST,
             &format!("The body is not JSON: {e}."),
         )
-    })
-}
-
-/// `amount`: a decimal string, > 0, at most 2 decimals (and at most 12 integer digits, what
-/// the table holds).
-fn valid_amount(s: &str) -> bool {
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    !int.is_empty()
-        && int.len() <= 12
-        && digits(int)
-        && (int == "0" || !int.starts_with('0'))
-        && (!s.contains('.') || (1..=2).contains(&frac.len()))
-        && digits(frac)
-        && s.bytes().any(|b| (b'1'..=b'9').contains(&b))
-}
-
-struct PaymentBody {
-    amount: String,
-    currency: String,
-    card: String,
-    description: Option<String>,
-}
-
-fn object<'a>(
-    v: &'a Value,
-    allowed: &[&str],
-) -> Result<&'a serde_json::Map<String, Value>, String> {
-    let o = v.as_object().ok_or("The body must be a JSON object.")?;
-    if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(format!("Unknown member {k:?}."));
-    }
-    Ok(o)
-}
-
-fn amount_of(o: &serde_json::Map<String, Value>) -> Result<String, String> {
-    match o.get("amount") {
-        Some(Value::String(a)) if valid_amount(a) => Ok(a.clone()),
-        _ => Err(
-            "amount must be a decimal string above 0 with at most 2 decimals, like \"10.00\"."
-                .into(),
-        ),
-    }
-}
-
-fn payment_body(v: &Value) -> Result<PaymentBody, String> {
-    let o = object(v, &["amount", "currency", "card", "description"])?;
-    let amount = amount_of(o)?;
-    let currency = match o.get("currency") {
-        Some(Value::String(c)) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => {
-            c.clone()
-        }
-        _ => return Err("currency must be 3 upper-case letters, like \"EUR\".".into()),
-    };
-    let card = match o.get("card") {
-        Some(Value::String(c))
-            if !c.is_empty() && c.len() <= 255 && c.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            c.clone()
-        }
-        _ => return Err("card must be a non-empty token, like \"tok_visa\".".into()),
-    };
-    let description = match o.get("description") {
-        None => None,
-        Some(Value::String(d)) if d.len() <= 1000 => Some(d.clone()),
-        _ => return Err("description must be a string of at most 1000 bytes.".into()),
-    };
-    Ok(PaymentBody {
-        amount,
-        currency,
-        card,
-        description,
     })
 }
 
@@ -459,7 +346,7 @@ async fn create_payment(State(app): State<Shared>, h: HeaderMap, body: Body) -> 
         Ok(v) => v,
         Err(r) => return r,
     };
-    let pay = match payment_body(&value) {
+    let pay = match validate::payment_body(&value) {
         Ok(p) => p,
         Err(d) => return problem(400, code::INVALID_REQUEST, &d),
     };
@@ -476,7 +363,7 @@ async fn payment_flow(
     tenant: String,
     key: String,
     body: Value,
-    pay: PaymentBody,
+    pay: validate::PaymentBody,
     fault: Option<Fault>,
     prefer: Prefer,
 ) -> Response {
@@ -590,7 +477,7 @@ async fn payment_flow(
         .await;
     match rows {
         Ok(rows) if rows.len() == 1 => {
-            let doc = payment_doc(
+            let doc = loads::payment_doc(
                 &id,
                 rows[0].get(0),
                 &pay.currency,
@@ -621,7 +508,7 @@ async fn get_payment(
         return not_found();
     };
     ready_or_503!(app);
-    match load_payment(&app.pool, &id, &tenant).await {
+    match loads::payment(&app.pool, &id, &tenant).await {
         Ok(Some(doc)) => json_response(200, &doc),
         Ok(None) => not_found(),
         Err(e) => error_response(&e),
@@ -640,7 +527,7 @@ async fn get_refund(
         return not_found();
     };
     ready_or_503!(app);
-    match load_refund(&app.pool, &id, &tenant).await {
+    match loads::refund(&app.pool, &id, &tenant).await {
         Ok(Some(doc)) => json_response(200, &doc),
         Ok(None) => not_found(),
         Err(e) => error_response(&e),
@@ -695,7 +582,7 @@ async fn create_refund(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let amount = match object(&value, &["amount"]).and_then(amount_of) {
+    let amount = match validate::refund_amount(&value) {
         Ok(a) => a,
         Err(d) => return problem(400, code::INVALID_REQUEST, &d),
     };
@@ -739,7 +626,10 @@ async fn refund_flow(
             // every refund committed before it.
             let lock_params: [&(dyn ToSql + Sync); 2] = [&pid, &t];
             let insert_params: [&(dyn ToSql + Sync); 4] = [&pid, &t, &rid, &amt];
-            let (locked, inserted) = tokio::join!(c.query_opt(&lock, &lock_params), c.query_opt(&insert, &insert_params));
+            let (locked, inserted) = tokio::join!(
+                c.query_opt(&lock, &lock_params),
+                c.query_opt(&insert, &insert_params)
+            );
             if locked?.is_none() {
                 inserted?;
                 return Ok(Finish::Rollback(RefundDone::NotFound));
@@ -747,12 +637,26 @@ async fn refund_flow(
             Ok(match inserted? {
                 Some(row) => {
                     let created: DateTime<Utc> = row.get(1);
-                    let doc = json!({"id": rid, "payment_id": pid, "amount": row.get::<_, &str>(0), "created_at": rfc3339(created)});
-                    Finish::Complete(Completion::resource(format!("refunds/{rid}"), 201), RefundDone::Created(doc, format!("/v1/refunds/{rid}")))
+                    let doc = loads::refund_doc(&rid, &pid, row.get(0), created);
+                    Finish::Complete(
+                        Completion::resource(format!("refunds/{rid}"), 201),
+                        RefundDone::Created(doc, format!("/v1/refunds/{rid}")),
+                    )
                 }
                 None => {
-                    let p = problem_doc(409, code::REFUND_EXCEEDS_PAYMENT, "The refunds of this payment would exceed its amount.");
-                    Finish::Fail(Failure { error: Some(p.clone()), retryable: false, http_status: 409 }, RefundDone::Exceeds(p))
+                    let p = problem_doc(
+                        409,
+                        code::REFUND_EXCEEDS_PAYMENT,
+                        "The refunds of this payment would exceed its amount.",
+                    );
+                    Finish::Fail(
+                        Failure {
+                            error: Some(p.clone()),
+                            retryable: false,
+                            http_status: 409,
+                        },
+                        RefundDone::Exceeds(p),
+                    )
                 }
             })
         })
@@ -775,59 +679,5 @@ async fn refund_flow(
         Ok(Ran::InProgress(_, checked)) => in_progress(&key, &checked, prefer),
         Err(RunError::Idem(e)) => error_response(&e),
         Err(RunError::Work(e)) => db_error(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn amounts() {
-        for ok in ["10.00", "0.01", "1", "10.5", "999999999999.99", "0.10"] {
-            assert!(valid_amount(ok), "{ok}");
-        }
-        for bad in [
-            "0",
-            "0.00",
-            "",
-            ".5",
-            "1.",
-            "1.234",
-            "-1",
-            "+1",
-            "1e2",
-            "01",
-            "1,00",
-            " 1",
-            "1000000000000",
-            "١",
-        ] {
-            assert!(!valid_amount(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn payment_bodies() {
-        assert!(
-            payment_body(&json!({"amount": "10.00", "currency": "EUR", "card": "tok_visa"}))
-                .is_ok()
-        );
-        assert!(payment_body(
-            &json!({"amount": "10.00", "currency": "EUR", "card": "tok_visa", "description": "x"})
-        )
-        .is_ok());
-        for bad in [
-            json!([]),
-            json!({"amount": 10, "currency": "EUR", "card": "tok_visa"}),
-            json!({"amount": "10.00", "currency": "eur", "card": "tok_visa"}),
-            json!({"amount": "10.00", "currency": "EURO", "card": "tok_visa"}),
-            json!({"amount": "10.00", "currency": "EUR", "card": ""}),
-            json!({"amount": "10.00", "currency": "EUR"}),
-            json!({"amount": "10.00", "currency": "EUR", "card": "tok_visa", "description": 5}),
-            json!({"amount": "10.00", "currency": "EUR", "card": "tok_visa", "extra": 1}),
-        ] {
-            assert!(payment_body(&bad).is_err(), "{bad}");
-        }
     }
 }

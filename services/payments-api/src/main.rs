@@ -8,7 +8,9 @@
 mod app;
 mod db;
 mod headers;
+mod loads;
 mod processor;
+mod validate;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
