@@ -6,9 +6,9 @@
 // SAVEPOINT cost one round trip and the completion + COMMIT another (docs/clients.md has the
 // round trips of each flow). On an ordinary client the same statements go one by one.
 
-import type { ClientBase, QueryResult } from 'pg'
+import type { ClientBase, QueryConfig, QueryResult } from 'pg'
 
-import { translate, SerializationFailure } from './errors'
+import { translate, RecordRefusal, SerializationFailure, type CallContext } from './errors'
 import {
   SQL,
   Begin,
@@ -25,7 +25,11 @@ import {
   leaseRow,
 } from './model'
 
-type Statement = [text: string, values?: unknown[]]
+type Statement = [text: string, values?: unknown[]] | QueryConfig
+
+function send(client: ClientBase, s: Statement): Promise<QueryResult> {
+  return Array.isArray(s) ? client.query(s[0], s[1]) : client.query(s)
+}
 
 function pipelined(client: ClientBase): boolean {
   return (client as unknown as { pipeline?: boolean }).pipeline === true
@@ -54,19 +58,19 @@ export function together<T>(client: ClientBase, send: () => T): T {
  */
 async function batch(client: ClientBase, statements: Statement[]): Promise<PromiseSettledResult<QueryResult>[]> {
   if (pipelined(client)) {
-    return Promise.allSettled(together(client, () => statements.map(([text, values]) => client.query(text, values))))
+    return Promise.allSettled(together(client, () => statements.map((s) => send(client, s))))
   }
   // One by one, the statements after a failure are not sent: in the aborted transaction they
   // could only fail too.
   const out: PromiseSettledResult<QueryResult>[] = []
   let failed: unknown
-  for (const [text, values] of statements) {
+  for (const s of statements) {
     if (failed !== undefined) {
       out.push({ status: 'rejected', reason: failed })
       continue
     }
     try {
-      out.push({ status: 'fulfilled', value: await client.query(text, values) })
+      out.push({ status: 'fulfilled', value: await send(client, s) })
     } catch (reason) {
       failed = reason
       out.push({ status: 'rejected', reason })
@@ -86,11 +90,50 @@ async function rollback(client: ClientBase): Promise<void> {
   await client.query('ROLLBACK').catch(() => undefined)
 }
 
-async function one(client: ClientBase, text: string, values: unknown[], scope?: string, key?: string) {
+/**
+ * Roll back the library's own transaction after `e`; for a refusal (IK001, IK002, IK003), read
+ * its data in the same flight (one round trip on a pipelined client), now that the connection
+ * is out of the aborted transaction. A failed read leaves the data empty.
+ */
+async function rollbackAfter(client: ClientBase, e: unknown): Promise<void> {
+  if (!(e instanceof RecordRefusal)) return rollback(client)
+  const [, record] = await batch(client, [['ROLLBACK'], e.recordQuery()])
+  e.settle(record)
+}
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+/**
+ * Whether a statement sent now runs outside any transaction: a pool (each statement on an idle
+ * connection of its own), or a node-postgres client that is idle (transaction status `I`, as
+ * of its last ReadyForQuery) with nothing queued or in flight that could change it first.
+ */
+function outsideTransaction(client: ClientBase): boolean {
+  const c = client as any
+  if (typeof c.getTransactionStatus !== 'function') {
+    return typeof c.connect === 'function' && typeof c.totalCount === 'number' // a pg.Pool
+  }
+  return (
+    c.getTransactionStatus() === 'I' &&
+    c.readyForQuery === true &&
+    !c._activeQuery &&
+    !(c._queryQueue?.length > 0) &&
+    !(c._sentQueryQueue?.length > 0)
+  )
+}
+/* eslint-enable @typescript-eslint/no-explicit-any */
+
+/**
+ * One statement of a plain call. A refusal's data are read at once when the call ran outside
+ * any transaction; inside one (the caller's), they stay empty: `load` them after the rollback.
+ */
+async function one(client: ClientBase, text: string, values: unknown[], context: CallContext = {}) {
+  const autocommit = outsideTransaction(client)
   try {
     return (await client.query(text, values)).rows[0]
-  } catch (e) {
-    throw translate(e, scope, key)
+  } catch (err) {
+    const e = translate(err, context)
+    if (autocommit && e instanceof RecordRefusal) await e.load(client)
+    throw e
   }
 }
 
@@ -108,7 +151,7 @@ function beginParams(scope: string, key: string, command: JsonInput, o: BeginOpt
 
 /** `idem_begin`: claim the key, or learn that it is stored or held. */
 export async function begin(client: ClientBase, scope: string, key: string, command: JsonInput, options: BeginOptions = {}): Promise<Begin> {
-  return beginRow(await one(client, SQL.begin, beginParams(scope, key, command, options), scope, key))
+  return beginRow(await one(client, SQL.begin, beginParams(scope, key, command, options), { scope, key, command }))
 }
 
 export interface CompleteOptions {
@@ -133,7 +176,7 @@ function failParams(scope: string, key: string, o: FailOptions, attempt: number 
 
 /** `idem_complete`: store the final outcome of a key in progress. */
 export async function complete(client: ClientBase, scope: string, key: string, options: CompleteOptions & { attempt?: number } = {}): Promise<void> {
-  await one(client, SQL.complete, completeParams(scope, key, options, options.attempt), scope, key)
+  await one(client, SQL.complete, completeParams(scope, key, options, options.attempt), { scope, key, attempt: options.attempt })
 }
 
 /**
@@ -158,27 +201,27 @@ export interface CompleteFittingOptions {
 
 /** `idem_complete` with `response`, or `omitted` when the response is over `idempotency.max_response_size`. */
 export async function completeFitting(client: ClientBase, scope: string, key: string, o: CompleteFittingOptions): Promise<void> {
-  await one(client, SQL_COMPLETE_FITTING, [scope, key, jsonb(o.response), jsonb(o.omitted), o.httpStatus ?? 200, o.attempt ?? null], scope, key)
+  await one(client, SQL_COMPLETE_FITTING, [scope, key, jsonb(o.response), jsonb(o.omitted), o.httpStatus ?? 200, o.attempt ?? null], { scope, key, attempt: o.attempt })
 }
 
 /** `idem_fail`: store a failure; a retryable one is executed again by the next request. */
 export async function fail(client: ClientBase, scope: string, key: string, options: FailOptions & { attempt?: number } = {}): Promise<void> {
-  await one(client, SQL.fail, failParams(scope, key, options, options.attempt), scope, key)
+  await one(client, SQL.fail, failParams(scope, key, options, options.attempt), { scope, key, attempt: options.attempt })
 }
 
 /** `idem_checkpoint`: record progress and renew the lease; returns the new lease end. */
 export async function checkpoint(client: ClientBase, scope: string, key: string, recoveryPoint: string, data?: JsonInput, options: { attempt?: number } = {}): Promise<Date> {
-  return (await one(client, SQL.checkpoint, [scope, key, recoveryPoint, jsonb(data), options.attempt ?? null], scope, key)).lease_end
+  return (await one(client, SQL.checkpoint, [scope, key, recoveryPoint, jsonb(data), options.attempt ?? null], { scope, key, attempt: options.attempt })).lease_end
 }
 
 /** `idem_check`: the key's committed state; read-only, works on a hot standby. */
 export async function check(client: ClientBase, scope: string, key: string, command?: JsonInput): Promise<Check> {
-  return checkRow(await one(client, SQL.check, [scope, key, jsonb(command)], scope, key))
+  return checkRow(await one(client, SQL.check, [scope, key, jsonb(command)], { scope, key }))
 }
 
 /** When the key's lease ends, with the database's clock (for `Retry-After`). */
 export async function lease(client: ClientBase, scope: string, key: string): Promise<Lease> {
-  return leaseRow(await one(client, SQL.lease, [scope, key], scope, key))
+  return leaseRow(await one(client, SQL.lease, [scope, key], { scope, key }))
 }
 
 /** `idem_fingerprint`: the 32-byte SHA-256 of the canonical command. */
@@ -198,7 +241,7 @@ export async function purge(client: ClientBase, maxRows = 10000): Promise<number
 
 /** `idem_forget`: an operator's eviction of one live key. */
 export async function forget(client: ClientBase, scope: string, key: string): Promise<boolean> {
-  return (await one(client, SQL.forget, [scope, key], scope, key)).v
+  return (await one(client, SQL.forget, [scope, key], { scope, key })).v
 }
 
 /**
@@ -291,8 +334,9 @@ class Finishing {
   }
 
   protected async abort(err: unknown): Promise<never> {
-    await rollback(this.client)
-    throw translate(err, this.scope, this.key)
+    const e = translate(err, { scope: this.scope, key: this.key, attempt: this.fencing })
+    await rollbackAfter(this.client, e)
+    throw e
   }
 
   protected async abandon(before: Promise<QueryResult>[]): Promise<void> {
@@ -366,8 +410,9 @@ export async function transaction<T>(client: ClientBase, request: Request, work:
   const [b, row, sp] = await batch(client, [['BEGIN'], [SQL.begin, params], [SQL.savepoint]])
   const err = firstError([b, row, sp])
   if (err !== undefined || row.status !== 'fulfilled') {
-    await rollback(client)
-    throw translate(err, scope, key)
+    const e = translate(err, { scope, key, command: request.command })
+    await rollbackAfter(client, e)
+    throw e
   }
   const tx = new Transaction(client, scope, key, beginRow(row.value.rows[0]))
   let value: T

@@ -200,8 +200,9 @@ export function answerForReplay(begin: Begin): Answer {
 export function problemForError(e: unknown): Problem {
   if (e instanceof Problem) return e
   if (e instanceof KeyReused) {
-    const when = e.firstUsed ? ` at ${e.firstUsed}` : ''
-    const extra: Record<string, Json> = e.firstUsedAt ? { first_used_at: e.firstUsedAt.toISOString() } : {}
+    const at = e.firstUsedMicros === null ? null : rfc3339Micros(e.firstUsedMicros)
+    const when = at ? ` at ${at}` : ''
+    const extra: Record<string, Json> = at ? { first_used_at: at } : {}
     return new Problem(422, code.IDEMPOTENCY_KEY_REUSED, `this idempotency key was first used${when} with a different request; use a new key for a different request`, {}, extra)
   }
   if (e instanceof LeaseLost) return new Problem(409, code.REQUEST_IN_PROGRESS, 'another request took this idempotency key over', { [RETRY_AFTER]: '1' })
@@ -215,6 +216,13 @@ export function problemForError(e: unknown): Problem {
     }
   }
   return new Problem(500, code.INTERNAL_ERROR, 'internal error')
+}
+
+/** Epoch microseconds as RFC 3339 in UTC, to the microsecond: `2026-12-01T21:04:21.203170Z`. */
+export function rfc3339Micros(us: bigint): string {
+  const ms = us / 1000n - (us % 1000n < 0n ? 1n : 0n)
+  const rest = us - ms * 1000n
+  return `${new Date(Number(ms)).toISOString().slice(0, -1)}${String(rest).padStart(3, '0')}Z`
 }
 
 function isConnectionError(e: unknown): boolean {

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto'
 import type { ClientBase, Pool, PoolClient } from 'pg'
 
 import { begin, claim, completeFitting, fail, lease as leaseOf, together } from './client'
-import { NotInProgress } from './errors'
+import { NotInProgress, RecordRefusal } from './errors'
 import { IDEMPOTENT_REPLAYED, PROBLEM_JSON, Prefer, Problem, RETRY_AFTER, code, parseIdempotencyKey, parsePrefer, problem, problemForError } from './http'
 import { RawJson, type Begin, type Interval, type Json, type Lease } from './model'
 
@@ -527,7 +527,7 @@ function onPool(s: { pool: Pool }): ClientBase {
 function unstored(p: Prepared, e: unknown): void {
   if (!(e instanceof NotInProgress)) throw e
   console.warn(
-    `idempotency: the key ${JSON.stringify(p.key)} (scope ${JSON.stringify(p.scope)}) was no longer in progress when the route's outcome was stored (${e.found ?? e.message}); the route's response is sent unstored, and a retry executes again`,
+    `idempotency: the key ${JSON.stringify(p.key)} (scope ${JSON.stringify(p.scope)}) was no longer in progress when the route's outcome was stored (found: ${e.found ?? 'unknown'}); the route's response is sent unstored, and a retry executes again`,
   )
 }
 
@@ -604,9 +604,22 @@ function store<Req>(client: ClientBase, s: Settings<Req>, p: Prepared, captured:
 function rolledBack(p: Prepared, e: unknown): Reply {
   if (!(e instanceof NotInProgress)) return errorReply(e)
   console.warn(
-    `idempotency: the key ${JSON.stringify(p.key)} (scope ${JSON.stringify(p.scope)}) was no longer in progress when the route's outcome was stored (${e.found ?? e.message}); the transaction was rolled back, and a retry executes again`,
+    `idempotency: the key ${JSON.stringify(p.key)} (scope ${JSON.stringify(p.scope)}) was no longer in progress when the route's outcome was stored (found: ${e.found ?? 'unknown'}); the transaction was rolled back, and a retry executes again`,
   )
   return problemReply(new Problem(503, code.SERVICE_UNAVAILABLE, 'the idempotency key expired while the request ran; nothing was done: try again', { [RETRY_AFTER]: '1' }))
+}
+
+/**
+ * ROLLBACK the layer's transaction after `e`; for a refusal (IK001, IK002, IK003), read its
+ * data in the same flight. Resolves with the ROLLBACK's error, if any (the connection is then
+ * not reused).
+ */
+async function rollbackAndLoad(client: PoolClient, e: unknown): Promise<Error | undefined> {
+  const refusal = e instanceof RecordRefusal ? e : null
+  const [rolled, read] = together(client, () => [client.query('ROLLBACK'), refusal ? client.query(refusal.recordQuery()) : null] as const)
+  const [rb, record] = await Promise.allSettled([rolled, read ?? Promise.resolve(null)])
+  refusal?.settle(record)
+  return rb.status === 'rejected' ? (rb.reason as Error) : undefined
 }
 
 async function settle(statements: Promise<unknown>[]): Promise<void> {
@@ -637,7 +650,9 @@ async function transactionFlow<Req>(s: Settings<Req>, p: Prepared, route: Route)
         await settle([started, claimed])
         b = await claimed
       } catch (e) {
-        await client.query('ROLLBACK').catch(() => undefined)
+        // idem_begin ran in the layer's transaction: IK001's first use is read once it is
+        // rolled back (the ROLLBACK and the read in one flight on a pipelined client).
+        await rollbackAndLoad(client, e)
         return { kind: 'reply', reply: errorReply(e) }
       }
       if (b.outcome !== 'execute') {
@@ -675,7 +690,7 @@ async function transactionFlow<Req>(s: Settings<Req>, p: Prepared, route: Route)
         keep = true
         return { kind: 'stream', ended: async () => client.release() }
       } catch (e) {
-        await client.query('ROLLBACK').catch((err: Error) => (broken = err))
+        broken = await rollbackAndLoad(client, e)
         return { kind: 'reply', reply: rolledBack(p, e) }
       }
     } finally {

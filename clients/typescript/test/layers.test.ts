@@ -252,6 +252,12 @@ async function call(base: string, path: string, o: { method?: string; headers?: 
 
 const tenantName = () => `t${randomUUID().replace(/-/g, '')}`
 
+/** The record's first use as RFC 3339 in UTC, formatted by the server (to compare the 422's first_used_at with). */
+async function firstUsed(scope: string, key: string): Promise<string> {
+  const sql = `SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS t FROM idem_check($1, $2)`
+  return (await pool.query(sql, [scope, key])).rows[0].t
+}
+
 async function state(scope: string, key: string): Promise<string> {
   return (await check(pool as unknown as pg.ClientBase, scope, key)).state
 }
@@ -273,7 +279,7 @@ for (const fw of ['express', 'hono'] as const) {
       const reused = await call(base, path, { headers: h(tenant, 'k1', json), body })
       const doc = JSON.parse(reused.text)
       assert.deepEqual([reused.status, reused.headers.get('content-type'), doc.code, doc.status], [422, 'application/problem+json', 'idempotency_key_reused', 422])
-      assert.match(doc.first_used_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
+      assert.equal(doc.first_used_at, await firstUsed(tenant, 'k1')) // the record's created_at, to the microsecond
     }
     const still = await call(base, '/echo?a=1', { headers: h(tenant, 'k1', json), body: '{"a":[1],"b":1}' })
     assert.deepEqual([still.status, still.headers.get('idempotent-replayed')], [201, 'true'])
@@ -355,6 +361,10 @@ for (const fw of ['express', 'hono'] as const) {
     assert.deepEqual([ok.status, JSON.parse(ok.text), await rows('c'), await state(tenant, 'c')], [201, { mode: 'transaction', attempt: 1 }, 1, 'completed'])
     const replay = await call(base, '/tx', { headers: h(tenant, 'c') })
     assert.deepEqual([replay.status, replay.headers.get('idempotent-replayed'), await rows('c')], [201, 'true', 1])
+    // Another command (the query is part of it): 422, its first use read after the layer's ROLLBACK.
+    const reused = await call(base, '/tx?status=200', { headers: h(tenant, 'c') })
+    const doc = JSON.parse(reused.text)
+    assert.deepEqual([reused.status, doc.code, doc.first_used_at, await rows('c')], [422, 'idempotency_key_reused', await firstUsed(tenant, 'c'), 1])
     const no = await call(base, '/tx?status=409', { headers: h(tenant, 'n') })
     assert.deepEqual([no.status, await rows('n'), await state(tenant, 'n')], [409, 1, 'completed']) // a 4xx is an answer: stored
     const down = await call(base, '/tx?status=500', { headers: h(tenant, 'd') })

@@ -1,6 +1,6 @@
 //! The request headers only this service gives meaning to: `Authorization: Bearer <tenant>`,
 //! and the key as a path segment. `Idempotency-Key` and `Prefer` are parsed by
-//! `idempotency_client::headers`.
+//! `idempotency_client::headers`; the extractors (extract.rs) use both.
 
 use axum::http::HeaderMap;
 

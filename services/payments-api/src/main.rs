@@ -4,11 +4,42 @@
 //! payments-api serve --database-url URL --listen ADDR [--processor-url URL] [--lease DURATION] [--fault-injection]
 //! payments-api mock-processor --listen ADDR
 //! ```
+//!
+//! The HTTP contract is docs/http.md part 2. Each handler takes the request's parts through
+//! the extractors of `extract` (tenant, path id or key, `Idempotency-Key`, `Prefer`, the
+//! checked body: all checked before anything is claimed), then lets `idempotency-client` talk
+//! to the extension and maps its answer to HTTP; a failure is a `Problem` returned with `?`.
+//! The handlers never decide what a key's state means: the database does.
+//!
+//! | module | job |
+//! |---|---|
+//! | `app` | the state, the router, `/healthz`, `/openapi.json`, the fallbacks |
+//! | `payments` | `POST /v1/payments` (phases: claim, charge, checkpoint, complete), `GET /v1/payments/{id}` |
+//! | `refunds` | `POST /v1/payments/{id}/refunds` (one transaction), `GET /v1/refunds/{id}` |
+//! | `keys` | `GET /v1/idempotency-keys/{key}` |
+//! | `extract` | the axum extractors: tenant, path id / key, `Idempotency-Key`, `Prefer`, bodies |
+//! | `headers` | the `Authorization: Bearer` parser, a key as a path segment |
+//! | `problem` | `Problem`: the problem document (RFC 9457) a handler's `Err` holds |
+//! | `validate` | the bodies' checks |
+//! | `loads` | the reads of a payment or a refund, and their documents |
+//! | `respond` | JSON answers, a held key (409 / 202), a replay, the detached task |
+//! | `fault` | fault injection (`--fault-injection`, `X-Fault`) |
+//! | `db` | the pool, the schema and the service's SQL |
+//! | `processor` | the card processor's client and the mock processor |
 
 mod app;
 mod db;
+mod extract;
+mod fault;
 mod headers;
+mod keys;
+mod loads;
+mod payments;
+mod problem;
 mod processor;
+mod refunds;
+mod respond;
+mod validate;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

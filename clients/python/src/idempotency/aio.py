@@ -1,5 +1,6 @@
 """The asynchronous client on a `psycopg.AsyncConnection`: the same surface as
-`idempotency.sync`, with `async`/`await`.
+`idempotency.sync`, with `async`/`await` (`idempotency.sync` is generated from
+this module by tools/async_to_sync.py).
 
 Plain calls (`begin`, `complete`, ...) run one statement on the connection as it is (inside
 the caller's transaction, if one is open). The helpers own their transactions:
@@ -149,7 +150,7 @@ async def retry_serialization(
 ) -> T:
     """Run `fn` again when it fails with 40001, up to `attempts` times in all.
 
-    `fn` must run a whole transaction (for example an `async with transaction(...)` block): a
+    `fn` must run a whole transaction (for example one `async with transaction(...)` block): a
     serialization failure aborts the transaction, and only running it again from the start
     can succeed. Waits between runs grow exponentially, with jitter.
     """
@@ -200,7 +201,7 @@ class _Unit:
             # psycopg's own implicit BEGIN is sent with a Sync of its own in pipeline mode (a
             # round trip): the helper sends BEGIN itself, in autocommit mode for the duration.
             if not self._was_autocommit:
-                await self.conn.set_autocommit(True)
+                await self.conn.set_autocommit(True)  # sync: self.conn.autocommit = True
             self._pipe_cm = self.conn.pipeline()
             self._pipe = await self._pipe_cm.__aenter__()
         # Without autocommit psycopg itself starts the transaction before the first statement.
@@ -261,7 +262,7 @@ class _Unit:
 
     async def _restore(self) -> None:
         if self.conn.autocommit != self._was_autocommit and not self.conn.closed:
-            await self.conn.set_autocommit(self._was_autocommit)
+            await self.conn.set_autocommit(self._was_autocommit)  # sync: self.conn.autocommit = self._was_autocommit
 
 
 class _Finish(_Unit):

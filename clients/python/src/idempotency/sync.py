@@ -1,3 +1,5 @@
+# Generated from aio.py by tools/async_to_sync.py: do not edit. Change aio.py (or the
+# generator's tables) and run `python3 tools/async_to_sync.py` in clients/python.
 """The synchronous client on a `psycopg.Connection`.
 
 Plain calls (`begin`, `complete`, ...) run one statement on the connection as it is (inside
@@ -148,7 +150,7 @@ def retry_serialization(
 ) -> T:
     """Run `fn` again when it fails with 40001, up to `attempts` times in all.
 
-    `fn` must run a whole transaction (for example a `with transaction(...)` block): a
+    `fn` must run a whole transaction (for example one `with transaction(...)` block): a
     serialization failure aborts the transaction, and only running it again from the start
     can succeed. Waits between runs grow exponentially, with jitter.
     """
