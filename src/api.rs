@@ -340,7 +340,13 @@ fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             let r = row
                 .as_ref()
                 .ok_or_else(|| IdemError::Internal("resume without a record".into()))?;
-            if !records.write(&Change::resume(scope_d, key_d, attempt, lease_expires_at, lease))? {
+            if !records.write(&Change::resume(
+                scope_d,
+                key_d,
+                attempt,
+                lease_expires_at,
+                lease,
+            ))? {
                 return Err(IdemError::Internal(format!(
                     "the record of key \"{key}\" vanished while its lock was held"
                 )));

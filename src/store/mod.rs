@@ -304,37 +304,40 @@ pub enum Guard {
 
 impl Guard {
     /// The conditions, in the order the SQL statement numbers their parameters.
-    pub fn conditions(&self) -> Vec<Condition> {
-        let must = |col, op, value: pg_sys::Datum| Condition {
-            col,
-            op,
-            value: Some(value),
-            optional: false,
+    pub fn conditions(&self) -> impl Iterator<Item = Condition> {
+        let must = |col, op, value: pg_sys::Datum| {
+            Some(Condition {
+                col,
+                op,
+                value: Some(value),
+                optional: false,
+            })
         };
-        match *self {
-            Guard::Any => Vec::new(),
-            Guard::Expired { now } => vec![must(Col::expires_at, Op::Le, now.into())],
+        let list = match *self {
+            Guard::Any => [None; 4],
+            Guard::Expired { now } => [must(Col::expires_at, Op::Le, now.into()), None, None, None],
             Guard::Owned {
                 now,
                 caller,
                 attempt,
-            } => vec![
+            } => [
                 must(Col::state, Op::Eq, state_datum(State::InProgress)),
                 must(Col::expires_at, Op::Gt, now.into()),
                 must(Col::owner, Op::Eq, caller.into()),
-                Condition {
+                Some(Condition {
                     col: Col::attempt,
                     op: Op::Eq,
                     value: attempt.map(pg_sys::Datum::from),
                     optional: true,
-                },
+                }),
             ],
-        }
+        };
+        list.into_iter().flatten()
     }
 
     /// Whether a row (`value`: its column values) meets every condition.
     pub fn holds(&self, value: &dyn Fn(Col) -> Option<pg_sys::Datum>) -> bool {
-        self.conditions().iter().all(|c| c.holds(value(c.col)))
+        self.conditions().all(|c| c.holds(value(c.col)))
     }
 }
 
@@ -437,13 +440,7 @@ impl Change {
     ) -> Result<Change, IdemError> {
         let status = Some(pg_sys::Datum::from(o.http_status as i16));
         Ok(match o.state {
-            State::Completed => Change::new(
-                Write::complete,
-                scope,
-                key,
-                &completed(o),
-                Guard::Any,
-            ),
+            State::Completed => Change::new(Write::complete, scope, key, &completed(o), Guard::Any),
             State::Failed { retryable } => Change::new(
                 Write::fail,
                 scope,
@@ -527,7 +524,10 @@ fn claimed(c: &Claim) -> [(Col, Option<pg_sys::Datum>); 8] {
 fn completed(o: &Outcome) -> [(Col, Option<pg_sys::Datum>); 7] {
     [
         (Col::state, Some(state_datum(State::Completed))),
-        (Col::http_status, Some(pg_sys::Datum::from(o.http_status as i16))),
+        (
+            Col::http_status,
+            Some(pg_sys::Datum::from(o.http_status as i16)),
+        ),
         (Col::response, o.response),
         (Col::resource, o.resource),
         (Col::lease_expires_at, None),

@@ -134,8 +134,16 @@ fn placement(sql: &Sql, scope: pg_sys::Datum) -> Result<(i64, bool), IdemError> 
     }
     let mut values = [scope, pg_sys::Datum::from(records_relid()?)];
     let row = sql.one_row(plan, &mut values, "the shard placement check")?;
-    let shard = row.first().copied().flatten().map_or(0, |d| d.value() as i64);
-    let here = row.get(1).copied().flatten().is_some_and(|d| d.value() != 0);
+    let shard = row
+        .first()
+        .copied()
+        .flatten()
+        .map_or(0, |d| d.value() as i64);
+    let here = row
+        .get(1)
+        .copied()
+        .flatten()
+        .is_some_and(|d| d.value() != 0);
     Ok((shard, here))
 }
 

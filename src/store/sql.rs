@@ -104,7 +104,11 @@ fn write_sql(c: &Change) -> (String, Vec<pg_sys::Oid>) {
     for cond in c.guard.conditions() {
         types.push(cond.col.type_oid());
         let n = types.len();
-        let test = format!("{} OPERATOR(pg_catalog.{}) ${n}", cond.col.name(), cond.op.sql());
+        let test = format!(
+            "{} OPERATOR(pg_catalog.{}) ${n}",
+            cond.col.name(),
+            cond.op.sql()
+        );
         sql += &if cond.optional {
             format!(" AND (${n} IS NULL OR {test})")
         } else {
@@ -118,7 +122,7 @@ fn write_sql(c: &Change) -> (String, Vec<pg_sys::Oid>) {
 fn write_args(c: &Change) -> Vec<Option<pg_sys::Datum>> {
     let mut args = vec![Some(c.scope), Some(c.key)];
     args.extend(c.sets().iter().map(|(_, v)| *v));
-    args.extend(c.guard.conditions().iter().map(|cond| cond.value));
+    args.extend(c.guard.conditions().map(|cond| cond.value));
     args
 }
 
