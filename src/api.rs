@@ -1,6 +1,13 @@
 //! The SQL functions: each validates its arguments, takes the key's lock where it writes,
 //! reads the record, asks `decision` what happens, has `store` write it, and answers.
 //!
+//! Every function that writes goes through one guard, [`Writer`]: refused on a hot standby or
+//! in a read-only transaction (25006), refused where Citus placed the key's shard on another
+//! node (0A000, `store::require_shard_here`), then the key's lock and the store opened for the
+//! call; the function's name in messages is its declared one (`Args::function`). `idem_purge`
+//! has no key: it takes the first step only, and the store's purge chooses between one
+//! server and Citus's shards.
+//!
 //! The protocol of `idem_begin` (why it is safe in the caller's own transaction):
 //! 1. try the key's lock without waiting; read the committed record;
 //! 2. decide on what is visible, knowing whether this request holds the lock: without it,
@@ -23,7 +30,7 @@ use crate::lock::KeyLock;
 use crate::settings;
 use crate::signature as sig;
 use crate::stats::{self, Counter};
-use crate::store::{Claim, Outcome, Read, Records, Row};
+use crate::store::{self, Change, Claim, Outcome, Path, Read, Records, Row, Shards, Sql};
 
 /// 409: what a web API answers while another request holds the key.
 const HTTP_CONFLICT: i32 = 409;
@@ -40,17 +47,110 @@ fn caller() -> pg_sys::Oid {
 }
 
 /// Writes are refused on a hot standby and in a read-only transaction, with 25006, before
-/// any lock is taken. On a standby the message says to call the primary.
-fn prevent_if_read_only(function: &'static std::ffi::CStr) -> Result<(), IdemError> {
+/// any lock is taken. On a standby the message says to call the primary. The first step of
+/// [`Writer::admit`], and all of `idem_purge`'s.
+fn refuse_read_only(a: &Args) -> Result<(), IdemError> {
+    let function = a.function();
     // SAFETY: reads shared memory state; no error path.
     if unsafe { pg_sys::RecoveryInProgress() } {
-        return Err(IdemError::DuringRecovery {
-            function: function.to_str().unwrap_or("this function"),
-        });
+        return Err(IdemError::DuringRecovery { function });
     }
-    // SAFETY: raises 25006 in a read-only transaction.
-    unsafe { pg_sys::PreventCommandIfReadOnly(function.as_ptr()) };
+    // SAFETY: reads a backend global; PreventCommandIfReadOnly raises 25006 when it is set.
+    if unsafe { pg_sys::XactReadOnly } {
+        let name = std::ffi::CString::new(format!("{function}()"))
+            .map_err(|e| IdemError::Internal(e.to_string()))?;
+        // SAFETY: raises 25006 (the name is copied into the message first).
+        unsafe { pg_sys::PreventCommandIfReadOnly(name.as_ptr()) };
+    }
     Ok(())
+}
+
+/// How a writer takes the key's lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// Tries it without waiting (`idem_begin`, which answers `in_progress` when it is held);
+    /// the store is opened first.
+    Try,
+    /// Waits for it like an UPDATE waits for a row lock (deadlock detection and
+    /// `lock_timeout` apply); the store is opened after.
+    Wait,
+}
+
+/// The one guard of every function that writes a key's record: admitted (not read-only, the
+/// key's shard on this node), then holding the key (its lock, the store open).
+struct Writer<'a> {
+    scope_d: pg_sys::Datum,
+    key_d: pg_sys::Datum,
+    scope: &'a str,
+    key: &'a str,
+}
+
+impl<'a> Writer<'a> {
+    /// Refuses the write where none may happen: 25006 on a hot standby or in a read-only
+    /// transaction; 0A000 where Citus placed the scope's shard on another node, whose lock
+    /// table the key's lock must be in.
+    fn admit(
+        a: &Args,
+        (scope_d, scope): (pg_sys::Datum, &'a str),
+        (key_d, key): (pg_sys::Datum, &'a str),
+    ) -> Result<Self, IdemError> {
+        refuse_read_only(a)?;
+        store::require_shard_here(a.function(), scope_d)?;
+        Ok(Writer {
+            scope_d,
+            key_d,
+            scope,
+            key,
+        })
+    }
+
+    /// Takes the key's lock (`lock` says how) and opens the store (`open`: either path, or
+    /// the SQL path only).
+    fn hold<S>(
+        self,
+        lock: Lock,
+        open: fn() -> Result<S, IdemError>,
+    ) -> Result<Held<'a, S>, IdemError> {
+        let caller = caller();
+        let key_lock = KeyLock::new(self.scope, self.key);
+        let (records, holds_lock, now) = match lock {
+            Lock::Try => {
+                let records = open()?;
+                let holds_lock = key_lock.try_acquire();
+                (records, holds_lock, now())
+            }
+            Lock::Wait => {
+                key_lock.acquire();
+                let now = now();
+                (open()?, true, now)
+            }
+        };
+        Ok(Held {
+            scope_d: self.scope_d,
+            key_d: self.key_d,
+            scope: self.scope,
+            key: self.key,
+            caller,
+            lock: key_lock,
+            holds_lock,
+            now,
+            records,
+        })
+    }
+}
+
+/// A key that a writer holds: locked (or tried, `holds_lock`), with the store open.
+struct Held<'a, S> {
+    scope_d: pg_sys::Datum,
+    key_d: pg_sys::Datum,
+    scope: &'a str,
+    key: &'a str,
+    caller: pg_sys::Oid,
+    lock: KeyLock,
+    holds_lock: bool,
+    /// The time once the lock was taken (or tried).
+    now: Micros,
+    records: S,
 }
 
 /// What the decision needs to know of a row, for this caller.
@@ -135,15 +235,16 @@ pub fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     settings::check_ttl(ttl, a.datum(p.ttl).is_none())?;
     let lease = a.duration(p.lease, settings::lease, 1)?;
     let wait = a.duration(p.wait, settings::wait, 0)?;
-    prevent_if_read_only(c"idem_begin()")?;
-    crate::citus::require_shard_here("idem_begin()", scope_d)?;
+    let writer = Writer::admit(a, (scope_d, scope), (key_d, key))?;
     let fingerprint = idempotency_core::fingerprint(command)?;
-    let caller = caller();
-    let lock = KeyLock::new(scope, key);
-
-    let records = Records::open()?;
-    let mut holds_lock = lock.try_acquire();
-    let mut now = now();
+    let Held {
+        caller,
+        lock,
+        mut holds_lock,
+        mut now,
+        records,
+        ..
+    } = writer.hold(Lock::Try, Records::open)?;
     let request = |holds_lock: bool, now: Micros| decision::BeginRequest {
         fingerprint,
         now,
@@ -173,7 +274,7 @@ pub fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             lease_expires_at,
         })) = decision::begin(None, &request(holds_lock, now))
         {
-            if records.insert(&claim(now, expires_at, lease_expires_at))? {
+            if records.write(&Change::insert(&claim(now, expires_at, lease_expires_at)))? {
                 drop(records);
                 stats::count(Counter::ExecuteNew);
                 return a.row(executes(1, None, None, fingerprint, expires_at).values());
@@ -207,7 +308,8 @@ pub fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             let claim = claim(now, expires_at, lease_expires_at);
             // An expired row is reused; if idem_purge deleted it meanwhile, insert. Holding
             // the lock, no other request can have inserted one in between.
-            let claimed = (row.is_some() && records.reclaim(&claim)?) || records.insert(&claim)?;
+            let claimed = (row.is_some() && records.write(&Change::reclaim(&claim))?)
+                || records.write(&Change::insert(&claim))?;
             if !claimed {
                 return Err(IdemError::Internal(format!(
                     "the record of key \"{key}\" in scope \"{scope}\" changed while its lock was held"
@@ -227,7 +329,13 @@ pub fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             let r = row
                 .as_ref()
                 .ok_or_else(|| IdemError::Internal("resume without a record".into()))?;
-            if !records.resume(scope_d, key_d, attempt, lease_expires_at, lease)? {
+            if !records.write(&Change::resume(
+                scope_d,
+                key_d,
+                attempt,
+                lease_expires_at,
+                lease,
+            ))? {
                 return Err(IdemError::Internal(format!(
                     "the record of key \"{key}\" vanished while its lock was held"
                 )));
@@ -334,60 +442,42 @@ fn executes(
     }
 }
 
-/// A key that `idem_complete`, `idem_fail` or `idem_checkpoint` acts on: locked (waiting like
-/// any row lock would), with the table open.
-struct Settling<'a> {
-    scope_d: pg_sys::Datum,
-    key_d: pg_sys::Datum,
-    scope: &'a str,
-    key: &'a str,
-    caller: pg_sys::Oid,
-    attempt: Option<i32>,
-    now: Micros,
-    records: Records,
-}
-
-impl<'a> Settling<'a> {
-    fn lock(
-        a: &'a Args,
-        scope: sig::Param,
-        key: sig::Param,
-        attempt: sig::Param,
-        function: &'static std::ffi::CStr,
-    ) -> Result<Self, IdemError> {
-        let (scope_d, scope) = a.key_text(scope)?;
-        let (key_d, key) = a.key_text(key)?;
-        let attempt = a.i32(attempt);
-        prevent_if_read_only(function)?;
-        crate::citus::require_shard_here(function.to_str().unwrap_or("this function"), scope_d)?;
-        let caller = caller();
-        KeyLock::new(scope, key).acquire();
-        Ok(Settling {
-            scope_d,
-            key_d,
-            scope,
-            key,
-            caller,
-            attempt,
-            now: now(),
-            records: Records::open()?,
-        })
-    }
-
-    /// Reads the record and checks that it is the caller's, live, in progress and, given an
-    /// attempt, at that attempt (`decision::settle`).
-    fn guard(&self) -> Result<Row, IdemError> {
+impl Held<'_, Records> {
+    /// For `idem_complete`, `idem_fail` and `idem_checkpoint`: reads the record and checks that
+    /// it is the caller's, live, in progress and, given an attempt, at that attempt
+    /// (`decision::settle`).
+    fn settle(&self, attempt: Option<i32>) -> Result<Row, IdemError> {
         let row = self
             .records
             .lookup(self.scope_d, self.key_d, Read::ToWrite)?;
         decision::settle(
             row.as_ref().map(|r| existing(r, self.caller)).as_ref(),
             self.now,
-            self.attempt,
+            attempt,
         )
         .map_err(|refusal| IdemError::from_refusal(refusal, KeyRef::new(self.scope, self.key)))?;
         row.ok_or_else(|| IdemError::Internal("settled without a record".into()))
     }
+
+    /// Writes a change of the key's row, which the holder of its lock has read.
+    fn write(&self, change: Change) -> Result<(), IdemError> {
+        written(self.records.write(&change)?)
+    }
+}
+
+/// The scope, key and attempt of `idem_complete`, `idem_fail` and `idem_checkpoint`, read
+/// after their other arguments, and the key held.
+fn settling<'a>(
+    a: &'a Args,
+    scope: sig::Param,
+    key: sig::Param,
+    attempt: sig::Param,
+) -> Result<(Held<'a, Records>, Option<i32>), IdemError> {
+    let scope = a.key_text(scope)?;
+    let key = a.key_text(key)?;
+    let attempt = a.i32(attempt);
+    let held = Writer::admit(a, scope, key)?.hold(Lock::Wait, Records::open)?;
+    Ok((held, attempt))
 }
 
 pub fn complete(a: &Args) -> Result<pg_sys::Datum, IdemError> {
@@ -402,16 +492,14 @@ pub fn complete(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         response,
         resource,
     };
-    let s = Settling::lock(a, p.scope, p.key, p.attempt, c"idem_complete()")?;
+    let (s, attempt) = settling(a, p.scope, p.key, p.attempt)?;
     // The common case in one statement that checks the guard itself (the caller's own live
     // claim at the given attempt); when it writes nothing, the guard says why, or a member of
     // the owner's role completes through the general path.
-    if !s
-        .records
-        .complete_owned(s.scope_d, s.key_d, &outcome, s.now, s.caller, s.attempt)?
-    {
-        s.guard()?;
-        written(s.records.finish(s.scope_d, s.key_d, &outcome)?)?;
+    let owned = Change::complete_owned(s.scope_d, s.key_d, &outcome, s.now, s.caller, attempt);
+    if !s.records.write(&owned)? {
+        s.settle(attempt)?;
+        s.write(Change::finish(s.scope_d, s.key_d, &outcome)?)?;
     }
     stats::count(Counter::Completions);
     Ok(pg_sys::Datum::from(0))
@@ -424,15 +512,15 @@ pub fn fail(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         .map(|(d, _)| d);
     let retryable = a.bool(p.retryable)?;
     let http_status = a.http_status(p.http_status)?;
-    let s = Settling::lock(a, p.scope, p.key, p.attempt, c"idem_fail()")?;
-    s.guard()?;
+    let (s, attempt) = settling(a, p.scope, p.key, p.attempt)?;
+    s.settle(attempt)?;
     let outcome = Outcome {
         state: State::Failed { retryable },
         http_status,
         response: error,
         resource: None,
     };
-    written(s.records.finish(s.scope_d, s.key_d, &outcome)?)?;
+    s.write(Change::finish(s.scope_d, s.key_d, &outcome)?)?;
     stats::count(if retryable {
         Counter::FailuresRetryable
     } else {
@@ -451,14 +539,17 @@ pub fn checkpoint(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             argument: p.recovery_point.name,
         })?;
     let data = a.jsonb(p.data, Some(limit))?.map(|(d, _)| d);
-    let s = Settling::lock(a, p.scope, p.key, p.attempt, c"idem_checkpoint()")?;
-    let row = s.guard()?;
+    let (s, attempt) = settling(a, p.scope, p.key, p.attempt)?;
+    let row = s.settle(attempt)?;
     // The lease is renewed by the length the claim was made with.
     let lease_expires_at = decision::later(s.now, row.lease);
-    written(
-        s.records
-            .checkpoint(s.scope_d, s.key_d, point, data, lease_expires_at)?,
-    )?;
+    s.write(Change::checkpoint(
+        s.scope_d,
+        s.key_d,
+        point,
+        data,
+        lease_expires_at,
+    ))?;
     stats::count(Counter::Checkpoints);
     Ok(pg_sys::Datum::from(lease_expires_at))
 }
@@ -555,13 +646,9 @@ pub fn purge(a: &Args) -> Result<pg_sys::Datum, IdemError> {
             detail: Some(format!("It is {max_rows}; it must be at least 1.")),
         });
     }
-    prevent_if_read_only(c"idem_purge()")?;
-    // Distributed by Citus: shard by shard, each on its own node (citus.rs).
-    let deleted = if crate::citus::distributed()? {
-        crate::citus::purge(max_rows)?.max(0) as u64
-    } else {
-        Records::open_sql()?.purge(now(), max_rows)?
-    };
+    refuse_read_only(a)?;
+    // Distributed by Citus: shard by shard, each on its own node (store/placement.rs).
+    let deleted = store::purge(max_rows, Shards::All)?;
     stats::add(Counter::PurgedRows, deleted);
     stats::purge_run_done();
     Ok(pg_sys::Datum::from(deleted as i64))
@@ -571,13 +658,11 @@ pub fn forget(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let p = sig::idem_forget::PARAMS;
     let (scope_d, scope) = a.key_text(p.scope)?;
     let (key_d, key) = a.key_text(p.key)?;
-    prevent_if_read_only(c"idem_forget()")?;
-    crate::citus::require_shard_here("idem_forget()", scope_d)?;
-    let caller = caller();
     // Waits for a transaction that holds the key, so that a claim in flight is not pulled
     // from under it.
-    KeyLock::new(scope, key).acquire();
-    let records = Records::open_sql()?;
+    let Held {
+        caller, records, ..
+    } = Writer::admit(a, (scope_d, scope), (key_d, key))?.hold(Lock::Wait, Sql::open)?;
     let Some(r) = records
         .lookup(scope_d, key_d, Read::ToWrite)?
         .filter(|r| now() < r.expires_at)

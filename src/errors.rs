@@ -261,10 +261,10 @@ impl IdemError {
                 None,
             ),
             IdemError::DuringRecovery { function } => (
-                format!("cannot execute {function} during recovery"),
+                format!("cannot execute {function}() during recovery"),
                 Some("This server is a hot standby: it cannot write idempotency records.".into()),
                 Some(format!(
-                    "Call {function} on the primary; idem_check() reads keys on a standby."
+                    "Call {function}() on the primary; idem_check() reads keys on a standby."
                 )),
             ),
             IdemError::NullArgument { function, argument } => (

@@ -12,9 +12,9 @@
 //!   SIGTERM ends the loop and a running purge worker.
 //! - the **purge worker** (dynamic, one database, short-lived): if the extension is installed
 //!   it deletes expired records in batches of `idempotency.purge_batch`, one short transaction
-//!   per batch, through the store's purge statement (`idem_purge`'s: rows a live transaction has
+//!   per batch, through the store's purge (`idem_purge`'s: rows a live transaction has
 //!   locked are skipped, never waited for; on records distributed by Citus, the shards placed
-//!   on this node), until a batch finds fewer; it counts the rows, the run and its time in the
+//!   on this node, `store::Shards::Here`), until a batch finds fewer; it counts the rows, the run and its time in the
 //!   counters, and exits. SIGTERM aborts the batch at once (`die`).
 //!
 //! The purge worker gives way to commands that need its database to itself. `DROP DATABASE`,
@@ -430,16 +430,9 @@ fn batch_in_transaction(batch: i32) -> Option<u64> {
             c"idempotency purge batch".as_ptr(),
         );
     }
-    // idem_purge's statement through the store; on records distributed by Citus, this node's
+    // idem_purge's purge through the store; on records distributed by Citus, this node's
     // shards (every node's worker purges its own).
-    let deleted = crate::citus::distributed().and_then(|distributed| {
-        if distributed {
-            crate::citus::purge_local(batch).map(|n| n.max(0) as u64)
-        } else {
-            crate::store::Records::open_sql().and_then(|r| r.purge(now(), batch))
-        }
-    });
-    let deleted = match deleted {
+    let deleted = match crate::store::purge(batch, crate::store::Shards::Here) {
         Ok(n) => n,
         Err(e) => {
             let (message, detail, _) = e.texts();

@@ -1,7 +1,12 @@
 //! The direct path: `idempotency.records` read with an index scan of its primary key and
 //! written with `heap_insert`, `heap_update` and `index_insert`, as PostgreSQL's catalog code
 //! and its foreign-key checks do, instead of through SPI and the executor. It must give the
-//! SQL path's results (store/sql.rs) in every case; how it keeps the executor's guarantees:
+//! SQL path's results (store/sql.rs) in every case, through the same trait (`Path`): a lookup,
+//! and a write of one `Change` (an insert forms the row from the columns the change sets,
+//! every other column NULL; an update writes them over the key's current row if that row
+//! meets the change's guard, checked on the row as read). Columns are found by their position
+//! in the row, read against `shape`'s declaration; a row is decoded by `Row::decode`. How it
+//! keeps the executor's guarantees:
 //!
 //! - **Snapshots.** A read for a writing function uses a snapshot taken at that read, after
 //!   the key's lock is held (under READ COMMITTED a new one each time, so that a read after a
@@ -32,14 +37,12 @@
 //!   table's current file (`fetch_remembered`); else it probes the index.
 //! - **Lock waits** name the row they wait for (`XactLockTableWait`), as the executor's do.
 
-use idempotency_core::decision::Micros;
-use pgrx::{pg_sys, IntoDatum};
+use pgrx::pg_sys;
 
 use super::shape::{self, Col, Shape, NCOLS};
-use super::{state_byte, state_of, varlena_bytes, xact_snapshot, Claim, Outcome, Read, Row};
+use super::{varlena_bytes, xact_snapshot, Change, Guard, Path, Read, Row, Write};
 use crate::compat::{self, IndexUpdate};
 use crate::errors::IdemError;
-use idempotency_core::decision::State;
 
 /// Where this backend last wrote a record: in which (sub)transaction, in which relation and
 /// file, for which key.
@@ -219,36 +222,6 @@ impl Direct {
         }
     }
 
-    fn required(&self, c: Col) -> Result<pg_sys::Datum, IdemError> {
-        self.value(c).ok_or_else(|| {
-            IdemError::Internal(format!("column {c:?} of idempotency.records is null"))
-        })
-    }
-
-    /// A copy of a varlena value of the row, detoasted, in the function's memory context.
-    fn copied(&self, c: Col) -> Option<pg_sys::Datum> {
-        // SAFETY: a varlena column of the row in `slot`; the copy outlives the slot.
-        self.value(c).map(|d| {
-            pg_sys::Datum::from(unsafe { pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr()) })
-        })
-    }
-
-    pub fn lookup(
-        &self,
-        scope: pg_sys::Datum,
-        key: pg_sys::Datum,
-        read: Read,
-    ) -> Result<Option<Row>, IdemError> {
-        let snapshot = self.snapshot(read == Read::InActiveSnapshot);
-        if !self.probe(scope, key, snapshot) {
-            return Ok(None);
-        }
-        if read.locks() && self.intent == Intent::Write {
-            self.lock_shared()?;
-        }
-        self.row().map(Some)
-    }
-
     /// Locks the row in `slot` FOR SHARE, as the SQL path's `lookup_locked` does: 40001
     /// if another transaction updated or deleted it after the snapshot (waiting first for
     /// one still in progress).
@@ -288,33 +261,12 @@ impl Direct {
         }
     }
 
-    /// The row in `slot` as a `Row`.
+    /// The row in `slot` as a `Row`, its varlena values copied (detoasted) into the
+    /// function's memory context.
     fn row(&self) -> Result<Row, IdemError> {
-        let state = state_of(
-            self.required(Col::state)?.value() as u8,
-            self.value(Col::retryable).map(|d| d.value() != 0),
-        )?;
-        // SAFETY: a bytea column of the row in `slot`.
-        let fp = unsafe { varlena_bytes(self.required(Col::fingerprint)?) };
-        let fingerprint: [u8; 32] = fp.try_into().map_err(|_| {
-            IdemError::Internal("a fingerprint in idempotency.records is not 32 bytes".into())
-        })?;
-        Ok(Row {
-            owner: pg_sys::Oid::from(self.required(Col::owner)?.value() as u32),
-            state,
-            fingerprint,
-            attempt: self.required(Col::attempt)?.value() as i32,
-            created_at: self.required(Col::created_at)?.value() as i64,
-            expires_at: self.required(Col::expires_at)?.value() as i64,
-            lease_expires_at: self.value(Col::lease_expires_at).map(|d| d.value() as i64),
-            lease: self.required(Col::lease)?.value() as i64,
-            http_status: self
-                .value(Col::http_status)
-                .map(|d| i32::from(d.value() as i16)),
-            response: self.copied(Col::response),
-            resource: self.copied(Col::resource),
-            recovery_point: self.copied(Col::recovery_point),
-            recovery_data: self.copied(Col::recovery_data),
+        Row::decode(&|c| self.value(c), &|d| {
+            // SAFETY: a varlena column of the row in `slot`; the copy outlives the slot.
+            pg_sys::Datum::from(unsafe { pg_sys::pg_detoast_datum_copy(d.cast_mut_ptr()) })
         })
     }
 
@@ -378,7 +330,10 @@ impl Direct {
         }
     }
 
-    pub fn insert(&self, c: &Claim) -> Result<bool, IdemError> {
+    /// Inserts the change's row: scope, key and the columns it sets, every other column NULL.
+    /// A row of the key already there raises 23505 in the unique check (the caller holds the
+    /// key's lock and read none).
+    fn insert(&self, c: &Change) -> Result<bool, IdemError> {
         // (The executor calls CheckCmdReplicaIdentity for an INSERT too, where it returns at
         // once on every version from 13 to 18: a publication needs no replica identity for
         // an INSERT. Not called.)
@@ -392,18 +347,9 @@ impl Direct {
         let s = &self.shape;
         row.set(s, Col::scope, Some(c.scope));
         row.set(s, Col::key, Some(c.key));
-        row.set(s, Col::owner, Some(pg_sys::Datum::from(c.owner)));
-        row.set(
-            s,
-            Col::state,
-            Some(pg_sys::Datum::from(state_byte(State::InProgress))),
-        );
-        row.set(s, Col::fingerprint, (&c.fingerprint[..]).into_datum());
-        row.set(s, Col::attempt, Some(pg_sys::Datum::from(1i32)));
-        row.set(s, Col::created_at, Some(c.now.into()));
-        row.set(s, Col::expires_at, Some(c.expires_at.into()));
-        row.set(s, Col::lease_expires_at, Some(c.lease_expires_at.into()));
-        row.set(s, Col::lease, Some(c.lease.into()));
+        for (col, v) in c.sets() {
+            row.set(s, *col, *v);
+        }
         // SAFETY: a row of the table's descriptor, inserted into the open, locked table;
         // heap_insert TOASTs what needs it, WAL-logs and checks SSI conflicts.
         unsafe {
@@ -530,20 +476,15 @@ impl Direct {
         }
     }
 
-    /// Updates the key's current row with `changes`; false if it has none (READ COMMITTED: it
-    /// was deleted meanwhile). `keep(row)` must hold for the row to be updated (the SQL
-    /// statement's extra conditions), else false with nothing written.
-    fn update(
-        &self,
-        scope: pg_sys::Datum,
-        key: pg_sys::Datum,
-        changes: &[(Col, Option<pg_sys::Datum>)],
-        keep: &dyn Fn(&Direct) -> Result<bool, IdemError>,
-    ) -> Result<bool, IdemError> {
+    /// Updates the key's current row with the change's columns; false if it has none (READ
+    /// COMMITTED: it was deleted meanwhile) or the row does not meet the change's guard (the
+    /// SQL statement's extra conditions), with nothing written.
+    fn update(&self, c: &Change) -> Result<bool, IdemError> {
+        let (scope, key) = (c.scope, c.key);
         // Where the executor checks it: when the UPDATE starts, before it looks for the row.
         self.check_replica_identity(pg_sys::CmdType::CMD_UPDATE);
         loop {
-            if !self.current(scope, key) || !keep(self)? {
+            if !self.current(scope, key) || !c.guard.holds(&|col| self.value(col)) {
                 return Ok(false);
             }
             let mut row = Values {
@@ -557,8 +498,8 @@ impl Direct {
                     row.values[i] = *(*self.slot).tts_values.add(i);
                     row.nulls[i] = *(*self.slot).tts_isnull.add(i);
                 }
-                for (c, v) in changes {
-                    row.set(&self.shape, *c, *v);
+                for (col, v) in c.sets() {
+                    row.set(&self.shape, *col, *v);
                 }
                 let tuple = pg_sys::heap_form_tuple(
                     (*self.heap).rd_att,
@@ -607,143 +548,35 @@ impl Direct {
             }
         }
     }
+}
 
-    pub fn reclaim(&self, c: &Claim) -> Result<bool, IdemError> {
-        let now = c.now;
-        self.update(
-            c.scope,
-            c.key,
-            &[
-                (Col::owner, Some(pg_sys::Datum::from(c.owner))),
-                (
-                    Col::state,
-                    Some(pg_sys::Datum::from(state_byte(State::InProgress))),
-                ),
-                (Col::retryable, None),
-                (Col::fingerprint, (&c.fingerprint[..]).into_datum()),
-                (Col::attempt, Some(pg_sys::Datum::from(1i32))),
-                (Col::created_at, Some(c.now.into())),
-                (Col::expires_at, Some(c.expires_at.into())),
-                (Col::lease_expires_at, Some(c.lease_expires_at.into())),
-                (Col::lease, Some(c.lease.into())),
-                (Col::http_status, None),
-                (Col::response, None),
-                (Col::resource, None),
-                (Col::recovery_point, None),
-                (Col::recovery_data, None),
-            ],
-            &|d| Ok(d.required(Col::expires_at)?.value() as i64 <= now),
-        )
-    }
-
-    pub fn resume(
+impl Path for Direct {
+    fn lookup(
         &self,
         scope: pg_sys::Datum,
         key: pg_sys::Datum,
-        attempt: i32,
-        lease_expires_at: Micros,
-        lease: Micros,
-    ) -> Result<bool, IdemError> {
-        self.update(
-            scope,
-            key,
-            &[
-                (
-                    Col::state,
-                    Some(pg_sys::Datum::from(state_byte(State::InProgress))),
-                ),
-                (Col::retryable, None),
-                (Col::attempt, Some(pg_sys::Datum::from(attempt))),
-                (Col::lease_expires_at, Some(lease_expires_at.into())),
-                (Col::lease, Some(lease.into())),
-                (Col::http_status, None),
-                (Col::response, None),
-                (Col::resource, None),
-            ],
-            &|_| Ok(true),
-        )
+        read: Read,
+    ) -> Result<Option<Row>, IdemError> {
+        let snapshot = self.snapshot(read == Read::InActiveSnapshot);
+        if !self.probe(scope, key, snapshot) {
+            return Ok(None);
+        }
+        if read.locks() && self.intent == Intent::Write {
+            self.lock_shared()?;
+        }
+        self.row().map(Some)
     }
 
-    fn outcome_changes(o: &Outcome) -> Result<Vec<(Col, Option<pg_sys::Datum>)>, IdemError> {
-        let status = Some(pg_sys::Datum::from(o.http_status as i16));
-        Ok(match o.state {
-            State::Completed => vec![
-                (
-                    Col::state,
-                    Some(pg_sys::Datum::from(state_byte(State::Completed))),
-                ),
-                (Col::http_status, status),
-                (Col::response, o.response),
-                (Col::resource, o.resource),
-                (Col::lease_expires_at, None),
-                (Col::recovery_point, None),
-                (Col::recovery_data, None),
-            ],
-            State::Failed { retryable } => vec![
-                (Col::state, Some(pg_sys::Datum::from(state_byte(o.state)))),
-                (Col::retryable, Some(retryable.into())),
-                (Col::http_status, status),
-                (Col::response, o.response),
-                (Col::lease_expires_at, None),
-            ],
-            State::InProgress => {
-                return Err(IdemError::Internal(
-                    "an outcome cannot be in progress".into(),
-                ))
-            }
-        })
-    }
-
-    pub fn finish(
-        &self,
-        scope: pg_sys::Datum,
-        key: pg_sys::Datum,
-        o: &Outcome,
-    ) -> Result<bool, IdemError> {
-        self.update(scope, key, &Self::outcome_changes(o)?, &|_| Ok(true))
-    }
-
-    pub fn complete_owned(
-        &self,
-        scope: pg_sys::Datum,
-        key: pg_sys::Datum,
-        o: &Outcome,
-        now: Micros,
-        caller: pg_sys::Oid,
-        attempt: Option<i32>,
-    ) -> Result<bool, IdemError> {
-        // The conditions of the SQL path's complete_owned statement.
-        let owned = |d: &Direct| -> Result<bool, IdemError> {
-            Ok(
-                d.required(Col::state)?.value() as u8 == state_byte(State::InProgress)
-                    && d.required(Col::expires_at)?.value() as i64 > now
-                    && pg_sys::Oid::from(d.required(Col::owner)?.value() as u32) == caller
-                    && attempt
-                        .is_none_or(|a| d.value(Col::attempt).map(|v| v.value() as i32) == Some(a)),
-            )
-        };
-        self.found.set(false);
-        self.update(scope, key, &Self::outcome_changes(o)?, &owned)
-    }
-
-    pub fn checkpoint(
-        &self,
-        scope: pg_sys::Datum,
-        key: pg_sys::Datum,
-        point: pg_sys::Datum,
-        data: Option<pg_sys::Datum>,
-        lease_expires_at: Micros,
-    ) -> Result<bool, IdemError> {
-        self.update(
-            scope,
-            key,
-            &[
-                (Col::recovery_point, Some(point)),
-                (Col::recovery_data, data),
-                (Col::lease_expires_at, Some(lease_expires_at.into())),
-            ],
-            &|_| Ok(true),
-        )
+    fn write(&self, change: &Change) -> Result<bool, IdemError> {
+        if change.write == Write::insert {
+            return self.insert(change);
+        }
+        // A guarded write that reads nothing first (the completion's fast path) reads the
+        // key's row now, whatever an earlier lookup left in the slot.
+        if matches!(change.guard, Guard::Owned { .. }) {
+            self.found.set(false);
+        }
+        self.update(change)
     }
 }
 

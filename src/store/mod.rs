@@ -1,5 +1,6 @@
-//! The record store: every read and write of `idempotency.records`, by one of two paths.
-//! [`Records`] is the open table, [`Row`] one record as read.
+//! The record store: every read and write of `idempotency.records`, by one of two paths
+//! behind one trait, [`Path`]: [`Records`] is the open table on one of them, [`Row`] one
+//! record as read, [`Change`] one write.
 //!
 //! - `direct`: the heap and b-tree access methods, called as PostgreSQL's own catalog code
 //!   calls them: no executor, no SPI, no switch of user (no permission check runs). Taken
@@ -9,22 +10,37 @@
 //!   must match, outcome for outcome, and what runs whenever the table is not as expected
 //!   (another index, a trigger, row security, a NOT NULL or identity column the script did not
 //!   create, an inheritance child, a Citus table, ...). `idem_purge` and `idem_forget` always
-//!   take it.
+//!   take it, and so do the Citus queries (`placement`).
+//!
+//! What is written once here, and what each path derives from it:
+//! - the columns: `shape`'s declaration (name, type, NOT NULL). The SQL path's SELECT list,
+//!   SET lists and parameter types, and the direct path's attribute positions, come from it;
+//! - each write ([`Change`]): its columns and their values side by side, and its [`Guard`],
+//!   the conditions the row must meet (an expired row for a reclaim; the caller's own live
+//!   claim for a completion's fast path). The SQL path makes its statement from the change
+//!   (prepared once per backend and write), the direct path forms the row from it and checks
+//!   the guard on the row it read;
+//! - a row as read: one decoder ([`Row::decode`]) over either path's column values.
 //!
 //! The store reads and writes what it is told; the decisions are in `idempotency_core::decision`
-//! and the protocol (locking, order of steps) in `api`.
+//! and the protocol (locking, order of steps) in `api`. Where the records are (Citus) is
+//! `placement`'s: the check that a key's shard is on this node, and the purge, local or shard
+//! by shard.
 
 mod direct;
+mod placement;
 mod shape;
 mod sql;
 
+pub use placement::{forget_placement_plan, purge, require_shard_here, Shards};
 pub use sql::Sql;
 
 use idempotency_core::decision::{Micros, State};
-use pgrx::pg_sys;
+use pgrx::{pg_sys, IntoDatum};
 
 use crate::errors::IdemError;
 pub use crate::datum::{text_str, varlena_bytes};
+use shape::{Col, NCOLS};
 
 /// A record as read, with its varlena values copied into the memory context that was current
 /// when the table was opened (the SQL function's), so they outlive the SPI connection.
@@ -42,6 +58,45 @@ pub struct Row {
     pub resource: Option<pg_sys::Datum>,
     pub recovery_point: Option<pg_sys::Datum>,
     pub recovery_data: Option<pg_sys::Datum>,
+}
+
+impl Row {
+    /// Decodes a row from its column values (`value`: a column's datum, None for NULL), on
+    /// either path; `copy` copies a varlena value, detoasted, to where the row must live.
+    fn decode(
+        value: &dyn Fn(Col) -> Option<pg_sys::Datum>,
+        copy: &dyn Fn(pg_sys::Datum) -> pg_sys::Datum,
+    ) -> Result<Row, IdemError> {
+        let required = |c: Col| {
+            value(c).ok_or_else(|| {
+                IdemError::Internal(format!("column {c:?} of idempotency.records is null"))
+            })
+        };
+        let state = state_of(
+            required(Col::state)?.value() as u8,
+            value(Col::retryable).map(|d| d.value() != 0),
+        )?;
+        // SAFETY: a bytea column of the row, alive while `value` gives it.
+        let fp = unsafe { varlena_bytes(required(Col::fingerprint)?) };
+        let fingerprint: [u8; 32] = fp.try_into().map_err(|_| {
+            IdemError::Internal("a fingerprint in idempotency.records is not 32 bytes".into())
+        })?;
+        Ok(Row {
+            owner: pg_sys::Oid::from(required(Col::owner)?.value() as u32),
+            state,
+            fingerprint,
+            attempt: required(Col::attempt)?.value() as i32,
+            created_at: required(Col::created_at)?.value() as i64,
+            expires_at: required(Col::expires_at)?.value() as i64,
+            lease_expires_at: value(Col::lease_expires_at).map(|d| d.value() as i64),
+            lease: required(Col::lease)?.value() as i64,
+            http_status: value(Col::http_status).map(|d| i32::from(d.value() as i16)),
+            response: value(Col::response).map(copy),
+            resource: value(Col::resource).map(copy),
+            recovery_point: value(Col::recovery_point).map(copy),
+            recovery_data: value(Col::recovery_data).map(copy),
+        })
+    }
 }
 
 /// A new claim.
@@ -96,20 +151,47 @@ impl Read {
     }
 }
 
+/// What both paths do, with the same results: the compiler holds them to the same
+/// operations, and [`Records`] dispatches to the open one once (`Deref`).
+pub trait Path {
+    /// Reads the record of a key, expired or not (`Read` says how).
+    fn lookup(
+        &self,
+        scope: pg_sys::Datum,
+        key: pg_sys::Datum,
+        read: Read,
+    ) -> Result<Option<Row>, IdemError>;
+
+    /// Makes one write. An insert: false if a row for the key exists (under REPEATABLE READ
+    /// and SERIALIZABLE, a row committed after the snapshot raises a serialization failure).
+    /// An update: false, with nothing written, if the key has no row or its row does not meet
+    /// the change's guard.
+    fn write(&self, change: &Change) -> Result<bool, IdemError>;
+
+    /// Whether `idem_begin` should try a new key's claim before reading: on the SQL path under
+    /// READ COMMITTED, where a read is a statement of its own (an executor) and either order
+    /// gives the same outcomes. The direct path's read is one index probe, and under
+    /// REPEATABLE READ and SERIALIZABLE both paths read first (the read locks the row).
+    fn insert_first(&self) -> bool {
+        false
+    }
+}
+
 /// The open table, on one path or the other.
 pub enum Records {
     Sql(sql::Sql),
     Direct(direct::Direct),
 }
 
-/// Forwards a call to the path that is open.
-macro_rules! on_path {
-    ($self:ident, $records:ident => $call:expr) => {
-        match $self {
-            Records::Sql($records) => $call,
-            Records::Direct($records) => $call,
+impl std::ops::Deref for Records {
+    type Target = dyn Path;
+
+    fn deref(&self) -> &(dyn Path + 'static) {
+        match self {
+            Records::Sql(records) => records,
+            Records::Direct(records) => records,
         }
-    };
+    }
 }
 
 impl Records {
@@ -133,89 +215,326 @@ impl Records {
         }
         Ok(Records::Sql(sql::Sql::open()?))
     }
+}
 
-    /// Opens the SQL path whatever the setting: `idem_purge` and `idem_forget`, which only it
-    /// serves.
-    pub fn open_sql() -> Result<Sql, IdemError> {
-        Sql::open()
+/// The writes, each one [`Change`]: which statement the SQL path prepares for it (once per
+/// backend), and whether it inserts or updates.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[allow(non_camel_case_types)]
+pub enum Write {
+    insert,
+    reclaim,
+    resume,
+    complete,
+    complete_owned,
+    fail,
+    checkpoint,
+}
+
+impl Write {
+    pub const COUNT: usize = Write::checkpoint as usize + 1;
+}
+
+/// A comparison of a guard.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Op {
+    Eq,
+    Gt,
+    Le,
+}
+
+impl Op {
+    /// The operator's name in pg_catalog.
+    fn sql(self) -> &'static str {
+        match self {
+            Op::Eq => "=",
+            Op::Gt => ">",
+            Op::Le => "<=",
+        }
     }
 
-    /// Whether `idem_begin` should try a new key's claim before reading: on the SQL path under
-    /// READ COMMITTED, where a read is a statement of its own (an executor) and either order
-    /// gives the same outcomes. The direct path's read is one index probe, and under
-    /// REPEATABLE READ and SERIALIZABLE both paths read first (the read locks the row).
-    pub fn insert_first(&self) -> bool {
-        matches!(self, Records::Sql(_)) && !xact_snapshot()
+    fn holds(self, left: i64, right: i64) -> bool {
+        match self {
+            Op::Eq => left == right,
+            Op::Gt => left > right,
+            Op::Le => left <= right,
+        }
+    }
+}
+
+/// One condition of a guard: `column op value`; a condition whose value is None (an
+/// optional one not given) holds for every row.
+#[derive(Clone, Copy, Debug)]
+pub struct Condition {
+    pub col: Col,
+    pub op: Op,
+    pub value: Option<pg_sys::Datum>,
+    /// Whether the value may be None (the SQL path's statement then reads `$n IS NULL OR`).
+    pub optional: bool,
+}
+
+impl Condition {
+    /// Whether a row whose `col` is `v` meets it. Guards compare only columns passed by value
+    /// (timestamps, integers, oids, "char"), as the SQL operator would: NULL meets nothing.
+    fn holds(&self, v: Option<pg_sys::Datum>) -> bool {
+        match (self.value, v) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(given), Some(v)) => self.op.holds(v.value() as i64, given.value() as i64),
+        }
+    }
+}
+
+/// The conditions a row must meet to be written, besides having the key.
+#[derive(Clone, Copy, Debug)]
+pub enum Guard {
+    /// Any row of the key: the caller holds the key's lock and has read the row.
+    Any,
+    /// An expired row (a reclaim: idem_purge may have deleted it meanwhile).
+    Expired { now: Micros },
+    /// The caller's own live claim, in progress, at `attempt` if one is given: the fast path
+    /// of `idem_complete`, which writes without reading first. What `decision::settle` would
+    /// allow; when the row does not meet it, `api` reads the record and lets the decision say
+    /// why.
+    Owned {
+        now: Micros,
+        caller: pg_sys::Oid,
+        attempt: Option<i32>,
+    },
+}
+
+impl Guard {
+    /// The conditions, in the order the SQL statement numbers their parameters.
+    pub fn conditions(&self) -> impl Iterator<Item = Condition> {
+        let must = |col, op, value: pg_sys::Datum| {
+            Some(Condition {
+                col,
+                op,
+                value: Some(value),
+                optional: false,
+            })
+        };
+        let list = match *self {
+            Guard::Any => [None; 4],
+            Guard::Expired { now } => [must(Col::expires_at, Op::Le, now.into()), None, None, None],
+            Guard::Owned {
+                now,
+                caller,
+                attempt,
+            } => [
+                must(Col::state, Op::Eq, state_datum(State::InProgress)),
+                must(Col::expires_at, Op::Gt, now.into()),
+                must(Col::owner, Op::Eq, caller.into()),
+                Some(Condition {
+                    col: Col::attempt,
+                    op: Op::Eq,
+                    value: attempt.map(pg_sys::Datum::from),
+                    optional: true,
+                }),
+            ],
+        };
+        list.into_iter().flatten()
     }
 
-    /// Reads the record of a key, expired or not.
-    pub fn lookup(
-        &self,
+    /// Whether a row (`value`: its column values) meets every condition.
+    pub fn holds(&self, value: &dyn Fn(Col) -> Option<pg_sys::Datum>) -> bool {
+        self.conditions().all(|c| c.holds(value(c.col)))
+    }
+}
+
+/// One write of the key's row, described once for both paths: the columns it sets with their
+/// values (None: NULL), in one list, and its guard. An insert sets scope and key too, and
+/// every column it does not list is NULL.
+pub struct Change {
+    pub write: Write,
+    pub scope: pg_sys::Datum,
+    pub key: pg_sys::Datum,
+    sets: [(Col, Option<pg_sys::Datum>); NCOLS],
+    len: usize,
+    pub guard: Guard,
+}
+
+impl Change {
+    fn new(
+        write: Write,
         scope: pg_sys::Datum,
         key: pg_sys::Datum,
-        read: Read,
-    ) -> Result<Option<Row>, IdemError> {
-        on_path!(self, r => r.lookup(scope, key, read))
+        sets: &[(Col, Option<pg_sys::Datum>)],
+        guard: Guard,
+    ) -> Change {
+        let mut all = [(Col::scope, None); NCOLS];
+        all[..sets.len()].copy_from_slice(sets);
+        Change {
+            write,
+            scope,
+            key,
+            sets: all,
+            len: sets.len(),
+            guard,
+        }
     }
 
-    /// Inserts a new claim; false if a row for the key exists (under REPEATABLE READ and
-    /// SERIALIZABLE, a row committed after the snapshot raises a serialization failure).
-    pub fn insert(&self, c: &Claim) -> Result<bool, IdemError> {
-        on_path!(self, r => r.insert(c))
+    /// The columns it sets and their values (scope and key, which name the row, apart).
+    pub fn sets(&self) -> &[(Col, Option<pg_sys::Datum>)] {
+        &self.sets[..self.len]
     }
 
-    /// Turns the row of an expired record into a new claim; false if there is no such row
-    /// (idem_purge deleted it meanwhile).
-    pub fn reclaim(&self, c: &Claim) -> Result<bool, IdemError> {
-        on_path!(self, r => r.reclaim(c))
+    /// A new claim of a key that has no row.
+    pub fn insert(c: &Claim) -> Change {
+        Change::new(Write::insert, c.scope, c.key, &claimed(c), Guard::Any)
     }
 
-    /// The next attempt of an in-progress or failed record.
+    /// The row of an expired record turned into a new claim: every column of the record
+    /// anew.
+    pub fn reclaim(c: &Claim) -> Change {
+        let mut sets = claimed(c).to_vec();
+        sets.extend([
+            (Col::retryable, None),
+            (Col::http_status, None),
+            (Col::response, None),
+            (Col::resource, None),
+            (Col::recovery_point, None),
+            (Col::recovery_data, None),
+        ]);
+        Change::new(
+            Write::reclaim,
+            c.scope,
+            c.key,
+            &sets,
+            Guard::Expired { now: c.now },
+        )
+    }
+
+    /// The next attempt of an in-progress or failed record: after a lease ran out or a
+    /// retryable failure. Keeps the recovery point.
     pub fn resume(
-        &self,
         scope: pg_sys::Datum,
         key: pg_sys::Datum,
         attempt: i32,
         lease_expires_at: Micros,
         lease: Micros,
-    ) -> Result<bool, IdemError> {
-        on_path!(self, r => r.resume(scope, key, attempt, lease_expires_at, lease))
+    ) -> Change {
+        Change::new(
+            Write::resume,
+            scope,
+            key,
+            &[
+                (Col::state, Some(state_datum(State::InProgress))),
+                (Col::retryable, None),
+                (Col::attempt, Some(attempt.into())),
+                (Col::lease_expires_at, Some(lease_expires_at.into())),
+                (Col::lease, Some(lease.into())),
+                (Col::http_status, None),
+                (Col::response, None),
+                (Col::resource, None),
+            ],
+            Guard::Any,
+        )
     }
 
-    /// Stores a final outcome.
+    /// A final outcome. A completion drops the recovery point (nothing will resume); a
+    /// failure keeps it for the retry.
     pub fn finish(
-        &self,
         scope: pg_sys::Datum,
         key: pg_sys::Datum,
         o: &Outcome,
-    ) -> Result<bool, IdemError> {
-        on_path!(self, r => r.finish(scope, key, o))
+    ) -> Result<Change, IdemError> {
+        let status = Some(pg_sys::Datum::from(o.http_status as i16));
+        Ok(match o.state {
+            State::Completed => Change::new(Write::complete, scope, key, &completed(o), Guard::Any),
+            State::Failed { retryable } => Change::new(
+                Write::fail,
+                scope,
+                key,
+                &[
+                    (Col::state, Some(state_datum(o.state))),
+                    (Col::retryable, Some(retryable.into())),
+                    (Col::http_status, status),
+                    (Col::response, o.response),
+                    (Col::lease_expires_at, None),
+                ],
+                Guard::Any,
+            ),
+            State::InProgress => {
+                return Err(IdemError::Internal(
+                    "an outcome cannot be in progress".into(),
+                ))
+            }
+        })
     }
 
-    /// Completes the key if its record is live, in progress, owned by `caller` itself and
-    /// (given one) at `attempt`; false otherwise, with nothing written.
+    /// A completion in one write that checks the guard itself ([`Guard::Owned`]).
     pub fn complete_owned(
-        &self,
         scope: pg_sys::Datum,
         key: pg_sys::Datum,
         o: &Outcome,
         now: Micros,
         caller: pg_sys::Oid,
         attempt: Option<i32>,
-    ) -> Result<bool, IdemError> {
-        on_path!(self, r => r.complete_owned(scope, key, o, now, caller, attempt))
+    ) -> Change {
+        Change::new(
+            Write::complete_owned,
+            scope,
+            key,
+            &completed(o),
+            Guard::Owned {
+                now,
+                caller,
+                attempt,
+            },
+        )
     }
 
+    /// A recovery point, and the lease renewed.
     pub fn checkpoint(
-        &self,
         scope: pg_sys::Datum,
         key: pg_sys::Datum,
         point: pg_sys::Datum,
         data: Option<pg_sys::Datum>,
         lease_expires_at: Micros,
-    ) -> Result<bool, IdemError> {
-        on_path!(self, r => r.checkpoint(scope, key, point, data, lease_expires_at))
+    ) -> Change {
+        Change::new(
+            Write::checkpoint,
+            scope,
+            key,
+            &[
+                (Col::recovery_point, Some(point)),
+                (Col::recovery_data, data),
+                (Col::lease_expires_at, Some(lease_expires_at.into())),
+            ],
+            Guard::Any,
+        )
     }
+}
+
+/// The columns of a new claim (an insert's, and the first of a reclaim's).
+fn claimed(c: &Claim) -> [(Col, Option<pg_sys::Datum>); 8] {
+    [
+        (Col::owner, Some(pg_sys::Datum::from(c.owner))),
+        (Col::state, Some(state_datum(State::InProgress))),
+        (Col::fingerprint, (&c.fingerprint[..]).into_datum()),
+        (Col::attempt, Some(pg_sys::Datum::from(1i32))),
+        (Col::created_at, Some(c.now.into())),
+        (Col::expires_at, Some(c.expires_at.into())),
+        (Col::lease_expires_at, Some(c.lease_expires_at.into())),
+        (Col::lease, Some(c.lease.into())),
+    ]
+}
+
+/// The columns of a completion.
+fn completed(o: &Outcome) -> [(Col, Option<pg_sys::Datum>); 7] {
+    [
+        (Col::state, Some(state_datum(State::Completed))),
+        (
+            Col::http_status,
+            Some(pg_sys::Datum::from(o.http_status as i16)),
+        ),
+        (Col::response, o.response),
+        (Col::resource, o.resource),
+        (Col::lease_expires_at, None),
+        (Col::recovery_point, None),
+        (Col::recovery_data, None),
+    ]
 }
 
 /// Whether the transaction reads in one snapshot (REPEATABLE READ, SERIALIZABLE:
@@ -232,6 +551,11 @@ pub fn state_byte(state: State) -> u8 {
         State::Completed => b'c',
         State::Failed { .. } => b'f',
     }
+}
+
+/// A record's state as a datum of its "char" column.
+fn state_datum(state: State) -> pg_sys::Datum {
+    pg_sys::Datum::from(state_byte(state))
 }
 
 /// A record's state from its `state` and `retryable` columns.

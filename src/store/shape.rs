@@ -1,4 +1,6 @@
-//! Whether the direct path may touch `idempotency.records`: the table must be exactly what
+//! The table's columns, declared once (`columns!`: each column's name, type and NOT NULL, in
+//! the table's order), from which both paths of the store take theirs; and whether the
+//! direct path may touch `idempotency.records`: the table must be exactly what
 //! the extension's script created, or the direct path would skip what the executor does for
 //! the difference (fire a trigger, apply a policy or a default, refuse a NULL, fill another
 //! index, read a child table, route to a Citus shard). Checked once per backend and kept
@@ -25,7 +27,10 @@ use crate::errors::IdemError;
 
 /// The columns with their types and NOT NULL, in the order of the table's definition
 /// (sql/idempotency.sql): `Col`, `NCOLS` and `COLUMNS` (each column's name, type oid and
-/// whether it is NOT NULL), from one list.
+/// whether it is NOT NULL), from one list. The store's other column lists come from it: the
+/// direct path's attribute positions (`Shape::position`, read against it), the SQL path's
+/// SELECT list (`Col::ALL` in this order: `Col::x as usize + 1` is column x's number in a
+/// lookup's result), its SET lists and its parameter types (`Col::name`, `Col::type_oid`).
 macro_rules! columns {
     ($($col:ident: $ty:ident $($not_null:ident)*),* $(,)?) => {
         #[allow(non_camel_case_types)]
@@ -33,6 +38,21 @@ macro_rules! columns {
         pub enum Col { $($col),* }
 
         pub const NCOLS: usize = [$(Col::$col),*].len();
+
+        impl Col {
+            /// Every column, in the table's order.
+            pub const ALL: [Col; NCOLS] = [$(Col::$col),*];
+
+            /// The column's name in SQL.
+            pub fn name(self) -> &'static str {
+                [$(stringify!($col)),*][self as usize]
+            }
+
+            /// The column's type.
+            pub fn type_oid(self) -> pg_sys::Oid {
+                pg_sys::Oid::from(COLUMNS[self as usize].2)
+            }
+        }
 
         const COLUMNS: [(Col, &CStr, u32, bool); NCOLS] = [$((
             Col::$col,
