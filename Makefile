@@ -95,10 +95,11 @@ test: check test-meta test-vectors test-upgrade test-standby test-dump test-tort
 test-core:
 	cargo test -p idempotency-core
 
-# Every function exported to C goes through entry::enter (src/entry.rs), and the checker
-# catches one that does not.
+# Every function exported to C goes through entry::enter (src/entry.rs), and the modules of
+# src/ import one way, down their layers (docs/design.md); each checker is checked first.
 test-guard:
 	python3 scripts/guard-check.py --self-test
+	python3 scripts/layers-check.py --self-test
 
 # META.json against the PGXN Meta Spec, and the checker against broken copies of it.
 test-meta:

@@ -26,10 +26,10 @@ import tempfile
 LAYERS = [
     ("values and errors", ["datum", "signature", "errors", "entry", "compat"]),
     ("settings, counters, lock, placement, store",
-     ["settings", "stats", "lock", "citus", "store", "store::shape", "store::sql",
-      "store::direct", "store::placement"]),
+     ["settings", "stats", "lock", "store", "store::columns", "store::record", "store::shape",
+      "store::sql", "store::direct", "store::placement"]),
     ("SQL functions", ["fmgr", "api"]),
-    ("ways in", ["functions", "worker", "lib"]),
+    ("ways in", ["functions", "citus", "worker", "lib"]),
 ]
 # Test code is not part of the library's shape.
 SKIP = {"tests"}

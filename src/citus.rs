@@ -1,109 +1,11 @@
-//! Citus: what changes when `idempotency.records` is a Citus distributed table
-//! (`idem_distribute()`, docs/scale-out.md). This module holds the ways in from PostgreSQL
-//! and the layout they and the store read; what the store's callers need of the layout is the
-//! store's (`store/placement.rs`): the check that a key's shard is placed on this node (which
-//! `api`'s one guard of the writers makes), and the purge, local or shard by shard, that both
-//! `idem_purge` and the purge worker call.
-//!
-//! - [`layout`]: whether the table is distributed, read from Citus's catalog
-//!   `pg_dist_partition` (in the SQL path's connection, `store::Sql`) once per backend and kept
-//!   until the table's relcache entry is invalidated (the relcache callback here), which Citus
-//!   does whenever it changes the table's metadata (create_distributed_table,
-//!   undistribute_table, shard moves). Without Citus the check costs a thread-local read per
-//!   call.
-//! - The planner hook that keeps a NULL scope from crashing a Citus node ([`upper_paths`]).
-
-use std::cell::Cell;
+//! Citus's way in: the planner hook that keeps a NULL scope from crashing a Citus node
+//! ([`upper_paths`]), installed only when Citus is loaded. Where the records are (the layout,
+//! the placement check, the purge shard by shard) is the store's: `store/placement.rs`
+//! (docs/scale-out.md).
 
 use pgrx::pg_sys;
 
 use crate::errors::IdemError;
-use crate::store;
-
-/// How the records table is laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// A plain table (Citus absent, or the table not distributed).
-    Local,
-    /// Hash-distributed by `scope`: the supported layout.
-    ByScope,
-    /// Another kind of Citus table (reference, local, append, or distributed by another column).
-    Unsupported,
-}
-
-thread_local! {
-    /// The records table's oid and layout, until the relcache callback forgets them.
-    static LAYOUT: Cell<Option<(pg_sys::Oid, Layout)>> = const { Cell::new(None) };
-    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Forgets the layout when the records table's relcache entry (or every entry) is invalidated.
-unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    // SAFETY: a relcache callback's outermost frame.
-    unsafe {
-        crate::entry::enter(c"idempotency relcache callback", || {
-            if let Some((rel, _)) = LAYOUT.get() {
-                if relid == pg_sys::InvalidOid || relid == rel {
-                    LAYOUT.set(None);
-                }
-            }
-            Ok(())
-        })
-    }
-}
-
-/// The records table's layout, read once and kept until invalidated.
-pub fn layout() -> Result<Layout, IdemError> {
-    if let Some((_, layout)) = LAYOUT.get() {
-        return Ok(layout);
-    }
-    if !CALLBACK_REGISTERED.get() {
-        crate::compat::register_relcache_callback(invalidate);
-        CALLBACK_REGISTERED.set(true);
-    }
-    let relid = store::records_relid()?;
-    let layout = read_layout(relid)?;
-    // A plan kept from an earlier layout may name functions of a Citus that is gone.
-    store::forget_placement_plan();
-    LAYOUT.set(Some((relid, layout)));
-    Ok(layout)
-}
-
-/// Whether the records table is distributed (in any way Citus does it).
-pub fn distributed() -> Result<bool, IdemError> {
-    Ok(layout()? != Layout::Local)
-}
-
-fn read_layout(relid: pg_sys::Oid) -> Result<Layout, IdemError> {
-    // SAFETY: a syscache lookup by name in pg_catalog.
-    let catalog = unsafe {
-        pg_sys::get_relname_relid(
-            c"pg_dist_partition".as_ptr(),
-            pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE),
-        )
-    };
-    if catalog == pg_sys::InvalidOid {
-        return Ok(Layout::Local);
-    }
-    let row = store::Sql::open()?.query_once(
-        "SELECT p.partmethod::pg_catalog.text, \
-                pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) \
-         FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1",
-        &[(pg_sys::OIDOID, pg_sys::Datum::from(relid))],
-    )?;
-    Ok(match row {
-        None => Layout::Local,
-        Some(cols) => {
-            let method = cols.first().cloned().flatten();
-            let column = cols.get(1).cloned().flatten();
-            if method.as_deref() == Some("h") && column.as_deref() == Some("scope") {
-                Layout::ByScope
-            } else {
-                Layout::Unsupported
-            }
-        }
-    })
-}
 
 /// The planner hook that keeps a NULL scope from crashing a Citus node.
 ///
@@ -234,7 +136,7 @@ fn null_scope_call(parse: *mut pg_sys::Query) -> Option<&'static str> {
                 && (*scope.cast::<pg_sys::Const>()).constisnull
                 // A plain server answers the call itself (with the same 22004); act only
                 // where Citus would plan it.
-                && distributed().ok()?
+                && crate::store::distributed().ok()?
             {
                 return Some(function);
             }

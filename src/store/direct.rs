@@ -39,8 +39,10 @@
 
 use pgrx::pg_sys;
 
-use super::shape::{self, Col, Shape, NCOLS};
-use super::{varlena_bytes, xact_snapshot, Change, Guard, Path, Read, Row, Write};
+use super::columns::{Col, NCOLS};
+use super::record::{xact_snapshot, Change, Guard, Path, Read, Row, Write};
+use super::shape::{self, Shape};
+use crate::datum::varlena_bytes;
 use crate::compat::{self, IndexUpdate};
 use crate::errors::IdemError;
 
@@ -141,7 +143,7 @@ impl Direct {
         unsafe {
             let mut heap = pg_sys::try_relation_open(relid, lockmode);
             if heap.is_null() {
-                heap = pg_sys::relation_open(super::records_relid()?, lockmode);
+                heap = pg_sys::relation_open(super::record::records_relid()?, lockmode);
             }
             let Some(shape) = shape::of(heap)? else {
                 pg_sys::relation_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);

@@ -1,6 +1,12 @@
-//! Where the records are, when Citus distributes `idempotency.records` (`crate::citus` reads
-//! the layout; docs/scale-out.md): what the store's callers need of it, in one place.
+//! Where the records are, when Citus distributes `idempotency.records` (docs/scale-out.md):
+//! what the store and its callers need of it, in one place.
 //!
+//! - [`layout`]: whether the table is distributed, read from Citus's catalog
+//!   `pg_dist_partition` (in the SQL path's connection) once per backend and kept until the
+//!   table's relcache entry is invalidated (the relcache callback here), which Citus does
+//!   whenever it changes the table's metadata (create_distributed_table, undistribute_table,
+//!   shard moves). Without Citus the check costs a thread-local read per call; the shape
+//!   check (`shape`) reads it too, since a Citus table is never the direct path's.
 //! - [`require_shard_here`]: the key's lock (`lock.rs`) lives in the lock table of the node
 //!   where the function runs. Citus delegates a call of a distributed function to the node
 //!   that holds its scope's shard only in the forms it can route (a statement of its own,
@@ -26,8 +32,9 @@ use std::cell::Cell;
 
 use pgrx::pg_sys;
 
-use super::{records_relid, text_str, Sql};
-use crate::citus::Layout;
+use super::record::records_relid;
+use super::sql::Sql;
+use crate::datum::text_str;
 use crate::errors::IdemError;
 
 thread_local! {
@@ -36,8 +43,93 @@ thread_local! {
     static PLACEMENT_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
 }
 
-/// Drops the kept placement plan (`crate::citus` calls it when it reads the layout again).
-pub fn forget_placement_plan() {
+/// How the records table is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// A plain table (Citus absent, or the table not distributed).
+    Local,
+    /// Hash-distributed by `scope`: the supported layout.
+    ByScope,
+    /// Another kind of Citus table (reference, local, append, or distributed by another column).
+    Unsupported,
+}
+
+thread_local! {
+    /// The records table's oid and layout, until the relcache callback forgets them.
+    static LAYOUT: Cell<Option<(pg_sys::Oid, Layout)>> = const { Cell::new(None) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Forgets the layout when the records table's relcache entry (or every entry) is invalidated.
+unsafe extern "C-unwind" fn invalidate(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // SAFETY: a relcache callback's outermost frame.
+    unsafe {
+        crate::entry::enter(c"idempotency relcache callback", || {
+            if let Some((rel, _)) = LAYOUT.get() {
+                if relid == pg_sys::InvalidOid || relid == rel {
+                    LAYOUT.set(None);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The records table's layout, read once and kept until invalidated.
+pub fn layout() -> Result<Layout, IdemError> {
+    if let Some((_, layout)) = LAYOUT.get() {
+        return Ok(layout);
+    }
+    if !CALLBACK_REGISTERED.get() {
+        crate::compat::register_relcache_callback(invalidate);
+        CALLBACK_REGISTERED.set(true);
+    }
+    let relid = records_relid()?;
+    let layout = read_layout(relid)?;
+    // A plan kept from an earlier layout may name functions of a Citus that is gone.
+    forget_placement_plan();
+    LAYOUT.set(Some((relid, layout)));
+    Ok(layout)
+}
+
+/// Whether the records table is distributed (in any way Citus does it).
+pub fn distributed() -> Result<bool, IdemError> {
+    Ok(layout()? != Layout::Local)
+}
+
+fn read_layout(relid: pg_sys::Oid) -> Result<Layout, IdemError> {
+    // SAFETY: a syscache lookup by name in pg_catalog.
+    let catalog = unsafe {
+        pg_sys::get_relname_relid(
+            c"pg_dist_partition".as_ptr(),
+            pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE),
+        )
+    };
+    if catalog == pg_sys::InvalidOid {
+        return Ok(Layout::Local);
+    }
+    let row = Sql::open()?.query_once(
+        "SELECT p.partmethod::pg_catalog.text, \
+                pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) \
+         FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1",
+        &[(pg_sys::OIDOID, pg_sys::Datum::from(relid))],
+    )?;
+    Ok(match row {
+        None => Layout::Local,
+        Some(cols) => {
+            let method = cols.first().cloned().flatten();
+            let column = cols.get(1).cloned().flatten();
+            if method.as_deref() == Some("h") && column.as_deref() == Some("scope") {
+                Layout::ByScope
+            } else {
+                Layout::Unsupported
+            }
+        }
+    })
+}
+
+/// Drops the kept placement plan (when the layout is read again).
+fn forget_placement_plan() {
     let old = PLACEMENT_PLAN.replace(std::ptr::null_mut());
     if !old.is_null() {
         // SAFETY: a plan this module kept with SPI_keepplan.
@@ -50,7 +142,7 @@ pub fn forget_placement_plan() {
 /// one that the calls delegated to the shard's node take. Free when the records are not
 /// distributed.
 pub fn require_shard_here(function: &'static str, scope: pg_sys::Datum) -> Result<(), IdemError> {
-    match crate::citus::layout()? {
+    match layout()? {
         Layout::Local => Ok(()),
         Layout::Unsupported => Err(IdemError::Unsupported {
             message: format!("{function}() does not support this layout of idempotency.records"),
@@ -160,7 +252,7 @@ pub enum Shards {
 /// path's purge statement, or, when Citus distributes the records, shard by shard (`shards`).
 /// Rows that a live transaction has locked are skipped, never waited for.
 pub fn purge(max_rows: i32, shards: Shards) -> Result<u64, IdemError> {
-    if !crate::citus::distributed()? {
+    if !distributed()? {
         let sql = Sql::open()?;
         // SAFETY: reads the clock (the wall clock, as every expiry is).
         let now = unsafe { pg_sys::GetCurrentTimestamp() };

@@ -15,8 +15,8 @@ use std::ffi::{c_char, CStr, CString};
 use idempotency_core::decision::Micros;
 use pgrx::pg_sys;
 
-use super::shape::{Col, NCOLS};
-use super::{owner_of, records_relid, Change, Path, Read, Row, Write};
+use super::columns::{Col, NCOLS};
+use super::record::{owner_of, records_relid, Change, Path, Read, Row, Write};
 use crate::errors::IdemError;
 
 const WHERE_KEY: &str = "scope OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2";
@@ -422,7 +422,7 @@ impl Path for Sql {
     }
 
     fn insert_first(&self) -> bool {
-        !super::xact_snapshot()
+        !super::record::xact_snapshot()
     }
 }
 
