@@ -66,19 +66,19 @@ impl std::ops::Deref for Records {
 impl Records {
     /// Opens the table for a function that writes (and reads under a fresh snapshot).
     pub fn open() -> Result<Records, IdemError> {
-        if crate::settings::direct_access() {
-            if let Some(direct) = direct::Direct::open(direct::Intent::Write)? {
-                return Ok(Records::Direct(direct));
-            }
-        }
-        Ok(Records::Sql(sql::Sql::open()?))
+        Records::open_for(direct::Intent::Write)
     }
 
     /// Opens the table for `idem_check`: reads in the active snapshot only, takes no lock
     /// stronger than a reader's, so that it works on a hot standby.
     pub fn open_to_read() -> Result<Records, IdemError> {
+        Records::open_for(direct::Intent::Read)
+    }
+
+    /// The direct path if the setting allows it and the table has its shape, else SQL.
+    fn open_for(intent: direct::Intent) -> Result<Records, IdemError> {
         if crate::settings::direct_access() {
-            if let Some(direct) = direct::Direct::open(direct::Intent::Read)? {
+            if let Some(direct) = direct::Direct::open(intent)? {
                 return Ok(Records::Direct(direct));
             }
         }
