@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from records import install_reworded, with_search_path
 from roundtrips import RoundTripProxy
 
 HOST = os.environ.get("IDEM_TEST_PGHOST")
@@ -77,3 +78,29 @@ def counted(proxy: RoundTripProxy, dsn: str) -> Iterator[tuple[psycopg.Connectio
     with psycopg.connect(url) as c:
         proxy.reset()
         yield c, proxy
+
+
+@pytest.fixture(scope="session")
+def _rewording(dsn: str) -> str:
+    install_reworded(dsn)
+    return dsn
+
+
+@pytest.fixture
+def reworded_dsn(_rewording: str) -> str:
+    """The test database with the schema `reworded` first in search_path: the extension's
+    idem_begin and idem_complete answer with their own SQLSTATE and other texts."""
+    return with_search_path(_rewording, "reworded")
+
+
+@pytest.fixture
+def broken_dsn(_rewording: str) -> str:
+    """The test database with an idem_check that ends the session: the follow-up read fails."""
+    return with_search_path(_rewording, "broken_follow_up")
+
+
+@pytest.fixture
+def with_fingerprint_dsn(_rewording: str) -> str:
+    """The test database with an idem_check that also returns the stored `fingerprint` (as the
+    extension's 0.4.0 does)."""
+    return with_search_path(_rewording, "with_fingerprint")

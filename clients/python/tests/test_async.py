@@ -11,6 +11,7 @@ import pytest
 
 from idempotency import KeyReused, LeaseLost, NotInProgress, NotOwner, Outcome, SerializationFailure, State
 from idempotency import aio as idem
+from records import first_used, stored_fingerprint_expected
 
 CMD = {"method": "POST", "path": "/v1/payments", "body": {"amount": "10.00", "currency": "EUR"}}
 OTHER = {"method": "POST", "path": "/v1/payments", "body": {"amount": "100.00", "currency": "EUR"}}
@@ -74,18 +75,48 @@ async def test_plain_calls(aconn: psycopg.AsyncConnection, scope: str) -> None:
     await aconn.commit()
 
 
+async def test_refusals_reworded_in_a_sql_dmy_session(dsn: str, reworded_dsn: str, scope: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn) as c:
+        await idem.begin(c, scope, "k", CMD, lease=timedelta(seconds=30))
+        await c.commit()
+    created, stored = first_used(dsn, scope, "k")
+    async with await psycopg.AsyncConnection.connect(reworded_dsn) as conn:
+        await conn.execute("SET DateStyle = 'SQL, DMY'")
+        await conn.execute("SET TimeZone = 'Asia/Kolkata'")
+        await conn.commit()
+        with pytest.raises(KeyReused) as e:
+            await idem.claim(conn, scope, "k", OTHER)
+        assert e.value.message.startswith("Reworded:")
+        assert (e.value.loaded, e.value.first_used_at, e.value.given_fingerprint) == (
+            True, created, await idem.fingerprint(conn, OTHER))
+        assert e.value.stored_fingerprint == stored_fingerprint_expected(dsn, stored)
+        await conn.rollback()
+        await conn.set_autocommit(True)
+        with pytest.raises(LeaseLost) as e2:
+            await idem.complete(conn, scope, "k", attempt=4)
+        assert (e2.value.message[:9], e2.value.current_attempt, e2.value.given_attempt) == ("Reworded:", 1, 4)
+        with pytest.raises(NotInProgress) as e3:
+            await idem.complete(conn, scope, "nothing")
+        assert (e3.value.message[:9], e3.value.found) == ("Reworded:", State.ABSENT)
+
+
 async def test_errors_by_sqlstate(aconn: psycopg.AsyncConnection, dsn: str, scope: str) -> None:
     async with idem.transaction(aconn, scope, "k", CMD) as tx:
         tx.complete(resource="payments/1", http_status=201)
     with pytest.raises(KeyReused) as e:
         async with idem.transaction(aconn, scope, "k", OTHER):
             pytest.fail("the block must not run")
-    assert (e.value.scope, e.value.key, e.value.stored_fingerprint) == (scope, "k", (await idem.fingerprint(aconn, CMD))[:4].hex())
+    created, stored = first_used(dsn, scope, "k")
+    assert (e.value.scope, e.value.key, e.value.loaded, e.value.first_used_at) == (scope, "k", True, created)
+    assert e.value.given_fingerprint == await idem.fingerprint(aconn, OTHER)
+    assert e.value.stored_fingerprint == stored_fingerprint_expected(dsn, stored)
     await aconn.rollback()
     with pytest.raises(NotInProgress) as e2:
-        await idem.complete(aconn, scope, "k")
-    assert e2.value.found == "completed"
+        await idem.complete(aconn, scope, "k")  # in the caller's transaction: loaded later
+    assert (e2.value.loaded, e2.value.found) == (False, None)
     await aconn.rollback()
+    assert await e2.value.load(aconn) is True and e2.value.found is State.COMPLETED
+    assert aconn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not aconn.autocommit
     async with await psycopg.AsyncConnection.connect(dsn.replace("user=postgres", "user=idem_other_role")) as other:
         with pytest.raises(NotOwner):
             await idem.check(other, scope, "k")
@@ -227,4 +258,4 @@ async def test_round_trips_per_flow(counted_dsn: str, proxy: object, aconn2: psy
                            ("claim", claim), ("checkpoint", checkpoint), ("finish", finish)]:
             await measure(name, flow)
     await held.complete()
-    assert got == {"new": 2, "replay": 2, "in_progress": 2, "ik001": 2, "claim": 1, "checkpoint": 1, "finish": 1}
+    assert got == {"new": 2, "replay": 2, "in_progress": 2, "ik001": 3, "claim": 1, "checkpoint": 1, "finish": 1}

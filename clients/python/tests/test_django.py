@@ -30,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 from idempotency import State
 from idempotency import sync as idem
 from idempotency.django import IdempotencyMiddleware, idempotent
+from records import first_used
 
 CALLS: list[Any] = []
 _lock = threading.Lock()
@@ -137,6 +138,10 @@ def test_transaction_mode_under_atomic_requests(client: Client, django_db: str, 
     r = post(client, "/rows", scope, "t1")
     assert (r.status_code, r["Idempotent-Replayed"], r["Content-Type"], len(CALLS), count(django_db, scope)) == (
         201, "true", "application/json", 1, 1)
+    # Another command: 422 with the first use, read after the layer's atomic block rolled back.
+    r = post(client, "/rows?other=1", scope, "t1")
+    assert (r.status_code, json.loads(r.content)["code"], json.loads(r.content)["first_used_at"], len(CALLS)) == (
+        422, "idempotency_key_reused", first_used(django_db, scope, "t1")[0].isoformat(), 1)
     # A 5xx, a 429 or an exception rolls the view's row and the claim back: the retry executes.
     for url, key, status in (("/rows?status=503", "t503", 503), ("/rows?status=429", "t429", 429),
                              ("/rows?raise=1", "traise", 500)):
@@ -208,6 +213,7 @@ def test_phased_by_default_replays_exactly(client: Client, django_db: str, scope
     r = post(client, "/echo?q=2", scope, "e-1", body, content_type="application/json")
     assert (r.status_code, r["Content-Type"], json.loads(r.content)["code"]) == (422, "application/problem+json",
                                                                      "idempotency_key_reused")
+    assert json.loads(r.content)["first_used_at"] == first_used(django_db, scope, "e-1")[0].isoformat()
     # Not covered: a GET, PUT, an exempt view.
     r = client.put("/echo", data=b"p", headers={"idempotency-key": "e-1"})
     r2 = post(client, "/exempt", scope, None)

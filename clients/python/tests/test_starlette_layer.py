@@ -22,6 +22,7 @@ from idempotency import aio as idem
 from idempotency.http import Problem
 from idempotency.layer import ConfigurationError
 from idempotency.starlette import IdempotencyMiddleware
+from records import first_used
 
 pytestmark = pytest.mark.anyio
 
@@ -161,7 +162,7 @@ async def test_phased_stores_and_replays_exactly(pool: AsyncConnectionPool, dsn:
         r = await app.client.post(path, content=content, headers=h(scope, "k-1", content_type="application/json"))
         assert (r.status_code, r.headers["content-type"], r.json()["code"]) == (
             422, "application/problem+json", "idempotency_key_reused")
-        assert r.json()["first_used_at"]
+        assert r.json()["first_used_at"] == first_used(dsn, scope, "k-1")[0].isoformat()
     async with await psycopg.AsyncConnection.connect(dsn) as c:
         assert (await idem.check(c, scope, "k-1")).state is State.COMPLETED
     # Not covered: PUT, a key on GET, an exempt route.
@@ -236,6 +237,10 @@ async def test_transaction_mode(pool: AsyncConnectionPool, dsn: str, scope: str)
     assert (info.mode, info.attempt, isinstance(info.conn, psycopg.AsyncConnection)) == ("transaction", 1, True)
     r = await app.client.post("/tx/rows", headers=h(scope, "t1"))
     assert (r.status_code, r.headers["idempotent-replayed"], app.calls, await rows(dsn, scope)) == (201, "true", 1, 1)
+    # Another command: 422 with the first use, read after the layer's transaction rolled back.
+    r = await app.client.post("/tx/rows?other=1", headers=h(scope, "t1"))
+    assert (r.status_code, r.json()["code"], r.json()["first_used_at"], app.calls) == (
+        422, "idempotency_key_reused", first_used(dsn, scope, "t1")[0].isoformat(), 1)
     # 500 and 429: the route's row and the claim roll back; the retry executes (attempt 1 again).
     for status in (500, 429):
         r = await app.client.post(f"/tx/rows?status={status}", headers=h(scope, f"t{status}"))

@@ -3,10 +3,11 @@ SQLSTATE mapped, races on one key, a phased takeover with fencing, the round tri
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 import psycopg
 import pytest
@@ -23,6 +24,7 @@ from idempotency import (
 )
 from idempotency import sync as idem
 from idempotency.http import answer_for_begin, problem_for_error
+from records import first_used, stored_fingerprint_expected
 
 CMD = {"method": "POST", "path": "/v1/payments", "body": {"amount": "10.00", "currency": "EUR"}}
 OTHER = {"method": "POST", "path": "/v1/payments", "body": {"amount": "100.00", "currency": "EUR"}}
@@ -111,57 +113,143 @@ def test_checkpoint_returns_the_new_lease_end(conn: psycopg.Connection, scope: s
 # --- Every SQLSTATE -------------------------------------------------------------------
 
 
-def test_ik001_is_key_reused_with_the_detail_fields(conn: psycopg.Connection, scope: str) -> None:
+def test_ik001_data_is_read_not_parsed_from_a_sql_dmy_session(conn: psycopg.Connection, dsn: str, scope: str) -> None:
     idem.begin(conn, scope, "k-1", CMD)
     idem.complete(conn, scope, "k-1", resource="payments/1", http_status=201)
     conn.commit()
-    created = idem.check(conn, scope, "k-1").created_at
-    with pytest.raises(KeyReused) as e:
-        idem.begin(conn, scope, "k-1", OTHER)
-    conn.rollback()
+    created, stored = first_used(dsn, scope, "k-1")
+    # The DETAIL now prints the first use as 'dd/mm/yyyy hh:mm:ss.ffffff IST': nothing parses it.
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("SET DateStyle = 'SQL, DMY'")
+        other.execute("SET TimeZone = 'Asia/Kolkata'")
+        with pytest.raises(KeyReused) as e:
+            idem.begin(other, scope, "k-1", OTHER)
+        assert "/" in (e.value.detail or "")  # the server's text is in the session's DateStyle
     err = e.value
-    assert (err.sqlstate, err.scope, err.key) == ("IK001", scope, "k-1")
-    assert err.stored_fingerprint == idem.fingerprint(conn, CMD)[:4].hex()
-    assert err.given_fingerprint == idem.fingerprint(conn, OTHER)[:4].hex()
-    assert err.first_used_at == created
-    assert err.first_used is not None and err.first_used.startswith(created.strftime("%Y-%m-%d %H:%M:%S"))
+    assert (err.sqlstate, err.scope, err.key, err.command, err.loaded) == ("IK001", scope, "k-1", OTHER, True)
+    assert err.first_used_at == created and err.first_used_at.tzinfo == timezone.utc
+    assert err.given_fingerprint == idem.fingerprint(conn, OTHER) and len(err.given_fingerprint) == 32
+    assert stored == idem.fingerprint(conn, CMD)
+    assert err.stored_fingerprint == stored_fingerprint_expected(dsn, stored)
+    conn.rollback()
     p = problem_for_error(err)
-    assert (p.status, p.code) == (422, "idempotency_key_reused")
+    assert (p.status, p.code, p.extra) == (422, "idempotency_key_reused", {"first_used_at": created.isoformat()})
 
 
-def test_ik001_detail_is_parsed_when_scope_and_key_hold_quotes(conn: psycopg.Connection, scope: str) -> None:
+def test_ik001_data_when_the_messages_are_reworded(reworded_dsn: str, dsn: str, scope: str) -> None:
     s, k = scope + '", key "x', 'a", key "b'
-    idem.begin(conn, s, k, CMD)
-    idem.complete(conn, s, k)
-    conn.commit()
-    with pytest.raises(KeyReused) as e:
-        idem.begin(conn, s, k, OTHER)
-    conn.rollback()
-    assert (e.value.scope, e.value.key, e.value.stored_fingerprint) == (s, k, idem.fingerprint(conn, CMD)[:4].hex())
+    with psycopg.connect(reworded_dsn) as conn:
+        with idem.transaction(conn, s, k, CMD) as tx:
+            tx.complete(resource="payments/1", http_status=201)
+        created, stored = first_used(dsn, s, k)
+        with pytest.raises(KeyReused) as e:
+            with idem.transaction(conn, s, k, OTHER):
+                pytest.fail("the block must not run")
+        err = e.value
+        assert err.message.startswith("Reworded:") and err.hint == "a reworded hint"
+        assert (err.scope, err.key, err.loaded, err.first_used_at) == (s, k, True, created)
+        assert err.given_fingerprint == idem.fingerprint(conn, OTHER)
+        assert err.stored_fingerprint == stored_fingerprint_expected(dsn, stored)
+        conn.rollback()
+        # The plain call in autocommit mode: the follow-up runs at once.
+        conn.autocommit = True
+        with pytest.raises(KeyReused) as e:
+            idem.begin(conn, s, k, OTHER)
+        assert (e.value.loaded, e.value.first_used_at, e.value.given_fingerprint) == (
+            True, created, idem.fingerprint(conn, OTHER))
 
 
-def test_ik002_is_not_in_progress_with_what_was_found(conn: psycopg.Connection, scope: str) -> None:
-    with pytest.raises(NotInProgress) as e:
-        idem.complete(conn, scope, "absent")
-    conn.rollback()
-    assert (e.value.sqlstate, e.value.found) == ("IK002", "absent")
+def test_ik001_inside_the_callers_transaction_is_loaded_after_the_rollback(conn: psycopg.Connection, dsn: str, scope: str) -> None:
     idem.begin(conn, scope, "k", CMD)
-    idem.complete(conn, scope, "k")
     conn.commit()
-    with pytest.raises(NotInProgress) as e:
-        idem.fail(conn, scope, "k")
+    created, stored = first_used(dsn, scope, "k")
+    with pytest.raises(KeyReused) as e:
+        idem.begin(conn, scope, "k", OTHER)  # in the transaction psycopg opened: the caller's
+    err = e.value
+    assert (err.loaded, err.first_used_at, err.stored_fingerprint, err.given_fingerprint) == (False, None, None, None)
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    with pytest.raises(psycopg.ProgrammingError):
+        err.load(conn)  # not in the aborted transaction
     conn.rollback()
-    assert e.value.found == "completed"
-    assert (problem_for_error(e.value).status, problem_for_error(e.value).code) == (500, "internal_error")
+    assert err.load(conn) is True
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.autocommit
+    assert (err.first_used_at, err.given_fingerprint) == (created, idem.fingerprint(conn, OTHER))
+    assert err.stored_fingerprint == stored_fingerprint_expected(dsn, stored)
+    conn.rollback()
 
 
-def test_ik003_is_lease_lost_with_both_attempts(conn: psycopg.Connection, scope: str) -> None:
+def test_ik001_stored_fingerprint_is_read_by_name_from_a_0_4_0_idem_check(
+        conn: psycopg.Connection, dsn: str, with_fingerprint_dsn: str, scope: str) -> None:
+    idem.begin(conn, scope, "k", CMD)
+    conn.commit()
+    created, stored = first_used(dsn, scope, "k")
+    with psycopg.connect(with_fingerprint_dsn, autocommit=True) as other:
+        with pytest.raises(KeyReused) as e:
+            idem.begin(other, scope, "k", OTHER)
+    assert (e.value.first_used_at, e.value.stored_fingerprint, e.value.given_fingerprint) == (
+        created, idem.fingerprint(conn, CMD), idem.fingerprint(conn, OTHER))
+    conn.rollback()
+
+
+def test_a_failed_follow_up_keeps_the_refusal_with_empty_data(conn: psycopg.Connection, broken_dsn: str, scope: str) -> None:
+    idem.begin(conn, scope, "k", CMD)
+    conn.commit()
+    with psycopg.connect(broken_dsn, autocommit=True) as other:
+        with pytest.raises(KeyReused) as e:
+            idem.begin(other, scope, "k", OTHER)
+        assert other.closed  # the follow-up's session ended
+    assert (e.value.loaded, e.value.first_used_at, e.value.given_fingerprint) == (False, None, None)
+    assert e.value.load(conn) is True and e.value.first_used_at is not None  # later, elsewhere
+    conn.rollback()
+
+
+def test_ik002_is_not_in_progress_with_what_was_found(reworded_dsn: str, scope: str) -> None:
+    with psycopg.connect(reworded_dsn, autocommit=True) as conn:
+        with pytest.raises(NotInProgress) as e:
+            idem.complete(conn, scope, "absent")
+        assert (e.value.sqlstate, e.value.found, e.value.loaded) == ("IK002", State.ABSENT, True)
+        assert e.value.message.startswith("Reworded:")
+        idem.begin(conn, scope, "k", CMD)
+        idem.complete(conn, scope, "k")
+        with pytest.raises(NotInProgress) as e:
+            idem.complete(conn, scope, "k")
+        assert e.value.found is State.COMPLETED
+        idem.begin(conn, scope, "f", CMD)
+        idem.fail(conn, scope, "f", retryable=False)
+        with pytest.raises(NotInProgress) as e:
+            idem.complete(conn, scope, "f")
+        assert e.value.found is State.FAILED
+        idem.begin(conn, scope, "x", CMD, ttl=timedelta(milliseconds=50))
+        time.sleep(0.1)
+        with pytest.raises(NotInProgress) as e:
+            idem.complete(conn, scope, "x")
+        assert e.value.found is State.ABSENT  # expired: idem_check's absent
+        assert (problem_for_error(e.value).status, problem_for_error(e.value).code) == (500, "internal_error")
+
+
+def test_ik002_in_the_callers_transaction(conn: psycopg.Connection, scope: str) -> None:
+    with pytest.raises(NotInProgress) as e:
+        idem.fail(conn, scope, "absent")
+    assert (e.value.loaded, e.value.found) == (False, None)
+    conn.rollback()
+    assert e.value.load(conn) is True and e.value.found is State.ABSENT
+
+
+def test_ik003_is_lease_lost_with_both_attempts(reworded_dsn: str, conn: psycopg.Connection, scope: str) -> None:
     idem.begin(conn, scope, "k", CMD)
     conn.commit()
     with pytest.raises(LeaseLost) as e:
         idem.checkpoint(conn, scope, "k", "p", attempt=5)
+    assert (e.value.sqlstate, e.value.loaded, e.value.current_attempt, e.value.given_attempt) == ("IK003", False, None, 5)
     conn.rollback()
-    assert (e.value.sqlstate, e.value.current_attempt, e.value.given_attempt) == ("IK003", 1, 5)
+    assert e.value.load(conn) and e.value.current_attempt == 1
+    with psycopg.connect(reworded_dsn) as rc:  # the helper's own transaction, messages reworded
+        c = idem.claim(rc, scope, "k2", CMD)  # through the reworded idem_begin: attempt 1
+        c.begin = dataclasses.replace(c.begin, attempt=3)  # as a stale holder's
+        with pytest.raises(LeaseLost) as e:
+            c.complete(resource="x")
+        assert e.value.message.startswith("Reworded:")
+        assert (e.value.loaded, e.value.current_attempt, e.value.given_attempt) == (True, 1, 3)
     p = problem_for_error(e.value)
     assert (p.status, p.code, p.headers) == (409, "request_in_progress", {"Retry-After": "1"})
 
@@ -442,9 +530,10 @@ def test_phased_retryable_failure_is_executed_again(conn: psycopg.Connection, sc
 
 
 @pytest.mark.parametrize("pipeline, expected", [
-    (True, {"new": 2, "replay": 2, "in_progress": 2, "ik001": 2, "claim": 1, "checkpoint": 1, "finish": 1}),
+    # ik001: the refused BEGIN + idem_begin, the ROLLBACK, then the follow-up read of its data.
+    (True, {"new": 2, "replay": 2, "in_progress": 2, "ik001": 3, "claim": 1, "checkpoint": 1, "finish": 1}),
     # Without a pipeline every statement is a round trip (psycopg sends BEGIN on its own too).
-    (False, {"new": 6, "replay": 4, "in_progress": 5, "ik001": 3, "claim": 3, "checkpoint": 3, "finish": 5}),
+    (False, {"new": 6, "replay": 4, "in_progress": 5, "ik001": 4, "claim": 3, "checkpoint": 3, "finish": 5}),
 ])
 def test_round_trips_per_flow(counted: tuple[psycopg.Connection, object], conn2: psycopg.Connection, scope: str,
                               pipeline: bool, expected: dict[str, int]) -> None:

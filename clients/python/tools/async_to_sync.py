@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent  # clients/python
 NAMES = {
     "AsyncConnection": "Connection",
     "AsyncPipeline": "Pipeline",
+    "AsyncCursor": "Cursor",
     "AbstractAsyncContextManager": "AbstractContextManager",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",

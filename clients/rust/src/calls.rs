@@ -7,6 +7,11 @@
 //! `post_create` hook. The calls are plain futures: several polled together on one connection
 //! are pipelined by tokio-postgres (sent back to back, answered in order), which the helpers
 //! of this crate use to save round trips.
+//!
+//! A refusal of a call (`IK001`, `IK002`, `IK003`) comes back with its data empty: a call
+//! cannot know whether it ran inside a transaction of the caller's (which the refusal aborted),
+//! so it reads nothing more. [`Error::load`] reads it on a usable connection: at once in
+//! autocommit, after the caller's `ROLLBACK` otherwise.
 
 use std::time::Duration;
 
@@ -16,7 +21,7 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::error::Error;
+use crate::error::{Call, Error};
 
 /// The function names are unqualified: they are found on the connection's `search_path`
 /// (the schema the extension was created in, `public` by default).
@@ -98,7 +103,7 @@ impl State {
         }
     }
 
-    fn parse(s: &str) -> Result<State, Error> {
+    pub(crate) fn parse(s: &str) -> Result<State, Error> {
         Ok(match s {
             "absent" => State::Absent,
             "in_progress" => State::InProgress,
@@ -109,7 +114,7 @@ impl State {
     }
 }
 
-fn unexpected(what: String) -> Error {
+pub(crate) fn unexpected(what: String) -> Error {
     Error::Invalid {
         sqlstate: "XX000".into(),
         text: crate::error::DbText {
@@ -275,11 +280,11 @@ fn micros(d: Option<Duration>) -> Option<i64> {
 
 /// `idem_begin(scope, key, command, ttl, lease, wait)`.
 pub async fn begin(c: &ClientWrapper, req: &BeginRequest<'_>) -> Result<Begun, Error> {
-    let key = Some((req.scope, req.key));
+    let call = Call::key(req.scope, req.key).command(req.command);
     let st = c
         .prepare_cached(SQL_BEGIN)
         .await
-        .map_err(|e| Error::from_db(e, key))?;
+        .map_err(|e| Error::from_call(e, &call))?;
     let row = c
         .query_one(
             &st,
@@ -293,7 +298,7 @@ pub async fn begin(c: &ClientWrapper, req: &BeginRequest<'_>) -> Result<Begun, E
             ],
         )
         .await
-        .map_err(|e| Error::from_db(e, key))?;
+        .map_err(|e| Error::from_call(e, &call))?;
     Begun::from_row(&row)
 }
 
@@ -305,11 +310,11 @@ pub async fn complete(
     completion: &Completion,
     attempt: Option<i32>,
 ) -> Result<(), Error> {
-    let k = Some((scope, key));
+    let k = &Call::key(scope, key).attempt(attempt);
     let st = c
         .prepare_cached(SQL_COMPLETE)
         .await
-        .map_err(|e| Error::from_db(e, k))?;
+        .map_err(|e| Error::from_call(e, k))?;
     c.execute(
         &st,
         &[
@@ -322,7 +327,7 @@ pub async fn complete(
         ],
     )
     .await
-    .map_err(|e| Error::from_db(e, k))?;
+    .map_err(|e| Error::from_call(e, k))?;
     Ok(())
 }
 
@@ -334,11 +339,11 @@ pub async fn fail(
     failure: &Failure,
     attempt: Option<i32>,
 ) -> Result<(), Error> {
-    let k = Some((scope, key));
+    let k = &Call::key(scope, key).attempt(attempt);
     let st = c
         .prepare_cached(SQL_FAIL)
         .await
-        .map_err(|e| Error::from_db(e, k))?;
+        .map_err(|e| Error::from_call(e, k))?;
     c.execute(
         &st,
         &[
@@ -351,7 +356,7 @@ pub async fn fail(
         ],
     )
     .await
-    .map_err(|e| Error::from_db(e, k))?;
+    .map_err(|e| Error::from_call(e, k))?;
     Ok(())
 }
 
@@ -364,15 +369,15 @@ pub async fn checkpoint(
     data: Option<&Value>,
     attempt: Option<i32>,
 ) -> Result<DateTime<Utc>, Error> {
-    let k = Some((scope, key));
+    let k = &Call::key(scope, key).attempt(attempt);
     let st = c
         .prepare_cached(SQL_CHECKPOINT)
         .await
-        .map_err(|e| Error::from_db(e, k))?;
+        .map_err(|e| Error::from_call(e, k))?;
     let row = c
         .query_one(&st, &[&scope, &key, &recovery_point, &data, &attempt])
         .await
-        .map_err(|e| Error::from_db(e, k))?;
+        .map_err(|e| Error::from_call(e, k))?;
     row.try_get(0).map_err(db)
 }
 
@@ -383,15 +388,15 @@ pub async fn check(
     key: &str,
     command: Option<&Value>,
 ) -> Result<Checked, Error> {
-    let k = Some((scope, key));
+    let k = &Call::key(scope, key);
     let st = c
         .prepare_cached(SQL_CHECK)
         .await
-        .map_err(|e| Error::from_db(e, k))?;
+        .map_err(|e| Error::from_call(e, k))?;
     let row = c
         .query_one(&st, &[&scope, &key, &command])
         .await
-        .map_err(|e| Error::from_db(e, k))?;
+        .map_err(|e| Error::from_call(e, k))?;
     Checked::from_row(&row)
 }
 
@@ -427,11 +432,11 @@ pub async fn purge(c: &ClientWrapper, max_rows: i32) -> Result<i64, Error> {
 
 /// `idem_forget(scope, key)`: an operator's eviction of one live key.
 pub async fn forget(c: &ClientWrapper, scope: &str, key: &str) -> Result<bool, Error> {
-    let k = Some((scope, key));
+    let k = &Call::key(scope, key);
     let st = c.prepare_cached(SQL_FORGET).await.map_err(db)?;
     c.query_one(&st, &[&scope, &key])
         .await
-        .map_err(|e| Error::from_db(e, k))?
+        .map_err(|e| Error::from_call(e, k))?
         .try_get(0)
         .map_err(db)
 }

@@ -1,16 +1,25 @@
 //! Errors by SQLSTATE, never by message text.
 //!
 //! The extension raises its own codes (`IK001`..`IK003`) and a few standard ones; each becomes
-//! one variant here. The only text read is the DETAIL of `IK001` and `IK003`, whose layout the
-//! extension fixes, and only to carry its fields (when the key was first used, the attempts):
-//! the variant itself is chosen by the code alone.
+//! one variant here, chosen by the code alone. No message, DETAIL or HINT is read: what a
+//! caller needs after a refusal (when the key was first used, the fingerprints, what the record
+//! is now) is data, read from the record by one statement after the refusal ([`SQL_REFUSAL`],
+//! [`Error::load`]). The helpers ([`crate::one_tx`], [`crate::phased`], the drop-in layer) run
+//! it themselves once their transaction has ended; a plain call of [`crate::calls`] cannot know
+//! whether it ran inside a transaction of the caller's, so its error comes with the data empty,
+//! and the caller loads it with [`Error::load`] on a usable connection (at once in autocommit,
+//! after its own `ROLLBACK` otherwise).
 
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset};
+use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+
+use crate::calls::State;
 
 /// Everything a call of this crate can fail with.
 #[derive(Debug)]
@@ -19,10 +28,10 @@ pub enum Error {
     KeyReused(Box<KeyReused>),
     /// `IK002`: complete, fail or checkpoint on a key that is not in progress (absent, expired,
     /// completed, failed): the caller's own sequence is wrong, or an operator forgot the key.
-    NotInProgress(DbText),
+    NotInProgress(Box<NotInProgress>),
     /// `IK003`: the lease was lost: another request took the key over. The caller must not
     /// report its own outcome.
-    LeaseLost(LeaseLost),
+    LeaseLost(Box<LeaseLost>),
     /// `42501`: the record belongs to a role the caller is not a member of.
     NotOwner(DbText),
     /// `22023` or `22004`: an argument is out of its domain or NULL (a key over 255 bytes, a
@@ -39,117 +48,86 @@ pub enum Error {
     Pool(deadpool_postgres::PoolError),
 }
 
-/// The message and DETAIL of a database error, for logs (never for branching).
+/// The message and DETAIL of a database error as the server sent them, kept for logs and
+/// never read by this crate (their wording is not an API).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DbText {
     pub message: String,
     pub detail: Option<String>,
 }
 
-/// The fields of `IK001`'s DETAIL:
-/// `Scope "S", key "K" was first used at T with command fingerprint H; this request's
-/// fingerprint is G.`
+/// The read that gives a refusal its data: `idem_check`'s row (every column by name: a 0.4.0
+/// server adds `fingerprint`, the stored command's), the first use as epoch microseconds (an
+/// integer: no timestamp is formatted or parsed as text, whatever the session's `DateStyle`
+/// and `TimeZone`) and the fingerprint of the command the refused call gave (`$3`, NULL for
+/// `IK002`/`IK003`). One statement, one round trip (sent with its parameter types, unprepared).
+pub const SQL_REFUSAL: &str = "SELECT c.*, \
+     (extract(epoch FROM c.created_at) * 1000000)::bigint AS first_used_us, \
+     idem_fingerprint($3::jsonb) AS given_fingerprint FROM idem_check($1, $2) AS c";
+
+/// `IK001`. `scope` and `key` are the call's; the other fields are read after the refusal
+/// (see [`Error::load`]) and are `None` until then (`loaded` says whether the read ran). They
+/// are the record as read right after the refusal: a record that expired or was purged in
+/// between reads as absent (`first_used_at` and `stored_fingerprint` stay `None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyReused {
     pub scope: String,
     pub key: String,
-    /// When the key was first used, as the session printed it (DateStyle, TimeZone).
-    pub first_used: String,
-    /// The same, parsed, when the session's DateStyle is ISO (the default).
-    pub first_used_at: Option<DateTime<FixedOffset>>,
-    /// The first 8 hex digits of the stored command's fingerprint.
-    pub stored_fingerprint: String,
-    /// The first 8 hex digits of this request's fingerprint.
-    pub given_fingerprint: String,
-    /// The whole DETAIL as received.
-    pub detail: String,
+    /// When the key was first used: the record's `created_at`, exact to the microsecond, UTC.
+    pub first_used_at: Option<DateTime<Utc>>,
+    /// The stored command's fingerprint (32 bytes), from `idem_check`'s `fingerprint` column;
+    /// always `None` on a server before 0.4.0, which does not return it.
+    pub stored_fingerprint: Option<Vec<u8>>,
+    /// The fingerprint (32 bytes) of the command this call gave, `idem_fingerprint(command)`.
+    pub given_fingerprint: Option<Vec<u8>>,
+    /// The read ran (successfully).
+    pub loaded: bool,
+    /// The server's words, for logs only.
+    pub text: DbText,
+    /// The command the call gave, as JSON text (for the read's `idem_fingerprint`).
+    pub(crate) command: Option<String>,
 }
 
-/// The fields of `IK003`'s DETAIL: `Scope "S", key "K" is at attempt N; this call is from
-/// attempt M.`
+/// `IK002`. `found` is the record's `state` as read right after the refusal ([`Error::load`]):
+/// `Absent` (no record, or expired), `Completed`, `Failed`, or `InProgress` if it changed in
+/// between; `None` until the read ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotInProgress {
+    pub scope: String,
+    pub key: String,
+    pub found: Option<State>,
+    /// The server's words, for logs only.
+    pub text: DbText,
+}
+
+/// `IK003`. `given_attempt` is the attempt the refused call gave (known without a read);
+/// `current_attempt` the record's `attempt` as read right after the refusal ([`Error::load`]):
+/// the holder that took over; `None` until the read ran, or when the record was gone by then.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseLost {
-    /// The record's attempt (the holder that took over).
+    pub scope: String,
+    pub key: String,
     pub current_attempt: Option<i32>,
-    /// The attempt this call gave.
     pub given_attempt: Option<i32>,
+    /// The read ran (successfully).
+    pub loaded: bool,
+    /// The server's words, for logs only.
     pub text: DbText,
 }
 
 impl KeyReused {
-    /// Parses `IK001`'s DETAIL. `known` is the scope and key of the call, when the caller has
-    /// them: a scope or key may itself hold `", key "`, so with them the split is exact;
-    /// without them the first `", key "` splits. Returns `None` for a DETAIL of another
-    /// layout.
-    pub fn parse(detail: &str, known: Option<(&str, &str)>) -> Option<KeyReused> {
-        let body = detail.strip_suffix('.')?;
-        let (rest, given) = body.rsplit_once("; this request's fingerprint is ")?;
-        let (rest, stored) = rest.rsplit_once(" with command fingerprint ")?;
-        let (rest, first_used) = rest.rsplit_once(" was first used at ")?;
-        let inner = rest.strip_prefix("Scope \"")?.strip_suffix('"')?;
-        let (scope, key) = match known {
-            Some((scope, key)) => {
-                if inner != format!("{scope}\", key \"{key}") {
-                    return None;
-                }
-                (scope.to_owned(), key.to_owned())
-            }
-            None => {
-                let (s, k) = inner.split_once("\", key \"")?;
-                (s.to_owned(), k.to_owned())
-            }
-        };
-        if !is_hex8(stored) || !is_hex8(given) {
-            return None;
-        }
-        Some(KeyReused {
-            scope,
-            key,
-            first_used: first_used.to_owned(),
-            first_used_at: parse_iso_timestamptz(first_used),
-            stored_fingerprint: stored.to_owned(),
-            given_fingerprint: given.to_owned(),
-            detail: detail.to_owned(),
-        })
+    /// The stored fingerprint as 64 hex digits.
+    pub fn stored_fingerprint_hex(&self) -> Option<String> {
+        self.stored_fingerprint.as_deref().map(hex)
+    }
+    /// The given fingerprint as 64 hex digits.
+    pub fn given_fingerprint_hex(&self) -> Option<String> {
+        self.given_fingerprint.as_deref().map(hex)
     }
 }
 
-impl LeaseLost {
-    fn parse(text: DbText) -> LeaseLost {
-        let attempts = text.detail.as_deref().and_then(|d| {
-            let body = d.strip_suffix('.')?;
-            let (rest, given) = body.rsplit_once("; this call is from attempt ")?;
-            let (_, current) = rest.rsplit_once(" is at attempt ")?;
-            Some((current.parse().ok()?, given.parse().ok()?))
-        });
-        LeaseLost {
-            current_attempt: attempts.map(|a: (i32, i32)| a.0),
-            given_attempt: attempts.map(|a| a.1),
-            text,
-        }
-    }
-}
-
-fn is_hex8(s: &str) -> bool {
-    s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// PostgreSQL's ISO output of a timestamptz: `2026-11-28 09:23:49.090837+00` (the offset may
-/// carry minutes and seconds: `+05:30`, `-03:00:25`, and the fraction is absent at 0).
-pub fn parse_iso_timestamptz(s: &str) -> Option<DateTime<FixedOffset>> {
-    let cut = s.rfind(['+', '-'])?;
-    if cut < 19 {
-        return None;
-    }
-    let (stamp, offset) = s.split_at(cut);
-    let sign = if offset.starts_with('-') { -1 } else { 1 };
-    let mut parts = offset[1..].split(':');
-    let h: i32 = parts.next()?.parse().ok()?;
-    let m: i32 = parts.next().map_or(Some(0), |p| p.parse().ok())?;
-    let sec: i32 = parts.next().map_or(Some(0), |p| p.parse().ok())?;
-    let tz = FixedOffset::east_opt(sign * (h * 3600 + m * 60 + sec))?;
-    let naive = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S%.f").ok()?;
-    naive.and_local_timezone(tz).single()
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn text_of(db: &tokio_postgres::error::DbError) -> DbText {
@@ -159,29 +137,86 @@ fn text_of(db: &tokio_postgres::error::DbError) -> DbText {
     }
 }
 
+/// What a refused call knew, for its error's data: the key, the command (`idem_begin`) and the
+/// attempt it gave (`idem_complete`, `idem_fail`, `idem_checkpoint`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Call<'a> {
+    pub(crate) scope: &'a str,
+    pub(crate) key: &'a str,
+    pub(crate) command: Option<&'a (dyn ToSql + Sync)>,
+    pub(crate) attempt: Option<i32>,
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn key(scope: &'a str, key: &'a str) -> Self {
+        Call {
+            scope,
+            key,
+            ..Call::default()
+        }
+    }
+    pub(crate) fn attempt(mut self, attempt: Option<i32>) -> Self {
+        self.attempt = attempt;
+        self
+    }
+    pub(crate) fn command(mut self, command: &'a (dyn ToSql + Sync)) -> Self {
+        self.command = Some(command);
+        self
+    }
+}
+
+/// The command as JSON text: its jsonb parameter encoding (version byte 1, then the text).
+fn command_text(command: &(dyn ToSql + Sync)) -> Option<String> {
+    let mut buf = Default::default();
+    match command.to_sql_checked(&Type::JSONB, &mut buf) {
+        Ok(tokio_postgres::types::IsNull::No) => {}
+        _ => return None,
+    }
+    let bytes: &[u8] = &buf;
+    match bytes.split_first() {
+        Some((1, text)) => String::from_utf8(text.to_vec()).ok(),
+        _ => None,
+    }
+}
+
 impl Error {
-    /// Classifies a driver error by its SQLSTATE. `key` is the call's scope and key, used to
-    /// split `IK001`'s DETAIL exactly.
+    /// Classifies a driver error by its SQLSTATE. `key` is the call's scope and key, kept in
+    /// the refusals' data (and needed by [`Error::load`]).
     pub fn from_db(e: tokio_postgres::Error, key: Option<(&str, &str)>) -> Error {
+        let call = key.map_or_else(Call::default, |(s, k)| Call::key(s, k));
+        Error::from_call(e, &call)
+    }
+
+    pub(crate) fn from_call(e: tokio_postgres::Error, call: &Call<'_>) -> Error {
         let Some(db) = e.as_db_error() else {
             return Error::Db(e);
         };
+        let (scope, key) = (call.scope.to_owned(), call.key.to_owned());
         match db.code().code() {
-            "IK001" => match db.detail().and_then(|d| KeyReused::parse(d, key)) {
-                Some(r) => Error::KeyReused(Box::new(r)),
-                // The code decides; a DETAIL of an unknown layout still is IK001.
-                None => Error::KeyReused(Box::new(KeyReused {
-                    scope: key.map(|k| k.0.to_owned()).unwrap_or_default(),
-                    key: key.map(|k| k.1.to_owned()).unwrap_or_default(),
-                    first_used: String::new(),
-                    first_used_at: None,
-                    stored_fingerprint: String::new(),
-                    given_fingerprint: String::new(),
-                    detail: db.detail().unwrap_or_default().to_owned(),
-                })),
-            },
-            "IK002" => Error::NotInProgress(text_of(db)),
-            "IK003" => Error::LeaseLost(LeaseLost::parse(text_of(db))),
+            "IK001" => Error::KeyReused(Box::new(KeyReused {
+                scope,
+                key,
+                first_used_at: None,
+                stored_fingerprint: None,
+                given_fingerprint: None,
+                loaded: false,
+                text: text_of(db),
+                command: call.command.and_then(command_text),
+            })),
+            "IK002" => Error::NotInProgress(Box::new(NotInProgress {
+                scope,
+                key,
+                found: None,
+                text: text_of(db),
+            })),
+            "IK003" => Error::LeaseLost(Box::new(LeaseLost {
+                scope,
+                key,
+                current_attempt: None,
+                given_attempt: call.attempt,
+                loaded: false,
+                text: text_of(db),
+            })),
             "42501" => Error::NotOwner(text_of(db)),
             "22023" | "22004" => Error::Invalid {
                 sqlstate: db.code().code().to_owned(),
@@ -191,6 +226,100 @@ impl Error {
             "25006" => Error::ReadOnly(text_of(db)),
             _ => Error::Db(e),
         }
+    }
+
+    /// The scope, key and command text of a refusal whose data can be read: `IK001`, `IK002`,
+    /// `IK003` with the call's key known.
+    fn refusal(&self) -> Option<(&str, &str, Option<&str>)> {
+        let (scope, key, command) = match self {
+            Error::KeyReused(r) => (&r.scope, &r.key, r.command.as_deref()),
+            Error::NotInProgress(n) => (&n.scope, &n.key, None),
+            Error::LeaseLost(l) => (&l.scope, &l.key, None),
+            _ => return None,
+        };
+        (!key.is_empty()).then_some((scope.as_str(), key.as_str(), command))
+    }
+
+    /// True for a refusal (`IK001`, `IK002`, `IK003`) whose data [`Error::load`] can read.
+    pub fn has_record_to_load(&self) -> bool {
+        self.refusal().is_some()
+    }
+
+    /// Reads the record of a refusal ([`SQL_REFUSAL`], one round trip) and fills the error's
+    /// data: `IK001` `first_used_at`, both fingerprints; `IK002` `found`; `IK003`
+    /// `current_attempt`. Any other error, or a refusal whose key the call did not give
+    /// ([`Error::from_db`] with `None`), is left as it is, with no round trip.
+    ///
+    /// Call it on a connection that can run a statement: in autocommit at once, inside a
+    /// transaction of yours only after your `ROLLBACK` (a refusal aborts the transaction). The
+    /// data is the record as read then: it may have changed since the refusal (expired,
+    /// purged, completed). The helpers of this crate call it themselves. If the read fails, its
+    /// error is returned and `self` keeps the refusal, with its data empty.
+    pub async fn load(&mut self, c: &tokio_postgres::Client) -> Result<(), Error> {
+        let Some((scope, key, command)) = self.refusal() else {
+            return Ok(());
+        };
+        let params: [(&(dyn ToSql + Sync), Type); 3] = [
+            (&scope, Type::TEXT),
+            (&key, Type::TEXT),
+            (&command, Type::TEXT),
+        ];
+        let rows = c
+            .query_typed(SQL_REFUSAL, &params)
+            .await
+            .map_err(|e| Error::from_db(e, None))?;
+        let row = rows.first().ok_or_else(|| {
+            crate::calls::unexpected("answer: idem_check returned no row".to_owned())
+        })?;
+        self.fill(row)
+    }
+
+    /// [`Error::load`], its own failure dropped: the refusal stays, its data empty.
+    pub(crate) async fn loaded(mut self, c: &tokio_postgres::Client) -> Error {
+        let _ = self.load(c).await;
+        self
+    }
+}
+
+/// `r`, a refusal's data loaded on `c` (which must be outside any transaction): for the
+/// helpers' calls on connections of their own in autocommit.
+pub(crate) async fn with_record<T>(
+    r: Result<T, Error>,
+    c: &tokio_postgres::Client,
+) -> Result<T, Error> {
+    match r {
+        Err(e) if e.has_record_to_load() => Err(e.loaded(c).await),
+        other => other,
+    }
+}
+
+impl Error {
+    fn fill(&mut self, row: &Row) -> Result<(), Error> {
+        let db = |e| Error::from_db(e, None);
+        let state = State::parse(row.try_get("state").map_err(db)?)?;
+        let attempt: Option<i32> = row.try_get("attempt").map_err(db)?;
+        match self {
+            Error::KeyReused(r) => {
+                let us: Option<i64> = row.try_get("first_used_us").map_err(db)?;
+                // A 0.4.0 server's idem_check has the stored fingerprint; 0.3.0's does not.
+                let stored = match row.columns().iter().any(|c| c.name() == "fingerprint") {
+                    true => row.try_get("fingerprint").map_err(db)?,
+                    false => None,
+                };
+                let given = row.try_get("given_fingerprint").map_err(db)?;
+                r.first_used_at = us.and_then(DateTime::from_timestamp_micros);
+                r.stored_fingerprint = stored;
+                r.given_fingerprint = given;
+                r.loaded = true;
+            }
+            Error::NotInProgress(n) => n.found = Some(state),
+            Error::LeaseLost(l) => {
+                l.current_attempt = attempt;
+                l.loaded = true;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The SQLSTATE behind this error, if it came from the database.
@@ -220,11 +349,30 @@ impl fmt::Display for Error {
         match self {
             Error::KeyReused(r) => write!(
                 f,
-                "IK001: idempotency key \"{}\" was already used with a different command",
+                "IK001: idempotency key {:?} was already used with a different command",
                 r.key
             ),
-            Error::NotInProgress(t) => write!(f, "IK002: {}", t.message),
-            Error::LeaseLost(l) => write!(f, "IK003: {}", l.text.message),
+            Error::NotInProgress(n) => {
+                write!(f, "IK002: idempotency key {:?} is not in progress", n.key)?;
+                match n.found {
+                    Some(s) => write!(f, " (found {})", s.as_str()),
+                    None => Ok(()),
+                }
+            }
+            Error::LeaseLost(l) => {
+                write!(
+                    f,
+                    "IK003: the lease on idempotency key {:?} was lost",
+                    l.key
+                )?;
+                match (l.current_attempt, l.given_attempt) {
+                    (Some(c), Some(g)) => {
+                        write!(f, " (the record is at attempt {c}, this call gave {g})")
+                    }
+                    (None, Some(g)) => write!(f, " (this call gave attempt {g})"),
+                    _ => Ok(()),
+                }
+            }
             Error::NotOwner(t) => write!(f, "42501: {}", t.message),
             Error::Invalid { sqlstate, text } => write!(f, "{sqlstate}: {}", text.message),
             Error::Serialization(t) => write!(f, "40001: {}", t.message),
@@ -278,74 +426,54 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const DETAIL: &str = "Scope \"tenant:42 POST /v1/payments\", key \"k-123\" was first used at \
-                          2026-11-28 09:23:49.090837+00 with command fingerprint 863a218a; this \
-                          request's fingerprint is 553a0f95.";
+    use serde_json::json;
 
     #[test]
-    fn parses_ik001_detail() {
-        let r = KeyReused::parse(DETAIL, None).unwrap();
-        assert_eq!(r.scope, "tenant:42 POST /v1/payments");
-        assert_eq!(r.key, "k-123");
-        assert_eq!(r.first_used, "2026-11-28 09:23:49.090837+00");
+    fn the_command_is_kept_as_its_json_text() {
+        let v = json!({"amount": "10.00"});
+        assert_eq!(command_text(&v).as_deref(), Some(r#"{"amount":"10.00"}"#));
+        let none: Option<serde_json::Value> = None;
+        assert_eq!(command_text(&none), None);
+    }
+
+    #[test]
+    fn a_refusal_without_its_key_has_nothing_to_load() {
+        let e = Error::NotInProgress(Box::new(NotInProgress {
+            scope: String::new(),
+            key: String::new(),
+            found: None,
+            text: DbText::default(),
+        }));
+        assert!(!e.has_record_to_load());
+        assert!(!Error::ReadOnly(DbText::default()).has_record_to_load());
+        let e = Error::LeaseLost(Box::new(LeaseLost {
+            scope: "s".into(),
+            key: "k".into(),
+            current_attempt: None,
+            given_attempt: Some(1),
+            loaded: false,
+            text: DbText::default(),
+        }));
+        assert!(e.has_record_to_load());
         assert_eq!(
-            r.first_used_at.unwrap().to_rfc3339(),
-            "2026-11-28T09:23:49.090837+00:00"
+            e.to_string(),
+            "IK003: the lease on idempotency key \"k\" was lost (this call gave attempt 1)"
         );
-        assert_eq!(r.stored_fingerprint, "863a218a");
-        assert_eq!(r.given_fingerprint, "553a0f95");
     }
 
     #[test]
-    fn parses_ik001_detail_with_hostile_key_when_known() {
-        let scope = "a\", key \"b";
-        let key = "x was first used at y with command fingerprint 00000000";
-        let detail = format!(
-            "Scope \"{scope}\", key \"{key}\" was first used at 2026-01-02 03:04:05+05:30 \
-             with command fingerprint 0123abcd; this request's fingerprint is ffffffff."
-        );
-        let r = KeyReused::parse(&detail, Some((scope, key))).unwrap();
-        assert_eq!((r.scope.as_str(), r.key.as_str()), (scope, key));
-        assert_eq!(r.first_used, "2026-01-02 03:04:05+05:30");
-        assert_eq!(
-            r.first_used_at.unwrap().to_rfc3339(),
-            "2026-01-02T03:04:05+05:30"
-        );
-        assert_eq!(r.stored_fingerprint, "0123abcd");
-        // Without the known key the first separator splits (documented ambiguity).
-        let r = KeyReused::parse(&detail, None).unwrap();
-        assert_eq!(r.scope, "a");
-        // A known key that does not match is not this DETAIL.
-        assert!(KeyReused::parse(&detail, Some(("a", "b"))).is_none());
-    }
-
-    #[test]
-    fn rejects_other_detail_layouts() {
-        assert!(KeyReused::parse("something else.", None).is_none());
-        assert!(KeyReused::parse(&DETAIL.replace("863a218a", "86"), None).is_none());
-        assert!(KeyReused::parse(DETAIL.trim_end_matches('.'), None).is_none());
-    }
-
-    #[test]
-    fn parses_ik003_detail() {
-        let l = LeaseLost::parse(DbText {
-            message: "lease on idempotency key \"k\" was lost".into(),
-            detail: Some(
-                "Scope \"s\", key \"k\" is at attempt 2; this call is from attempt 1.".into(),
-            ),
-        });
-        assert_eq!((l.current_attempt, l.given_attempt), (Some(2), Some(1)));
-        let l = LeaseLost::parse(DbText::default());
-        assert_eq!((l.current_attempt, l.given_attempt), (None, None));
-    }
-
-    #[test]
-    fn parses_iso_timestamps() {
-        let t = parse_iso_timestamptz("2026-11-28 09:23:49+00").unwrap();
-        assert_eq!(t.to_rfc3339(), "2026-11-28T09:23:49+00:00");
-        let t = parse_iso_timestamptz("1999-01-08 04:05:06.5-03:00:25").unwrap();
-        assert_eq!(t.offset().local_minus_utc(), -(3 * 3600 + 25));
-        assert!(parse_iso_timestamptz("Sat Nov 28 09:23:49 2026 UTC").is_none());
+    fn fingerprints_in_hex() {
+        let r = KeyReused {
+            scope: "s".into(),
+            key: "k".into(),
+            first_used_at: None,
+            stored_fingerprint: Some(vec![0xab; 32]),
+            given_fingerprint: None,
+            loaded: true,
+            text: DbText::default(),
+            command: None,
+        };
+        assert_eq!(r.stored_fingerprint_hex().unwrap(), "ab".repeat(32));
+        assert_eq!(r.given_fingerprint_hex(), None);
     }
 }

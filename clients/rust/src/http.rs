@@ -91,10 +91,11 @@ pub fn error_problem(e: &Error) -> (Answer, Value) {
         .clone()
         .unwrap_or_else(|| code::INTERNAL_ERROR.into());
     let (detail, extra) = match e {
+        // Read after the refusal (the helpers do it); absent when that read did not run.
         Error::KeyReused(r) => (
             detail::KEY_REUSED,
             r.first_used_at
-                .map(|t| json!({"first_used_at": rfc3339(t.with_timezone(&Utc))})),
+                .map(|t| json!({"first_used_at": rfc3339(t)})),
         ),
         Error::LeaseLost(_) => (detail::LEASE_LOST, None),
         Error::Invalid { .. } => (detail::INVALID, None),
@@ -222,8 +223,21 @@ pub fn problem(status: u16, code: &str, title: &str, detail: &str, extra: Option
 mod tests {
     use super::*;
     use crate::calls::State;
-    use crate::error::{DbText, KeyReused, LeaseLost};
+    use crate::error::{DbText, KeyReused, LeaseLost, NotInProgress};
     use chrono::TimeZone;
+
+    fn key_reused(first_used_at: Option<DateTime<Utc>>) -> KeyReused {
+        KeyReused {
+            scope: "s".into(),
+            key: "k".into(),
+            first_used_at,
+            stored_fingerprint: None,
+            given_fingerprint: Some(vec![0x11; 32]),
+            loaded: first_used_at.is_some(),
+            text: DbText::default(),
+            command: None,
+        }
+    }
 
     fn begun(outcome: Outcome, status: Option<i32>, response: Option<Value>) -> Begun {
         Begun {
@@ -324,23 +338,33 @@ mod tests {
     #[test]
     fn errors_map_by_sqlstate_variant() {
         let t = DbText::default();
-        let reused = Error::KeyReused(Box::new(KeyReused::parse(
-            "Scope \"s\", key \"k\" was first used at 2026-01-01 00:00:00+00 with command fingerprint 00000000; this request's fingerprint is 11111111.",
-            None,
-        ).unwrap()));
+        let reused = Error::KeyReused(Box::new(key_reused(None)));
         let cases: Vec<(Error, u16, &str, Option<u64>)> = vec![
             (reused, 422, "idempotency_key_reused", None),
             (
-                Error::LeaseLost(LeaseLost {
+                Error::LeaseLost(Box::new(LeaseLost {
+                    scope: "s".into(),
+                    key: "k".into(),
                     current_attempt: Some(2),
                     given_attempt: Some(1),
+                    loaded: true,
                     text: t.clone(),
-                }),
+                })),
                 409,
                 "request_in_progress",
                 Some(1),
             ),
-            (Error::NotInProgress(t.clone()), 500, "internal_error", None),
+            (
+                Error::NotInProgress(Box::new(NotInProgress {
+                    scope: "s".into(),
+                    key: "k".into(),
+                    found: Some(State::Completed),
+                    text: t.clone(),
+                })),
+                500,
+                "internal_error",
+                None,
+            ),
             (Error::NotOwner(t.clone()), 403, "forbidden", None),
             (
                 Error::Invalid {
@@ -385,18 +409,21 @@ mod tests {
 
     #[test]
     fn error_problem_documents() {
-        let reused = Error::KeyReused(Box::new(KeyReused::parse(
-            "Scope \"s\", key \"k\" was first used at 2026-01-01 10:00:00.5+02 with command fingerprint 00000000; this request's fingerprint is 11111111.",
-            None,
-        ).unwrap()));
+        let at = Utc.timestamp_opt(1_767_261_600, 500_000_000).unwrap();
+        let reused = Error::KeyReused(Box::new(key_reused(Some(at))));
         let (a, p) = error_problem(&reused);
         assert_eq!((a.status, a.retry_after), (422, None));
         assert_eq!(
             p,
             json!({"type": "urn:problem-type:idempotency_key_reused", "title": "Idempotency-Key reused",
                    "status": 422, "detail": detail::KEY_REUSED, "code": "idempotency_key_reused",
-                   "first_used_at": "2026-01-01T08:00:00.500000Z"})
+                   "first_used_at": "2026-01-01T10:00:00.500000Z"})
         );
+        // Not read (a plain call inside the caller's transaction, or the read failed): the
+        // 422 without `first_used_at`.
+        let (_, p) = error_problem(&Error::KeyReused(Box::new(key_reused(None))));
+        assert_eq!(p["code"], "idempotency_key_reused");
+        assert!(p.get("first_used_at").is_none());
         let (a, p) = error_problem(&Error::ReadOnly(DbText::default()));
         assert_eq!((a.status, a.retry_after), (503, Some(1)));
         assert_eq!(
@@ -411,7 +438,12 @@ mod tests {
                 Some(detail::UNAVAILABLE)
             )
         );
-        let (a, p) = error_problem(&Error::NotInProgress(DbText::default()));
+        let (a, p) = error_problem(&Error::NotInProgress(Box::new(NotInProgress {
+            scope: "s".into(),
+            key: "k".into(),
+            found: None,
+            text: DbText::default(),
+        })));
         assert_eq!(
             (a.status, p["code"].as_str(), p["title"].as_str()),
             (500, Some("internal_error"), Some("Internal error"))

@@ -4,7 +4,8 @@
 //!   `idem_checkpoint`, `idem_check`, `idem_fingerprint`, `idem_canonical`, `idem_purge`,
 //!   `idem_forget`);
 //! - [`error`]: [`Error`], one variant per SQLSTATE the extension raises (never by message),
-//!   and [`retry_serialization`] for `40001`;
+//!   the refusals' data read from the record after them ([`Error::load`]), and
+//!   [`retry_serialization`] for `40001`;
 //! - [`one_tx`]: begin, the caller's work and complete or fail in one transaction;
 //! - [`phased`]: a claim under a lease, checkpoints, and complete or fail with the attempt;
 //! - [`http`]: outcome or error to status, `Idempotent-Replayed`, `Retry-After` and problem `code`;
@@ -29,6 +30,6 @@ pub mod phased;
 pub mod roundtrips;
 
 pub use calls::{BeginRequest, Begun, Checked, Completion, Failure, Outcome, State};
-pub use error::{retry_serialization, Error, KeyReused, LeaseLost};
+pub use error::{retry_serialization, Error, KeyReused, LeaseLost, NotInProgress};
 pub use one_tx::{run, Finish, Ran, RunError, Stored};
 pub use phased::{claim, claim_waiting, Claim, Phased};

@@ -10,7 +10,12 @@
 //! | final failure | 1 + the work's + 1 (`ROLLBACK TO SAVEPOINT`, `idem_fail`, `COMMIT`) |
 //! | replay | 2 (`BEGIN`, `idem_begin`, `SAVEPOINT`; then `ROLLBACK`) |
 //! | in progress | 2 (the first; then `ROLLBACK` with `idem_check` for the lease end) |
-//! | `IK001` | 2 (the first; then `ROLLBACK`) |
+//! | `IK001` | 2 (the first; then `ROLLBACK` with the refusal's read, [`Error::load`]) |
+//!
+//! A refusal (`IK001`, `IK002`, `IK003`) comes back with its data loaded: the helper reads the
+//! record once its transaction has ended (after its `ROLLBACK`, pipelined with it, or after the
+//! `COMMIT` that a failed completion turned into a rollback). If that read fails, the refusal
+//! is returned with its data empty.
 //!
 //! If the future of [`run`] is dropped half-way (a cancelled request), the connection is taken
 //! out of the pool and closed, so the server rolls the transaction back: a connection with an
@@ -24,7 +29,7 @@ use crate::calls::{
     BeginRequest, Begun, Checked, Completion, Failure, Outcome, SQL_BEGIN, SQL_CHECK, SQL_COMPLETE,
     SQL_FAIL,
 };
-use crate::error::Error;
+use crate::error::{Call, Error};
 
 const SAVEPOINT: &str = "SAVEPOINT idempotency_work";
 const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idempotency_work";
@@ -108,6 +113,18 @@ impl Open {
         self.closed();
         Ok(())
     }
+
+    /// `ROLLBACK` after the statement that failed with `err`, and for a refusal its read
+    /// ([`Error::load`]) pipelined behind it: one flight. `err` is returned whatever happens,
+    /// its data loaded if the read succeeded; a failed `ROLLBACK` closes the connection.
+    pub(crate) async fn rollback_after(&mut self, mut err: Error) -> Error {
+        let c = self.client();
+        let (rb, _) = tokio::join!(c.batch_execute("ROLLBACK"), err.load(c));
+        if rb.is_ok() {
+            self.closed();
+        }
+        err
+    }
 }
 
 impl Drop for Open {
@@ -173,6 +190,7 @@ pub(crate) async fn start(
     let conn = pool.get().await?;
     let mut tx = Open::new(conn);
     let key = Some((req.scope, req.key));
+    let call = Call::key(req.scope, req.key).command(req.command);
     let c = tx.client();
     let begin = c
         .prepare_cached(SQL_BEGIN)
@@ -197,11 +215,7 @@ pub(crate) async fn start(
     b.map_err(|e| Error::from_db(e, key))?;
     let begun = match row {
         Ok(row) => crate::calls::begun_from_row(&row)?,
-        Err(e) => {
-            let err = Error::from_db(e, key);
-            tx.rollback().await?;
-            return Err(err);
-        }
+        Err(e) => return Err(tx.rollback_after(Error::from_call(e, &call)).await),
     };
     sp.map_err(|e| Error::from_db(e, key))?;
 
@@ -238,6 +252,7 @@ pub(crate) async fn finish_tx<T>(
     finish: Finish<T>,
 ) -> Result<(T, Stored), Error> {
     let key = Some((req.scope, req.key));
+    let call = Call::key(req.scope, req.key).attempt(Some(attempt));
     match finish {
         Finish::Complete(completion, value) => {
             let attempt_param = Some(attempt);
@@ -249,7 +264,7 @@ pub(crate) async fn finish_tx<T>(
                 &completion.http_status,
                 &attempt_param,
             ];
-            execute_and_commit(tx, SQL_COMPLETE, &params, key).await?;
+            execute_and_commit(tx, SQL_COMPLETE, &params, &call).await?;
             Ok((value, Stored::Completed))
         }
         Finish::Fail(failure, value) => {
@@ -274,10 +289,10 @@ pub(crate) async fn finish_tx<T>(
             );
             if let Err(e) = rb {
                 // The COMMIT after it rolled everything back; report the first cause.
-                finish_commit(tx, Ok(0), commit, key)?;
+                finish_commit(tx, Ok(0), commit, &call).await?;
                 return Err(Error::from_db(e, key));
             }
-            finish_commit(tx, done, commit, key)?;
+            finish_commit(tx, done, commit, &call).await?;
             Ok((value, Stored::Failed))
         }
         Finish::Rollback(value) => {
@@ -321,7 +336,7 @@ pub(crate) async fn store_and_commit(
     stored: &crate::layer::stored::StoredResponse,
     http_status: i32,
 ) -> Result<(), Error> {
-    let key = Some((req.scope, req.key));
+    let call = Call::key(req.scope, req.key).attempt(Some(attempt));
     let (doc, omitted) = (stored.encode(), stored.omitted().encode());
     let attempt_param = Some(attempt);
     let params: [&(dyn ToSql + Sync); 6] = [
@@ -332,7 +347,7 @@ pub(crate) async fn store_and_commit(
         &http_status,
         &attempt_param,
     ];
-    execute_and_commit(tx, crate::layer::stored::SQL_STORE, &params, key).await
+    execute_and_commit(tx, crate::layer::stored::SQL_STORE, &params, &call).await
 }
 
 #[cfg(feature = "axum")]
@@ -344,7 +359,7 @@ pub(crate) async fn fail_keeping_work(
     attempt: i32,
     failure: &Failure,
 ) -> Result<(), Error> {
-    let key = Some((req.scope, req.key));
+    let call = Call::key(req.scope, req.key).attempt(Some(attempt));
     let attempt_param = Some(attempt);
     let params: [&(dyn ToSql + Sync); 6] = [
         &req.scope,
@@ -354,7 +369,7 @@ pub(crate) async fn fail_keeping_work(
         &failure.http_status,
         &attempt_param,
     ];
-    execute_and_commit(tx, SQL_FAIL, &params, key).await
+    execute_and_commit(tx, SQL_FAIL, &params, &call).await
 }
 
 /// `sql` with `params` and `COMMIT`, pipelined in one flight; the statement is prepared before
@@ -363,25 +378,25 @@ async fn execute_and_commit(
     tx: &mut Open,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
-    key: Option<(&str, &str)>,
+    call: &Call<'_>,
 ) -> Result<(), Error> {
     let c = tx.client();
     let st = c
         .prepare_cached(sql)
         .await
-        .map_err(|e| Error::from_db(e, key))?;
+        .map_err(|e| Error::from_call(e, call))?;
     let (done, commit) = tokio::join!(c.execute(&st, params), c.batch_execute("COMMIT"));
-    finish_commit(tx, done, commit, key)
+    finish_commit(tx, done, commit, call).await
 }
 
 /// The results of a pipelined `idem_complete`/`idem_fail` and `COMMIT`. PostgreSQL turns a
-/// COMMIT after a failed statement into a rollback, so the transaction is closed either way;
-/// a failed COMMIT closes it too.
-pub(crate) fn finish_commit(
+/// COMMIT after a failed statement into a rollback, so the transaction is closed either way
+/// (and a refusal's record is read then, [`Error::load`]); a failed COMMIT closes it too.
+pub(crate) async fn finish_commit(
     tx: &mut Open,
     done: Result<u64, tokio_postgres::Error>,
     commit: Result<(), tokio_postgres::Error>,
-    key: Option<(&str, &str)>,
+    call: &Call<'_>,
 ) -> Result<(), Error> {
     match (done, commit) {
         (Ok(_), Ok(())) => {
@@ -390,9 +405,9 @@ pub(crate) fn finish_commit(
         }
         (Err(e), Ok(())) => {
             tx.closed();
-            Err(Error::from_db(e, key))
+            Err(Error::from_call(e, call).loaded(tx.client()).await)
         }
         // A connection whose COMMIT failed is not trusted again: it is dropped (tx stays open).
-        (_, Err(e)) => Err(Error::from_db(e, key)),
+        (_, Err(e)) => Err(Error::from_call(e, call)),
     }
 }

@@ -5,10 +5,15 @@
 //! point; the dead holder's late calls get `IK003` ([`Error::LeaseLost`]).
 //!
 //! Round trips: [`claim`] 1 (2 when the key is in progress: `idem_check` reads the lease end
-//! for `Retry-After`); [`Phased::checkpoint`], [`Phased::fail`], [`Phased::complete`] 1 each;
-//! [`Phased::finish_with`] 1 for the business statement, `idem_complete` and `COMMIT` together.
+//! for `Retry-After`; 2 for `IK001`: the refusal's read); [`Phased::checkpoint`],
+//! [`Phased::fail`], [`Phased::complete`] 1 each; [`Phased::finish_with`] 1 for the business
+//! statement, `idem_complete` and `COMMIT` together.
 //! Each step takes a connection from the pool and gives it back, so nothing is held while the
 //! outside work runs.
+//!
+//! A refusal (`IK001` at the claim, `IK002` or `IK003` later) comes back with its data loaded
+//! ([`Error::load`], one more round trip, on the step's own connection once its transaction,
+//! if any, has ended); if that read fails, the refusal is returned with its data empty.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +27,7 @@ use tokio_postgres::Row;
 use crate::calls::{
     self, BeginRequest, Begun, Checked, Completion, Failure, Outcome, SQL_COMPLETE,
 };
-use crate::error::Error;
+use crate::error::{with_record, Call, Error};
 use crate::one_tx::{finish_commit, Finish, Open, Stored};
 
 /// What a claim found.
@@ -53,7 +58,7 @@ const SERVER_WAIT_SLICE: Duration = Duration::from_secs(1);
 /// Claims the key with `req` (give it a `lease`), committed at once.
 pub async fn claim(pool: &Pool, req: &BeginRequest<'_>) -> Result<Claim, Error> {
     let c = pool.get().await?;
-    let begun = calls::begin(&c, req).await?;
+    let begun = with_record(calls::begin(&c, req).await, &c).await?;
     classify(pool, &c, req, begun).await
 }
 
@@ -70,7 +75,7 @@ pub async fn claim_waiting(
     let mut poll = Polling::new(wait);
     loop {
         let c = pool.get().await?;
-        let begun = calls::begin(&c, &req.wait(poll.server_slice())).await?;
+        let begun = with_record(calls::begin(&c, &req.wait(poll.server_slice())).await, &c).await?;
         if begun.outcome != Outcome::InProgress || poll.remaining().is_zero() {
             return classify(pool, &c, req, begun).await;
         }
@@ -159,8 +164,8 @@ impl Phased {
         data: Option<&Value>,
     ) -> Result<DateTime<Utc>, Error> {
         let c = self.pool.get().await?;
-        let end =
-            calls::checkpoint(&c, &self.scope, &self.key, point, data, Some(self.attempt)).await?;
+        let end = calls::checkpoint(&c, &self.scope, &self.key, point, data, Some(self.attempt));
+        let end = with_record(end.await, &c).await?;
         self.begun.recovery_point = Some(point.to_owned());
         self.begun.recovery_data = data.cloned();
         Ok(end)
@@ -169,13 +174,15 @@ impl Phased {
     /// Stores a failure (committed), fenced by this holder's attempt.
     pub async fn fail(self, failure: &Failure) -> Result<(), Error> {
         let c = self.pool.get().await?;
-        calls::fail(&c, &self.scope, &self.key, failure, Some(self.attempt)).await
+        let done = calls::fail(&c, &self.scope, &self.key, failure, Some(self.attempt)).await;
+        with_record(done, &c).await
     }
 
     /// Stores the outcome (committed) without any business write in the same transaction.
     pub async fn complete(&self, completion: &Completion) -> Result<(), Error> {
         let c = self.pool.get().await?;
-        calls::complete(&c, &self.scope, &self.key, completion, Some(self.attempt)).await
+        let done = calls::complete(&c, &self.scope, &self.key, completion, Some(self.attempt));
+        with_record(done.await, &c).await
     }
 
     #[cfg(feature = "axum")]
@@ -188,26 +195,33 @@ impl Phased {
         http_status: i32,
     ) -> Result<(), Error> {
         let c = self.pool.get().await?;
-        let key = Some((self.scope.as_str(), self.key.as_str()));
+        let call = self.call();
         let st = c
             .prepare_cached(crate::layer::stored::SQL_STORE)
             .await
-            .map_err(|e| Error::from_db(e, key))?;
+            .map_err(|e| Error::from_call(e, &call))?;
         let (doc, omitted) = (stored.encode(), stored.omitted().encode());
-        c.execute(
-            &st,
-            &[
-                &self.scope,
-                &self.key,
-                &doc,
-                &omitted,
-                &http_status,
-                &self.attempt,
-            ],
-        )
-        .await
-        .map_err(|e| Error::from_db(e, key))?;
-        Ok(())
+        let done = c
+            .execute(
+                &st,
+                &[
+                    &self.scope,
+                    &self.key,
+                    &doc,
+                    &omitted,
+                    &http_status,
+                    &self.attempt,
+                ],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::from_call(e, &call));
+        with_record(done, &c).await
+    }
+
+    /// What a refusal of this holder's calls carries: the key and the attempt.
+    fn call(&self) -> Call<'_> {
+        Call::key(&self.scope, &self.key).attempt(Some(self.attempt))
     }
 
     /// The last phase in one round trip: `BEGIN`, the business `statement` (its rows are
@@ -223,6 +237,7 @@ impl Phased {
         before_commit: Option<&(dyn Fn() + Sync)>,
     ) -> Result<Vec<Row>, Error> {
         let key = Some((self.scope.as_str(), self.key.as_str()));
+        let call = self.call();
         let mut tx = Open::new(self.pool.get().await?);
         let c = tx.client();
         let st = c
@@ -267,11 +282,11 @@ impl Phased {
         };
         match rows {
             Ok(rows) => {
-                finish_commit(&mut tx, done, commit, key)?;
+                finish_commit(&mut tx, done, commit, &call).await?;
                 Ok(rows)
             }
             Err(e) => {
-                finish_commit(&mut tx, Ok(0), commit, key)?;
+                finish_commit(&mut tx, Ok(0), commit, &call).await?;
                 Err(Error::from_db(e, key))
             }
         }
@@ -285,6 +300,7 @@ impl Phased {
         F: for<'c> FnOnce(&'c ClientWrapper) -> BoxFuture<'c, Result<Finish<T>, E>>,
     {
         let key = Some((self.scope.as_str(), self.key.as_str()));
+        let call = self.call();
         let mut tx = Open::new(self.pool.get().await.map_err(Error::from)?);
         let c = tx.client();
         c.batch_execute("BEGIN")
@@ -315,7 +331,7 @@ impl Phased {
                 ];
                 let (done, commit) =
                     tokio::join!(c.execute(&st, &params), c.batch_execute("COMMIT"));
-                finish_commit(&mut tx, done, commit, key)?;
+                finish_commit(&mut tx, done, commit, &call).await?;
                 Ok((value, Stored::Completed))
             }
             Finish::Fail(failure, value) => {
@@ -323,7 +339,8 @@ impl Phased {
                 // failure is stored in its own transaction.
                 tx.rollback().await?;
                 let c = self.pool.get().await.map_err(Error::from)?;
-                calls::fail(&c, &self.scope, &self.key, &failure, Some(self.attempt)).await?;
+                let done = calls::fail(&c, &self.scope, &self.key, &failure, Some(self.attempt));
+                with_record(done.await, &c).await?;
                 Ok((value, Stored::Failed))
             }
             Finish::Rollback(value) => {

@@ -29,11 +29,19 @@ fn config() -> tokio_postgres::Config {
 
 /// A pool whose connections count their round trips.
 async fn new_pool(size: usize) -> (Pool, RoundTrips) {
+    new_pool_with(size, "").await
+}
+
+/// [`new_pool`] with more session `options` (after the test's own, which they override).
+async fn new_pool_with(size: usize, options: &str) -> (Pool, RoundTrips) {
     setup().await;
     let counting = CountingConnect::default();
     let rt = counting.round_trips.clone();
+    let mut cfg = config();
+    let base = cfg.get_options().unwrap_or("").to_owned();
+    cfg.options(format!("{base} {options}"));
     let mgr = Manager::from_connect(
-        config(),
+        cfg,
         counting,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -358,42 +366,529 @@ async fn uncommitted_holder_is_in_progress_and_a_waiter_gets_its_outcome() {
 
 // --- every SQLSTATE ------------------------------------------------------------------------
 
-#[tokio::test]
-async fn ik001_carries_the_detail_fields() {
-    let (pool, _) = new_pool(1).await;
-    let (s, k) = (scope(), "k \"quoted\"".to_owned());
-    let conn = pool.get().await.unwrap();
-    let first = calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("10.00")))
+/// The record's `created_at`, read in binary (tokio-postgres reads a timestamptz as its
+/// microseconds), independently of the refusal's read.
+async fn created_at(c: &tokio_postgres::Client, s: &str, k: &str) -> chrono::DateTime<chrono::Utc> {
+    c.query_one("SELECT created_at FROM idem_check($1, $2)", &[&s, &k])
         .await
-        .unwrap();
-    let e = calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("100.00")))
-        .await
-        .unwrap_err();
-    let checked = calls::check(&conn, &s, &k, None).await.unwrap();
-    match e {
-        Error::KeyReused(r) => {
-            assert_eq!((r.scope.as_str(), r.key.as_str()), (s.as_str(), k.as_str()));
-            assert_eq!(
-                r.first_used_at.map(|t| t.with_timezone(&chrono::Utc)),
-                checked.created_at
-            );
-            let hex = |b: &[u8]| {
-                b[..4]
-                    .iter()
-                    .map(|x| format!("{x:02x}"))
-                    .collect::<String>()
-            };
-            assert_eq!(r.stored_fingerprint, hex(&first.fingerprint));
-            let given = calls::fingerprint(&conn, &cmd("100.00")).await.unwrap();
-            assert_eq!(r.given_fingerprint, hex(&given));
-            assert_eq!(e_sqlstate(&Error::KeyReused(r)), Some("IK001"));
+        .unwrap()
+        .get(0)
+}
+
+/// Whether the `idem_check` this session calls (by its search_path) returns the stored
+/// fingerprint (0.4.0 and later).
+async fn has_fingerprint_column(c: &tokio_postgres::Client) -> bool {
+    c.query_one(
+        "SELECT coalesce('fingerprint' = ANY (proargnames), false) FROM pg_proc
+          WHERE oid = to_regproc('idem_check')",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// IK001's data, exactly: the first use (the record's `created_at`), the stored fingerprint
+/// (on a 0.4.0 server; `None` on 0.3.0) and the given one, both whole.
+async fn assert_key_reused(
+    c: &tokio_postgres::Client,
+    e: &Error,
+    (s, k): (&str, &str),
+    first: &Value,
+    given: &Value,
+) {
+    let Error::KeyReused(r) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!((r.scope.as_str(), r.key.as_str()), (s, k));
+    assert!(r.loaded, "{r:?}");
+    assert_eq!(r.first_used_at, Some(created_at(c, s, k).await));
+    let fp = |v: &Value| {
+        let v = v.clone();
+        async move {
+            c.query_one("SELECT idem_fingerprint($1)", &[&v])
+                .await
+                .unwrap()
+                .get::<_, Vec<u8>>(0)
         }
-        other => panic!("{other:?}"),
+    };
+    let given_fp = fp(given).await;
+    assert_eq!(given_fp.len(), 32);
+    assert_eq!(r.given_fingerprint.as_ref(), Some(&given_fp));
+    let hex: String = given_fp.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(r.given_fingerprint_hex(), Some(hex));
+    if has_fingerprint_column(c).await {
+        assert_eq!(r.stored_fingerprint, Some(fp(first).await));
+    } else {
+        assert_eq!(
+            r.stored_fingerprint, None,
+            "a 0.3.0 server does not return it"
+        );
     }
 }
 
-fn e_sqlstate(e: &Error) -> Option<&str> {
-    e.sqlstate()
+#[tokio::test]
+async fn ik001_a_plain_call_leaves_the_data_to_load() {
+    let (pool, _) = new_pool(1).await;
+    let (s, k) = (scope(), "k \"quoted\", key \"x\"".to_owned());
+    let conn = pool.get().await.unwrap();
+    calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("10.00")))
+        .await
+        .unwrap();
+    let mut e = calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("100.00")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.sqlstate(), Some("IK001"));
+    match &e {
+        Error::KeyReused(r) => assert_eq!(
+            (r.loaded, r.first_used_at, &r.given_fingerprint),
+            (false, None, &None)
+        ),
+        other => panic!("{other:?}"),
+    }
+    // In autocommit the caller loads it at once.
+    e.load(&conn).await.unwrap();
+    assert_key_reused(&conn, &e, (&s, &k), &cmd("10.00"), &cmd("100.00")).await;
+}
+
+#[tokio::test]
+async fn refusals_inside_the_callers_transaction_load_after_its_rollback() {
+    let (pool, _) = new_pool(1).await;
+    let (s, k) = (scope(), "k".to_owned());
+    let conn = pool.get().await.unwrap();
+    calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("1")))
+        .await
+        .unwrap();
+    conn.batch_execute("BEGIN").await.unwrap();
+    let mut e = calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("2")))
+        .await
+        .unwrap_err();
+    // The plain call ran no read in the aborted transaction: the data is empty.
+    match &e {
+        Error::KeyReused(r) => assert_eq!(
+            (
+                r.loaded,
+                r.first_used_at,
+                &r.stored_fingerprint,
+                &r.given_fingerprint
+            ),
+            (false, None, &None, &None)
+        ),
+        other => panic!("{other:?}"),
+    }
+    conn.batch_execute("ROLLBACK").await.unwrap();
+    e.load(&conn).await.unwrap();
+    assert_key_reused(&conn, &e, (&s, &k), &cmd("1"), &cmd("2")).await;
+
+    // IK003 in the caller's transaction: the attempt it gave is known, the record's is loaded.
+    conn.batch_execute("BEGIN").await.unwrap();
+    let mut e = calls::checkpoint(&conn, &s, &k, "p", None, Some(5))
+        .await
+        .unwrap_err();
+    match &e {
+        Error::LeaseLost(l) => assert_eq!(
+            (l.loaded, l.current_attempt, l.given_attempt),
+            (false, None, Some(5))
+        ),
+        other => panic!("{other:?}"),
+    }
+    conn.batch_execute("ROLLBACK").await.unwrap();
+    e.load(&conn).await.unwrap();
+    match &e {
+        Error::LeaseLost(l) => assert_eq!(
+            (l.loaded, l.current_attempt, l.given_attempt),
+            (true, Some(1), Some(5))
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // A read that cannot run (the connection is gone) fails on its own; the refusal stays,
+    // its data empty.
+    let mut e = calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("3")))
+        .await
+        .unwrap_err();
+    let pid: i32 = conn
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let other = pool_conn().await;
+    other
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(e.load(&conn).await.is_err());
+    match &e {
+        Error::KeyReused(r) => assert_eq!((r.loaded, r.first_used_at), (false, None)),
+        other => panic!("{other:?}"),
+    }
+    let _ = deadpool_postgres::Object::take(conn);
+}
+
+/// A connection of its own (not from a pool).
+async fn pool_conn() -> tokio_postgres::Client {
+    let (c, conn) = config().connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+/// The helpers read the record themselves, in a session whose DateStyle and TimeZone would
+/// make any printed time unreadable to an ISO parser.
+#[tokio::test]
+async fn ik001_from_the_helpers_whatever_the_datestyle() {
+    let (pool, _) = new_pool_with(1, "-c DateStyle=SQL,DMY -c TimeZone=Asia/Kolkata").await;
+    let conn = pool.get().await.unwrap();
+    let style: String = conn
+        .query_one(
+            "SELECT current_setting('DateStyle') || ' ' || current_setting('TimeZone')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(style, "SQL, DMY Asia/Kolkata");
+    drop(conn);
+    let s = scope();
+    let (first, given) = (cmd("10.00"), cmd("100.00"));
+    // One transaction: the read goes with its ROLLBACK.
+    let k = "one-tx".to_owned();
+    one_tx::run(
+        &pool,
+        &BeginRequest::new(&s, &k, &first),
+        insert_effect(s.clone(), k.clone()),
+    )
+    .await
+    .unwrap();
+    let e = match one_tx::run(
+        &pool,
+        &BeginRequest::new(&s, &k, &given),
+        insert_effect(s.clone(), k.clone()),
+    )
+    .await
+    {
+        Err(RunError::Idem(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    let conn = pool.get().await.unwrap();
+    assert_key_reused(&conn, &e, (&s, &k), &first, &given).await;
+    // The HTTP answer's first_used_at is the same instant.
+    let (_, doc) = idempotency_client::http::error_problem(&e);
+    assert_eq!(
+        doc["first_used_at"],
+        json!(idempotency_client::http::rfc3339(
+            created_at(&conn, &s, &k).await
+        ))
+    );
+    drop(conn);
+    // Phased: the read after the claim's refusal.
+    let k = "phased".to_owned();
+    phased::claim(&pool, &BeginRequest::new(&s, &k, &first))
+        .await
+        .unwrap();
+    let e = phased::claim(&pool, &BeginRequest::new(&s, &k, &given))
+        .await
+        .unwrap_err();
+    let conn = pool.get().await.unwrap();
+    assert_key_reused(&conn, &e, (&s, &k), &first, &given).await;
+}
+
+/// `reworded.<function>` for `idem_begin`, `idem_complete`, `idem_fail` and `idem_checkpoint`:
+/// the same name and signature, calling the extension's own (schema-qualified) and raising
+/// its errors again with the same SQLSTATE but another MESSAGE, DETAIL and HINT (a DETAIL in
+/// the old layout with other values, so that a parser of it would read wrong data). Returns
+/// the search_path that puts them first.
+async fn reworded_functions() -> String {
+    setup().await;
+    let c = pool_conn().await;
+    c.batch_execute(
+        r#"BEGIN; SELECT pg_advisory_xact_lock(7655004);
+        CREATE SCHEMA IF NOT EXISTS reworded;
+        DO $do$
+        DECLARE
+          f record;
+          target text;
+          body text;
+        BEGIN
+          FOR f IN
+            SELECT p.proname, n.nspname, p.pronargs,
+                   pg_get_function_arguments(p.oid) AS args, pg_get_function_result(p.oid) AS res,
+                   (SELECT string_agg(quote_ident(a.n), ', ' ORDER BY a.i)
+                      FROM unnest(p.proallargtypes, p.proargnames, p.proargmodes::text[])
+                           WITH ORDINALITY AS a(t, n, m, i)
+                     WHERE a.m = 'o') AS outs
+              FROM pg_proc p
+              JOIN pg_namespace n ON n.oid = p.pronamespace
+              JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+              JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'idempotency'
+             WHERE p.proname IN ('idem_begin', 'idem_complete', 'idem_fail', 'idem_checkpoint')
+          LOOP
+            target := format('%I.%I(%s)', f.nspname, f.proname,
+                             (SELECT string_agg('$' || i, ', ') FROM generate_series(1, f.pronargs) i));
+            body := CASE
+              WHEN f.res LIKE 'TABLE(%' OR f.res LIKE 'SETOF %' THEN 'RETURN QUERY SELECT * FROM ' || target || ';'
+              WHEN f.outs IS NOT NULL THEN 'SELECT * INTO ' || f.outs || ' FROM ' || target || ';'
+              WHEN f.res = 'void' THEN 'PERFORM ' || target || ';'
+              ELSE 'RETURN ' || target || ';'
+            END;
+            EXECUTE format($f$
+              CREATE OR REPLACE FUNCTION reworded.%I(%s) RETURNS %s LANGUAGE plpgsql AS $b$
+              DECLARE
+                st text;
+              BEGIN
+                %s
+              EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE;
+                RAISE USING ERRCODE = st,
+                  MESSAGE = 'Reworded: nothing here is an API.',
+                  DETAIL = CASE st
+                    WHEN 'IK001' THEN 'Scope "a", key "b" was first used at 2001-02-03 04:05:06+00 with command fingerprint 00000000; this request''s fingerprint is 11111111.'
+                    WHEN 'IK003' THEN 'Scope "a", key "b" is at attempt 98; this call is from attempt 99.'
+                    ELSE 'Reworded detail.' END,
+                  HINT = 'Reworded hint.';
+              END $b$ $f$, f.proname, f.args, f.res, body);
+          END LOOP;
+        END $do$;
+        COMMIT;"#,
+    )
+    .await
+    .unwrap();
+    let ext: String = c
+        .query_one(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'idempotency'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'reworded'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4);
+    format!("reworded,{ext}")
+}
+
+/// A server whose `idem_check` has the `fingerprint` column, read by name: the real one from
+/// 0.4.0 on; on 0.3.0, `v040.idem_check`, the same row with the stored fingerprint (from the
+/// extension's table) as an 11th column, first on the search_path.
+#[tokio::test]
+async fn ik001_stored_fingerprint_from_a_server_that_returns_it() {
+    setup().await;
+    let c = pool_conn().await;
+    let options = if has_fingerprint_column(&c).await {
+        String::new()
+    } else {
+        c.batch_execute(
+            r#"BEGIN; SELECT pg_advisory_xact_lock(7655005);
+            CREATE SCHEMA IF NOT EXISTS v040;
+            CREATE OR REPLACE FUNCTION v040.idem_check(scope text, key text, command jsonb DEFAULT NULL,
+                OUT state text, OUT matches boolean, OUT attempt integer, OUT recovery_point text,
+                OUT http_status integer, OUT response jsonb, OUT resource text,
+                OUT created_at timestamptz, OUT expires_at timestamptz,
+                OUT lease_expires_at timestamptz, OUT fingerprint bytea)
+            LANGUAGE sql AS $f$
+              SELECT c.*, (SELECT r.fingerprint FROM idempotency.records r
+                            WHERE c.state <> 'absent' AND r.scope = $1 AND r.key = $2)
+                FROM public.idem_check($1, $2, $3) c
+            $f$;
+            COMMIT;"#,
+        )
+        .await
+        .unwrap();
+        "-c search_path=v040,public".to_owned()
+    };
+    let (pool, _) = new_pool_with(1, &options).await;
+    let conn = pool.get().await.unwrap();
+    assert!(has_fingerprint_column(&conn).await);
+    let (s, k) = (scope(), "k".to_owned());
+    let (first, given) = (cmd("1.00"), cmd("2.00"));
+    calls::begin(&conn, &BeginRequest::new(&s, &k, &first))
+        .await
+        .unwrap();
+    drop(conn);
+    let e = phased::claim(&pool, &BeginRequest::new(&s, &k, &given))
+        .await
+        .unwrap_err();
+    let conn = pool.get().await.unwrap();
+    assert_key_reused(&conn, &e, (&s, &k), &first, &given).await;
+    let Error::KeyReused(r) = &e else { panic!() };
+    assert_eq!(r.stored_fingerprint.as_ref().map(Vec::len), Some(32));
+}
+
+/// With every message, DETAIL and HINT reworded (and the DateStyle not ISO), each refusal is
+/// still its error, with its data exact.
+#[tokio::test]
+async fn reworded_messages_change_nothing() {
+    let path = reworded_functions().await;
+    let (pool, _) = new_pool_with(
+        2,
+        &format!("-c search_path={path} -c DateStyle=SQL,DMY -c TimeZone=Asia/Kolkata"),
+    )
+    .await;
+    let conn = pool.get().await.unwrap();
+    // The wrappers are what the client calls, and they do reword.
+    let raw = conn
+        .query("SELECT * FROM idem_begin('s', '', '{}')", &[])
+        .await
+        .unwrap_err();
+    let db = raw.as_db_error().unwrap();
+    assert_eq!(
+        (db.code().code(), db.message(), db.hint()),
+        (
+            "22023",
+            "Reworded: nothing here is an API.",
+            Some("Reworded hint.")
+        )
+    );
+    drop(conn);
+    let s = scope();
+    let (first, given) = (cmd("10.00"), cmd("100.00"));
+
+    // IK001, one transaction.
+    let k = "k1".to_owned();
+    one_tx::run(
+        &pool,
+        &BeginRequest::new(&s, &k, &first),
+        insert_effect(s.clone(), k.clone()),
+    )
+    .await
+    .unwrap();
+    let e = match one_tx::run(
+        &pool,
+        &BeginRequest::new(&s, &k, &given),
+        insert_effect(s.clone(), k.clone()),
+    )
+    .await
+    {
+        Err(RunError::Idem(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    match &e {
+        Error::KeyReused(r) => assert_eq!(
+            r.text.message, "Reworded: nothing here is an API.",
+            "the wrapper answered"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let conn = pool.get().await.unwrap();
+    assert_key_reused(&conn, &e, (&s, &k), &first, &given).await;
+    drop(conn);
+
+    // IK003 and IK002, phased: a takeover fences the first holder; a second completion of a
+    // completed key is not in progress.
+    let k = "k2".to_owned();
+    let req = BeginRequest::new(&s, &k, &first).lease(Duration::from_millis(200));
+    let Claim::Execute(stale) = phased::claim(&pool, &req).await.unwrap() else {
+        panic!()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Claim::Execute(holder) = phased::claim(&pool, &req).await.unwrap() else {
+        panic!()
+    };
+    match stale
+        .complete(&Completion::resource("stale", 201))
+        .await
+        .unwrap_err()
+    {
+        Error::LeaseLost(l) => assert_eq!(
+            (
+                l.scope.as_str(),
+                l.key.as_str(),
+                l.loaded,
+                l.current_attempt,
+                l.given_attempt,
+                l.text.detail.as_deref()
+            ),
+            (
+                s.as_str(),
+                k.as_str(),
+                true,
+                Some(2),
+                Some(1),
+                // What the wrapper said instead: a parser of it would read 98 and 99.
+                Some("Scope \"a\", key \"b\" is at attempt 98; this call is from attempt 99.")
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    holder
+        .complete(&Completion::resource("done", 201))
+        .await
+        .unwrap();
+    match holder
+        .complete(&Completion::resource("again", 201))
+        .await
+        .unwrap_err()
+    {
+        Error::NotInProgress(n) => assert_eq!(
+            (
+                n.scope.as_str(),
+                n.key.as_str(),
+                n.found,
+                n.text.detail.as_deref()
+            ),
+            (
+                s.as_str(),
+                k.as_str(),
+                Some(State::Completed),
+                Some("Reworded detail.")
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    // IK002 for a key that is not there at all (a plain call, then the load), and for a failed one.
+    let conn = pool.get().await.unwrap();
+    let mut e = calls::complete(&conn, &s, "nothing", &Completion::resource("r", 201), None)
+        .await
+        .unwrap_err();
+    e.load(&conn).await.unwrap();
+    assert!(
+        matches!(&e, Error::NotInProgress(n) if n.found == Some(State::Absent)),
+        "{e:?}"
+    );
+    let k3 = "k3".to_owned();
+    calls::begin(&conn, &BeginRequest::new(&s, &k3, &first))
+        .await
+        .unwrap();
+    let final_failure = Failure {
+        error: None,
+        retryable: false,
+        http_status: 409,
+    };
+    calls::fail(&conn, &s, &k3, &final_failure, None)
+        .await
+        .unwrap();
+    let mut e = calls::fail(&conn, &s, &k3, &final_failure, None)
+        .await
+        .unwrap_err();
+    e.load(&conn).await.unwrap();
+    assert!(
+        matches!(&e, Error::NotInProgress(n) if n.found == Some(State::Failed)),
+        "{e:?}"
+    );
+    // One transaction's completion meeting IK003: the read after the COMMIT that rolled back.
+    let k4 = "k4".to_owned();
+    let req4 = BeginRequest::new(&s, &k4, &first).lease(Duration::from_millis(200));
+    let Claim::Execute(stale) = phased::claim(&pool, &req4).await.unwrap() else {
+        panic!()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Claim::Execute(_holder) = phased::claim(&pool, &req4).await.unwrap() else {
+        panic!()
+    };
+    let e = stale
+        .finish_with("SELECT 1", &[], &Completion::resource("x", 201), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::LeaseLost(l) if (l.current_attempt, l.given_attempt) == (Some(2), Some(1))),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
@@ -402,18 +897,27 @@ async fn ik002_ik003_and_invalid_arguments() {
     let (s, k) = (scope(), "k".to_owned());
     let conn = pool.get().await.unwrap();
     let done = Completion::resource("r", 201);
-    let e = calls::complete(&conn, &s, &k, &done, None)
+    let mut e = calls::complete(&conn, &s, &k, &done, None)
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::NotInProgress(_)), "{e:?}");
+    assert!(
+        matches!(&e, Error::NotInProgress(n) if n.found.is_none()),
+        "{e:?}"
+    );
     assert_eq!(e.sqlstate(), Some("IK002"));
+    e.load(&conn).await.unwrap();
+    assert!(
+        matches!(&e, Error::NotInProgress(n) if n.found == Some(State::Absent)),
+        "{e:?}"
+    );
     calls::begin(&conn, &BeginRequest::new(&s, &k, &cmd("1")))
         .await
         .unwrap();
-    match calls::checkpoint(&conn, &s, &k, "p", None, Some(7))
+    let mut e = calls::checkpoint(&conn, &s, &k, "p", None, Some(7))
         .await
-        .unwrap_err()
-    {
+        .unwrap_err();
+    e.load(&conn).await.unwrap();
+    match e {
         Error::LeaseLost(l) => assert_eq!((l.current_attempt, l.given_attempt), (Some(1), Some(7))),
         other => panic!("{other:?}"),
     }
@@ -770,9 +1274,10 @@ async fn round_trips_per_flow() {
     let reused = count(&rt, async {
         let c2 = cmd("11.00");
         let req = BeginRequest::new(&s, "new", &c2);
+        // The refusal's read goes with the ROLLBACK: still 2.
         assert!(matches!(
             one_tx::run(&pool, &req, insert_effect(s.clone(), "new".into())).await,
-            Err(RunError::Idem(Error::KeyReused(_)))
+            Err(RunError::Idem(Error::KeyReused(r))) if r.loaded
         ));
     })
     .await;
@@ -846,11 +1351,22 @@ async fn round_trips_per_flow() {
         ));
     })
     .await;
+    // A refused claim: idem_begin, then the refusal's read.
+    let phased_reused = count(&rt, async {
+        let c2 = cmd("11.00");
+        let req = BeginRequest::new(&s, "phased", &c2);
+        assert!(matches!(
+            phased::claim(&pool, &req).await,
+            Err(Error::KeyReused(r)) if r.loaded
+        ));
+    })
+    .await;
 
     eprintln!(
         "round trips: one-transaction new key {new_key} (incl. 1 for the work's statement), replay {replay}, \
          IK001 {reused}, in_progress {in_progress}; phased claim {claim_rt}, checkpoint {checkpoint_rt}, \
-         finish {finish_rt}, phased replay {phased_replay}, phased in_progress {phased_in_progress}"
+         finish {finish_rt}, phased replay {phased_replay}, phased in_progress {phased_in_progress}, \
+         phased IK001 {phased_reused}"
     );
     assert_eq!((new_key, replay, reused, in_progress), (3, 2, 2, 2));
     assert_eq!(
@@ -859,8 +1375,9 @@ async fn round_trips_per_flow() {
             checkpoint_rt,
             finish_rt,
             phased_replay,
-            phased_in_progress
+            phased_in_progress,
+            phased_reused
         ),
-        (1, 1, 1, 1, 2)
+        (1, 1, 1, 1, 2, 2)
     );
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::problem::Problem;
 use crate::respond::json_response;
-use crate::{keys, payments, refunds};
+use crate::{drain, keys, payments, refunds};
 
 pub struct App {
     pub pool: Pool,
@@ -57,6 +57,7 @@ pub fn router(app: Shared) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
+        .layer(axum::middleware::from_fn(drain::keep_alive))
 }
 
 /// A new resource id: `<prefix>_<32 hex digits>`.

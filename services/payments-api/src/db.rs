@@ -57,13 +57,14 @@ pub const SQL_INSERT_REFUND: &str = "INSERT INTO refunds (id, tenant, payment_id
            + $4::text::numeric <= p.amount \
      RETURNING amount::text, created_at";
 
-/// A pool on `url`. Sessions use ISO dates in UTC (the `IK001` DETAIL's time is parsed) and
-/// READ COMMITTED. With `counting`, connections count their round trips.
+/// A pool on `url`. Sessions run in UTC and READ COMMITTED; nothing depends on the session's
+/// DateStyle (timestamps are read in binary, and the client reads a refusal's data from the
+/// record, never from its message). With `counting`, connections count their round trips.
 pub fn pool(url: &str, size: usize, counting: Option<CountingConnect>) -> Result<Pool, String> {
     let mut cfg =
         tokio_postgres::Config::from_str(url).map_err(|e| format!("--database-url: {e}"))?;
     cfg.options(
-        "-c DateStyle=ISO -c TimeZone=UTC -c default_transaction_isolation=read\\ committed",
+        "-c TimeZone=UTC -c default_transaction_isolation=read\\ committed",
     );
     if cfg.get_application_name().is_none() {
         cfg.application_name("payments-api");

@@ -14,6 +14,7 @@
 //! | module | job |
 //! |---|---|
 //! | `app` | the state, the router, `/healthz`, `/openapi.json`, the fallbacks |
+//! | `drain` | the router's middleware: the unread rest of a body answered early is read, so the connection stays |
 //! | `payments` | `POST /v1/payments` (phases: claim, charge, checkpoint, complete), `GET /v1/payments/{id}` |
 //! | `refunds` | `POST /v1/payments/{id}/refunds` (one transaction), `GET /v1/refunds/{id}` |
 //! | `keys` | `GET /v1/idempotency-keys/{key}` |
@@ -29,6 +30,7 @@
 
 mod app;
 mod db;
+mod drain;
 mod extract;
 mod fault;
 mod headers;

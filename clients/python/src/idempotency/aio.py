@@ -16,6 +16,7 @@ not needed yet travel together: see docs/clients.md for the round trips of each 
 
 from __future__ import annotations
 
+import logging
 import random
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -26,23 +27,83 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
 
 from . import _model as m
 from ._model import JSON, Begin, Check, Lease, Outcome
-from .errors import SerializationFailure, translate
+from .errors import FOLLOW_UP_SQL, IdempotencyError, SerializationFailure, translate
 
 T = TypeVar("T")
+log = logging.getLogger("idempotency")
 
 
 # --- Plain calls ------------------------------------------------------------------------
 
 
 async def _one(conn: psycopg.AsyncConnection[Any], sql: str, params: tuple[Any, ...], scope: str | None = None,
-         key: str | None = None) -> tuple[Any, ...] | None:
+         key: str | None = None, *, command: JSON = None, attempt: int | None = None) -> tuple[Any, ...] | None:
     try:
         return await (await conn.execute(sql, params)).fetchone()
     except psycopg.Error as e:
-        raise translate(e, scope, key) from e
+        raise await _refusal(conn, e, scope, key, command=command, attempt=attempt) from e
+
+
+# --- The data of a refusal (IK001, IK002, IK003) ----------------------------------------
+
+
+async def _load(conn: psycopg.AsyncConnection[Any], error: IdempotencyError) -> bool:
+    """The follow-up read of a refusal (`IdempotencyError.load`): one statement, with binary
+    results, its columns read by name. Raises what psycopg raises."""
+    params = error._follow_up_params()
+    if params is None:
+        return error.loaded
+    status = conn.info.transaction_status
+    if status not in (TransactionStatus.IDLE, TransactionStatus.INTRANS):
+        raise psycopg.ProgrammingError(
+            "the refusal's data cannot be read in an aborted transaction: roll it back first"
+        )
+    switch = status == TransactionStatus.IDLE and not conn.autocommit
+    if switch:  # no transaction is left open behind the read
+        await conn.set_autocommit(True)  # sync: conn.autocommit = True
+    try:
+        # A cursor of psycopg's own class (not the connection's factory: Django's makes
+        # client-side cursors, which have no binary results), rows as dicts by column name.
+        async with psycopg.AsyncCursor(conn, row_factory=dict_row) as cur:
+            await cur.execute(FOLLOW_UP_SQL, params, binary=True)
+            row = await cur.fetchone()
+    finally:
+        if switch and not conn.closed:
+            await conn.set_autocommit(False)  # sync: conn.autocommit = False
+    if row is None:
+        raise RuntimeError("idem_check returned no row")
+    error._apply(row)
+    error.loaded = True
+    return True
+
+
+async def _load_quietly(conn: psycopg.AsyncConnection[Any], error: BaseException) -> None:
+    """The follow-up read when the connection can run it (idle, out of any transaction); a
+    failure of the read leaves the fields empty: the refusal stays the error to report."""
+    if not isinstance(error, IdempotencyError) or error.loaded or error._follow_up_params() is None:
+        return
+    if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+        return
+    try:
+        await _load(conn, error)
+    except Exception as e:
+        log.debug("the follow-up read of %s failed (its data stays empty): %r", error.sqlstate, e)
+
+
+async def _refusal(
+    conn: psycopg.AsyncConnection[Any], e: psycopg.Error, scope: str | None, key: str | None, *,
+    command: JSON = None, attempt: int | None = None,
+) -> Exception:
+    """The error translated, its data read by the follow-up when the connection is idle: a
+    statement in autocommit mode, or after a helper rolled back its own transaction (inside
+    the caller's transaction the fields stay empty: `error.load(conn)` after the rollback)."""
+    error = translate(e, scope, key, command=command, attempt=attempt)
+    await _load_quietly(conn, error)
+    return error
 
 
 async def begin(
@@ -57,7 +118,7 @@ async def begin(
 ) -> Begin:
     """`idem_begin`: claim the key, or learn that it is stored or held."""
     params = m.begin_params(scope, key, command, ttl, lease, wait)
-    return m.begin_row(await _one(conn, m.BEGIN_SQL, params, scope, key))
+    return m.begin_row(await _one(conn, m.BEGIN_SQL, params, scope, key, command=command))
 
 
 async def complete(
@@ -71,7 +132,7 @@ async def complete(
     attempt: int | None = None,
 ) -> None:
     """`idem_complete`: store the final outcome of a key in progress."""
-    await _one(conn, m.COMPLETE_SQL, m.complete_params(scope, key, response, resource, http_status, attempt), scope, key)
+    await _one(conn, m.COMPLETE_SQL, m.complete_params(scope, key, response, resource, http_status, attempt), scope, key, attempt=attempt)
 
 
 async def fail(
@@ -85,7 +146,7 @@ async def fail(
     attempt: int | None = None,
 ) -> None:
     """`idem_fail`: store a failure; a retryable one is executed again by the next request."""
-    await _one(conn, m.FAIL_SQL, m.fail_params(scope, key, error, retryable, http_status, attempt), scope, key)
+    await _one(conn, m.FAIL_SQL, m.fail_params(scope, key, error, retryable, http_status, attempt), scope, key, attempt=attempt)
 
 
 async def checkpoint(
@@ -98,7 +159,7 @@ async def checkpoint(
     attempt: int | None = None,
 ) -> datetime:
     """`idem_checkpoint`: record progress and renew the lease; returns the new lease end."""
-    row = await _one(conn, m.CHECKPOINT_SQL, (scope, key, recovery_point, m.jsonb(data), attempt), scope, key)
+    row = await _one(conn, m.CHECKPOINT_SQL, (scope, key, recovery_point, m.jsonb(data), attempt), scope, key, attempt=attempt)
     assert row is not None
     result: datetime = row[0]
     return result
@@ -194,6 +255,9 @@ class _Unit:
         self._pipe: psycopg.AsyncPipeline | None = None
         self._pipe_cm: AbstractAsyncContextManager[psycopg.AsyncPipeline] | None = None
         self._was_autocommit = conn.autocommit
+        self._command: JSON = None
+        """The command and the attempt of the unit's calls, for the data of a refusal."""
+        self._attempt: int | None = None
 
     async def _start(self) -> None:
         _require_idle(self.conn)
@@ -226,10 +290,15 @@ class _Unit:
             await self._restore()
         except psycopg.Error as e:
             await self._abort()
-            raise translate(e, self.scope, self.key) from e
+            raise await self._refused(e) from e
         except BaseException:
             await self._abort()
             raise
+
+    async def _refused(self, e: psycopg.Error) -> Exception:
+        """The error translated; after `_abort()` the connection is idle, and a refusal's data
+        is read (`_refusal`)."""
+        return await _refusal(self.conn, e, self.scope, self.key, command=self._command, attempt=self._attempt)
 
     async def _leave_pipeline(self) -> None:
         """Send what is queued with a Sync and leave pipeline mode (raises a queued error)."""
@@ -272,7 +341,6 @@ class _Finish(_Unit):
     def __init__(self, conn: psycopg.AsyncConnection[Any], scope: str, key: str, pipeline: bool):
         super().__init__(conn, scope, key, pipeline)
         self._final: tuple[str, tuple[Any, ...]] | None = None
-        self._attempt: int | None = None
         self._executing = True
 
     def complete(
@@ -314,7 +382,7 @@ class _Finish(_Unit):
                 await self.conn.execute(m.COMPLETE_SQL, params)
         except psycopg.Error as e:
             await self._abort()
-            raise translate(e, self.scope, self.key) from e
+            raise await self._refused(e) from e
         await self._end("COMMIT")
 
     async def _end_not_executing(self) -> None:
@@ -341,6 +409,7 @@ class Transaction(_Finish):
     ):
         super().__init__(conn, scope, key, pipeline)
         self._params = m.begin_params(scope, key, command, ttl, None, wait)
+        self._command = command
         self.lease = None
 
     @property
@@ -361,7 +430,7 @@ class Transaction(_Finish):
             self.begin = m.begin_row(await cur.fetchone())
         except psycopg.Error as e:
             await self._abort()
-            raise translate(e, self.scope, self.key) from e
+            raise await self._refused(e) from e
         except BaseException:
             await self._abort()
             raise
@@ -380,7 +449,7 @@ class Transaction(_Finish):
                 cur = await self.conn.execute(m.LEASE_SQL, (self.scope, self.key))
             except psycopg.Error as e:
                 await self._abort()
-                raise translate(e, self.scope, self.key) from e
+                raise await self._refused(e) from e
             await self._end("ROLLBACK")
             self.lease = m.lease_row(await cur.fetchone())
         else:
@@ -405,7 +474,8 @@ def transaction(
     and COMMIT, in one round trip. On `replay` and `in_progress` the transaction is rolled
     back (for `in_progress`, `tx.lease` tells when the holder's lease ends). An exception out
     of the block rolls everything back, the claim included, and propagates: a retry then
-    starts afresh. IK001 and the other SQLSTATEs are raised as `idempotency.errors` classes.
+    starts afresh. IK001 and the other SQLSTATEs are raised as `idempotency.errors` classes
+    (a refusal's data read after the rollback).
 
     With `pipeline=True` (the default) the block runs in psycopg's pipeline mode: statements
     whose results the block does not read are sent with the completion and the commit.
@@ -415,14 +485,16 @@ def transaction(
 
 async def _commit_one(
     conn: psycopg.AsyncConnection[Any], sql: str, params: tuple[Any, ...], scope: str, key: str,
-    pipeline: bool,
+    pipeline: bool, *, command: JSON = None, attempt: int | None = None,
 ) -> tuple[Any, ...] | None:
     """One statement in a transaction of its own, committed: one round trip in autocommit
-    mode or with a pipeline (the statement and COMMIT under one Sync)."""
+    mode or with a pipeline (the statement and COMMIT under one Sync). `command` and `attempt`
+    are the statement's, for the data of a refusal."""
     _require_idle(conn)
     if conn.autocommit:
-        return await _one(conn, sql, params, scope, key)
+        return await _one(conn, sql, params, scope, key, command=command, attempt=attempt)
     unit = _Unit(conn, scope, key, pipeline)
+    unit._command, unit._attempt = command, attempt
     await unit._start()
     try:
         cur = await conn.execute(sql, params)
@@ -432,7 +504,7 @@ async def _commit_one(
             return row
     except psycopg.Error as e:
         await unit._abort()
-        raise translate(e, scope, key) from e
+        raise await unit._refused(e) from e
     await unit._end("COMMIT")
     return await cur.fetchone()
 
@@ -471,7 +543,7 @@ class Claim:
     async def checkpoint(self, recovery_point: str, data: JSON = None) -> datetime:
         """Commit a recovery point (fenced by this claim's attempt); renews the lease."""
         attempt = self._require_execute()
-        row = await _commit_one(self.conn, m.CHECKPOINT_SQL, (self.scope, self.key, recovery_point, m.jsonb(data), attempt), self.scope, self.key, self._pipeline)
+        row = await _commit_one(self.conn, m.CHECKPOINT_SQL, (self.scope, self.key, recovery_point, m.jsonb(data), attempt), self.scope, self.key, self._pipeline, attempt=attempt)
         assert row is not None
         result: datetime = row[0]
         return result
@@ -479,12 +551,12 @@ class Claim:
     async def complete(self, *, resource: str | None = None, response: JSON = None, http_status: int = 200) -> None:
         """Complete in a transaction of its own (when no business write goes with it)."""
         attempt = self._require_execute()
-        await _commit_one(self.conn, m.COMPLETE_SQL, m.complete_params(self.scope, self.key, response, resource, http_status, attempt), self.scope, self.key, self._pipeline)
+        await _commit_one(self.conn, m.COMPLETE_SQL, m.complete_params(self.scope, self.key, response, resource, http_status, attempt), self.scope, self.key, self._pipeline, attempt=attempt)
 
     async def fail(self, *, error: JSON = None, retryable: bool = True, http_status: int = 500) -> None:
         """Fail in a transaction of its own; a retryable failure is executed again (attempt + 1)."""
         attempt = self._require_execute()
-        await _commit_one(self.conn, m.FAIL_SQL, m.fail_params(self.scope, self.key, error, retryable, http_status, attempt), self.scope, self.key, self._pipeline)
+        await _commit_one(self.conn, m.FAIL_SQL, m.fail_params(self.scope, self.key, error, retryable, http_status, attempt), self.scope, self.key, self._pipeline, attempt=attempt)
 
     async def lease(self) -> Lease:
         """When the holder's lease ends (for an `in_progress` claim's `Retry-After`)."""
@@ -511,7 +583,7 @@ class Finish(_Finish):
             await self.conn.execute(m.SAVEPOINT_SQL)
         except psycopg.Error as e:
             await self._abort()
-            raise translate(e, self.scope, self.key) from e
+            raise await self._refused(e) from e
         return self
 
     async def __aexit__(
@@ -541,6 +613,7 @@ async def claim(
     over gets `LeaseLost` (IK003) from all of them.
     """
     params = m.begin_params(scope, key, command, ttl, lease, wait)
-    return Claim(conn, scope, key, m.begin_row(await _commit_one(conn, m.BEGIN_SQL, params, scope, key, pipeline)), pipeline)
+    row = await _commit_one(conn, m.BEGIN_SQL, params, scope, key, pipeline, command=command)
+    return Claim(conn, scope, key, m.begin_row(row), pipeline)
 
 

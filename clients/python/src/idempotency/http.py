@@ -255,10 +255,11 @@ def problem_for_error(error: BaseException) -> Problem:
     if isinstance(error, Problem):
         return error
     if isinstance(error, KeyReused):
-        when = f" at {error.first_used}" if error.first_used else ""
         extra: dict[str, Any] = {}
+        when = ""
         if error.first_used_at is not None:
             extra["first_used_at"] = error.first_used_at.isoformat()
+            when = f" at {extra['first_used_at']}"
         return Problem(
             422,
             IDEMPOTENCY_KEY_REUSED,

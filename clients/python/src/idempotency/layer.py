@@ -38,7 +38,7 @@ from psycopg.types.json import Jsonb
 
 from . import aio, sync
 from ._model import JSON, Begin, Lease, Outcome
-from .errors import IdempotencyError, NotInProgress, SerializationFailure, translate
+from .errors import IdempotencyError, NotInProgress, SerializationFailure
 from .http import (
     IDEMPOTENT_REPLAYED,
     PROBLEM_JSON,
@@ -490,7 +490,7 @@ def warn_unstored(p: Prepared, error: NotInProgress) -> None:
     executes again."""
     log.warning("the key %r (scope %r) was no longer in progress when the route's outcome was "
                 "stored (%s); the route's response is sent unstored, and a retry executes again",
-                p.key, p.scope, error.found or error)
+                p.key, p.scope, error.found.value if error.found else error)
 
 
 def expired_reply(p: Prepared, error: NotInProgress) -> Reply:
@@ -499,7 +499,7 @@ def expired_reply(p: Prepared, error: NotInProgress) -> Reply:
     with `Retry-After: 1`, and the retry executes."""
     log.warning("the key %r (scope %r) was no longer in progress when the route's outcome was "
                 "stored (%s); the transaction is rolled back and the answer is 503: a retry executes",
-                p.key, p.scope, error.found or error)
+                p.key, p.scope, error.found.value if error.found else error)
     return problem_reply(Problem(503, SERVICE_UNAVAILABLE,
                                  "the idempotency key expired while the request ran; nothing was done; "
                                  "retry after Retry-After seconds", headers={RETRY_AFTER: "1"}))
@@ -642,7 +642,7 @@ async def _phased_async(options: Options, connect: Connect, p: Prepared, route: 
             if stores(captured.status, captured.streamed):
                 doc = stored_response(options, captured.headers, captured.body)
                 await aio._commit_one(conn, STORE_SQL, store_params(p, doc, captured.status, begin.attempt),
-                                      p.scope, p.key, True)
+                                      p.scope, p.key, True, attempt=begin.attempt)
             else:
                 await c.fail(retryable=True, http_status=captured.status)
 
@@ -705,10 +705,15 @@ async def _transaction_async(options: Options, connect: Connect, p: Prepared, ro
                     # idem_complete or the COMMIT failed: the whole transaction is rolled back.
                     if not conn.closed and conn.info.transaction_status == TransactionStatus.INERROR:
                         await conn.rollback()
-                    error = translate(_failed_statement(e), p.scope, p.key)
+                    error = await aio._refusal(conn, _failed_statement(e), p.scope, p.key, attempt=begin.attempt)
                     if isinstance(error, NotInProgress):
                         return expired_reply(p, error)
                     return error_reply(error)
+                except IdempotencyError as e:
+                    # A refusal inside the layer's transaction (IK001 of idem_begin): rolled
+                    # back by now, so the refusal's data can be read (the 422's first_used_at).
+                    await aio._load_quietly(conn, e)
+                    raise
         except SerializationFailure:
             tries += 1
             if claimed or tries >= SERIALIZATION_ATTEMPTS:
@@ -816,7 +821,7 @@ def _phased_sync(options: Options, db: SyncDatabase, p: Prepared, route: SyncRou
         if stores(captured.status):
             doc = stored_response(options, captured.headers, captured.body)
             sync._commit_one(c.conn, STORE_SQL, store_params(p, doc, captured.status, begin.attempt),
-                             p.scope, p.key, True)
+                             p.scope, p.key, True, attempt=begin.attempt)
         else:
             c.fail(retryable=True, http_status=captured.status)
 
@@ -849,7 +854,7 @@ def _transaction_sync(options: Options, db: SyncDatabase, p: Prepared, route: Sy
                         doc = stored_response(options, captured.headers, captured.body)
                         try:
                             sync._one(db.connection(), STORE_SQL, store_params(p, doc, captured.status, begin.attempt),
-                                      p.scope, p.key)
+                                      p.scope, p.key, attempt=begin.attempt)
                         except NotInProgress as e:  # the ttl ran out: nothing of the request stays
                             db.set_rollback()
                             expired = e
@@ -861,7 +866,13 @@ def _transaction_sync(options: Options, db: SyncDatabase, p: Prepared, route: Sy
                 raise
             time.sleep(serialization_pause(tries))  # the claim met a commit it cannot see
             continue
+        except IdempotencyError as e:
+            # A refusal inside the layer's transaction (IK001 of idem_begin): rolled back by
+            # now, so the refusal's data can be read (the 422's first_used_at).
+            sync._load_quietly(db.connection(), e)
+            raise
         if expired is not None:
+            sync._load_quietly(db.connection(), expired)
             return expired_reply(p, expired)
         if begin.outcome is Outcome.EXECUTE:
             return captured_reply(captured)

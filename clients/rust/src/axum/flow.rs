@@ -183,11 +183,10 @@ fn failed(e: &Error) -> Response {
 fn unstored(result: Result<(), Error>, resp: Response) -> Response {
     match result {
         Ok(()) => resp,
-        Err(Error::NotInProgress(t)) => {
+        Err(e @ Error::NotInProgress(_)) => {
             eprintln!(
                 "idempotency: warning: the key was no longer in progress when the route's outcome \
-                 was stored ({}); the route's response is sent unstored, and a retry executes again",
-                t.message
+                 was stored ({e}); the route's response is sent unstored, and a retry executes again"
             );
             resp
         }
@@ -271,12 +270,11 @@ fn fail_later(holder: Phased, status: u16) -> futures_util::future::BoxFuture<'s
 fn committed(result: Result<(), Error>, resp: Response) -> Response {
     match result {
         Ok(()) => resp,
-        Err(Error::NotInProgress(t)) => {
+        Err(e @ Error::NotInProgress(_)) => {
             eprintln!(
                 "idempotency: warning: the key was no longer in progress when the route's outcome \
-                 was stored ({}); the transaction is rolled back and the answer is 503: a retry \
-                 executes",
-                t.message
+                 was stored ({e}); the transaction is rolled back and the answer is 503: a retry \
+                 executes"
             );
             answers::expired().into_response()
         }

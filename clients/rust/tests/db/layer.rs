@@ -490,3 +490,38 @@ fn building_without_a_tenant_or_with_set_cookie_is_refused() {
         "the idempotency layer never stores set-cookie: remove it from replay_headers"
     );
 }
+
+/// The 422's `first_used_at` is the record's `created_at` to the microsecond, read as data
+/// after the refusal, in both modes, whatever the sessions' DateStyle and TimeZone.
+#[tokio::test]
+async fn a_reused_key_answers_first_used_at_whatever_the_datestyle() {
+    let pool = pool_with(Some("-c DateStyle=SQL,DMY -c TimeZone=Asia/Kolkata"));
+    table(&pool).await;
+    let echo = || async { (StatusCode::CREATED, "ok") };
+    let phased = Router::new()
+        .route("/echo", post(echo))
+        .route_layer(layer(&pool));
+    for (app, path) in [(phased, "/echo"), (tx_app(&pool), "/rows")] {
+        let (t, k) = (format!("layer:{}", uuid()), uuid());
+        let first = send(&app, post_req(path, &t, &k, "x")).await;
+        assert_eq!(first.0, StatusCode::CREATED, "{path}");
+        let (s, h, b) = send(&app, post_req(path, &t, &k, "y")).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(h["content-type"], "application/problem+json");
+        let doc: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        let c = pool.get().await.unwrap();
+        let created: chrono::DateTime<chrono::Utc> = c
+            .query_one("SELECT created_at FROM idem_check($1, $2)", &[&t, &k])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            (doc["code"].as_str(), doc["first_used_at"].as_str()),
+            (
+                Some("idempotency_key_reused"),
+                Some(idempotency_client::http::rfc3339(created).as_str())
+            ),
+            "{path}"
+        );
+    }
+}
