@@ -575,7 +575,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             compared.as_deref(),
-            Some("10 11 true 015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862")
+            Some("10 11 t 015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862")
         );
     }
 }
