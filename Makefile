@@ -57,9 +57,12 @@ $(STAMP).%: $(SOURCES) $(if $(filter install,$(MAKECMDGOALS)),FORCE) | setup
 
 install: $(STAMP).$(PROFILE)
 
-# A tree under target/<profile>/idempotency-pgNN/ that mirrors the paths PG_CONFIG reports.
+# A tree under target/<profile>/idempotency-pgNN/ that mirrors the paths PG_CONFIG reports;
+# its upgrade scripts expanded (scripts/sql-include.py), as every place that ships SQL does.
 package: setup
 	cargo pgrx package --pg-config "$(PG_CONFIG)" $(if $(filter release,$(PROFILE)),,--debug)
+	python3 scripts/sql-include.py install \
+		"target/$(PROFILE)/idempotency-pg$$("$(PG_CONFIG)" --version | sed 's/^PostgreSQL \([0-9]*\).*/\1/')$$("$(PG_CONFIG)" --sharedir)/extension"
 
 # The Debian package postgresql-NN-idempotency_VERSION-REV_ARCH.deb of the release build, in
 # the PostgreSQL apt repository's layout, into build/deb/ (scripts/deb.sh). PG=13..18, default
@@ -101,9 +104,11 @@ test-guard:
 	python3 scripts/guard-check.py --self-test
 	python3 scripts/layers-check.py --self-test
 
-# META.json against the PGXN Meta Spec, and the checker against broken copies of it.
+# META.json against the PGXN Meta Spec, and the checker against broken copies of it; every
+# \include_block of the upgrade scripts names a block that exists (scripts/sql-include.py).
 test-meta:
 	python3 scripts/meta-check.py --self-test
+	python3 scripts/sql-include.py --self-test
 
 # Inside one backend: the #[pg_test]s, with `cargo pgrx test pg15`.
 test-pg: setup

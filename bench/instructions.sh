@@ -24,7 +24,9 @@
 # Settings: INSTR_N1/INSTR_N2 (default 1000/3000), INSTR_ROUNDS (default 2: every case and size
 # runs that many times, interleaved; the median is kept), INSTR_KEYS (the replay set's size, at
 # least N2; default 100000, as bench/run.sh's BENCH_REPLAY_KEYS), INSTR_CONFIGS (default "sql direct"):
-# the server settings the extension's cases run under, each a name:
+# the server settings the extension's cases run under, each a name (INSTR_SQL_VERSION: create
+# the extension at that kept release's SQL instead of the crate's, e.g. 0.3.0, to compare a
+# version's SQL with the next one's on the same library):
 #   default  no setting
 #   sql      -c idempotency.direct_access=off
 #   direct   -c idempotency.direct_access=on
@@ -69,8 +71,10 @@ cluster_fresh "$TEMPLATE" "$PORT"
 q() { sql "$TEMPLATE" "$PORT" postgres "$1"; }
 VERSION=$(q "SELECT version()")
 log "loading bench/setup.sql ($KEYS replay keys), bench/alt.sql and $N2 in-progress claims"
+[ -z "${INSTR_SQL_VERSION:-}" ] || q "CREATE EXTENSION idempotency VERSION '$INSTR_SQL_VERSION'" >/dev/null
 psql_at "$TEMPLATE" "$PORT" postgres -v nreplay="$KEYS" -f "$ROOT/bench/setup.sql" >/dev/null
 psql_at "$TEMPLATE" "$PORT" postgres -f "$ROOT/bench/alt.sql" >/dev/null
+SQL_VERSION=$(q "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'")
 # One claim per statement: each commits on its own and holds no lock afterwards.
 psql_at "$TEMPLATE" "$PORT" postgres >/dev/null <<EOF
 SELECT format('SELECT outcome FROM idem_begin(%L, %L, jsonb_build_object(''amount'', %s, ''currency'', ''EUR'', ''customer'', %L), lease => ''30 days'')',
@@ -221,7 +225,7 @@ thousands() { echo "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\
   echo
   echo "- date (UTC): $(date -u '+%Y-%m-%d %H:%M')"
   echo "- PostgreSQL: $VERSION"
-  echo "- build: ${INSTR_PROFILE:-release} build of the extension"
+  echo "- build: ${INSTR_PROFILE:-release} build of the extension; SQL of version $SQL_VERSION"
   echo "- command: \`${INSTR_COMMAND:-bash bench/instructions.sh}\`"
   echo "- method: callgrind, \`postgres --single\`, a DO loop of N requests; per request = (Ir(N2) - Ir(N1)) / (N2 - N1), N1 = $N1, N2 = $N2, median of $ROUNDS interleaved rounds (bench/README.md); $KEYS stored completed keys"
   echo "- configs: $(for c in $CONFIGS; do s=$(config_setting "$c"); printf '`%s` (%s) ' "$c" "${s:+-c idempotency.direct_access=$s}"; done | sed 's/ ()/ (no setting)/g; s/ $//')"

@@ -76,6 +76,10 @@ EOF
 cluster_stop "$DIR"
 cluster_start "$DIR" "$PORT"
 sql "$DIR" "$PORT" postgres "CREATE DATABASE bench"
+# BENCH_SQL_VERSION: the extension at a kept release's SQL (served by the current library)
+# instead of the crate's, to compare one version's SQL with the next's; bench/setup.sql then
+# leaves it as it is.
+[ -z "${BENCH_SQL_VERSION:-}" ] || q "CREATE EXTENSION idempotency VERSION '$BENCH_SQL_VERSION'" >/dev/null
 
 # The machine and the settings, printed and kept with the results.
 {
@@ -85,7 +89,7 @@ sql "$DIR" "$PORT" postgres "CREATE DATABASE bench"
   echo "kernel: $(uname -r)"
   echo "disk: $(df -h "$DIR" | awk 'NR==2 {print $1 " (" $2 ", mounted on " $6 ")"}') rotational=$(cat /sys/block/$(basename "$(df "$DIR" | awk 'NR==2 {print $1}')" | sed 's/[0-9]*$//')/queue/rotational 2>/dev/null || echo '?')"
   echo "postgres: $(q 'SHOW server_version')"
-  echo "build: ${BENCH_PROFILE:-release} build of the extension"
+  echo "build: ${BENCH_PROFILE:-release} build of the extension; SQL of version ${BENCH_SQL_VERSION:-$(crate_version)}"
   echo "command: ${BENCH_COMMAND:-bash bench/run.sh}"
   echo "pgbench: -M prepared, unix socket, -j min(clients, $(nproc)), ${BENCH_SECONDS}s per run, median of $BENCH_ROUNDS interleaved rounds"
   for s in shared_buffers max_wal_size checkpoint_timeout wal_buffers work_mem fsync \

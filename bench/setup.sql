@@ -1,8 +1,10 @@
 -- The benchmark's own objects, beside the extension: the business table every case writes,
 -- the replay set, the row-of-the-same-size table for the primary-key SELECT, and the
--- fingerprint documents. Loaded by bench/run.sh into a scratch database.
+-- fingerprint documents. Loaded by bench/run.sh into a scratch database. The extension at the
+-- crate's version, unless the harness created it at another one first (BENCH_SQL_VERSION,
+-- INSTR_SQL_VERSION: an older release's SQL served by the current library).
 \set ON_ERROR_STOP 1
-CREATE EXTENSION idempotency;
+CREATE EXTENSION IF NOT EXISTS idempotency;
 CREATE SCHEMA bench;
 
 -- The business write of every case: one payment row.

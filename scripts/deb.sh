@@ -86,13 +86,20 @@ install -m 644 "$src_lib/idempotency.so" "$libdir/"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note "$libdir/idempotency.so"
 install -m 644 "$src_ext"/idempotency.control "$src_ext"/idempotency--*.sql "$extdir/"
 install -m 644 sql/releases/idempotency--*.sql "$extdir/"
+# The upgrade scripts expanded (their \include_block lines replaced: scripts/sql-include.py).
+python3 scripts/sql-include.py install "$extdir"
 
 grep -qx "default_version = '$version'" "$extdir/idempotency.control" \
   || die "the packaged idempotency.control does not say default_version = '$version'"
 [ -f "$extdir/idempotency--$version.sql" ] || die "no idempotency--$version.sql in the build"
-for f in sql/releases/idempotency--*.sql sql/idempotency--*--*.sql; do
+for f in sql/releases/idempotency--*.sql; do
   cmp -s "$f" "$extdir/$(basename "$f")" || die "$(basename "$f") is missing from the package or differs"
 done
+for f in sql/idempotency--*--*.sql; do
+  python3 scripts/sql-include.py expand "$f" | cmp -s - "$extdir/$(basename "$f")" \
+    || die "$(basename "$f") is missing from the package or differs from its expansion"
+done
+! grep -l '^\\include_block' "$extdir"/*.sql || die "an unexpanded include is in the package (above)"
 nm -D --defined-only "$libdir/idempotency.so" | grep -qw Pg_magic_func \
   || die "the stripped library lost Pg_magic_func"
 

@@ -37,7 +37,11 @@ unzip -q "$tmp/$dist.zip" -d "$tmp/u"
 [ "$(ls "$tmp/u")" = "$dist" ] || die "the archive's top level is not the one directory $dist: $(ls "$tmp/u" | head)"
 python3 "$tmp/u/$dist/scripts/meta-check.py" "$tmp/u/$dist/META.json" >&2 \
   || die "META.json in the archive is not valid (above)"
-for f in META.json Makefile README.md LICENSE Cargo.toml Cargo.lock idempotency.control; do
+# The upgrade scripts are installed expanded by the archive's own Makefile (scripts/lib.sh
+# install, scripts/sql-include.py): every include of theirs names a block in the archive.
+python3 "$tmp/u/$dist/scripts/sql-include.py" check >&2 \
+  || die "an upgrade script in the archive includes a block that is not there (above)"
+for f in META.json Makefile README.md LICENSE Cargo.toml Cargo.lock idempotency.control scripts/sql-include.py; do
   [ -f "$tmp/u/$dist/$f" ] || die "$f is missing from the archive"
 done
 mv "$tmp/$dist.zip" "$out"

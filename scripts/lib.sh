@@ -572,10 +572,16 @@ require_installed() {
   extdir=$("$PG_BINDIR/pg_config" --sharedir)/extension
   [ -f "$extdir/idempotency.control" ] \
     || die "the extension is not installed in $extdir (run: make install PG_CONFIG=$PG_BINDIR/pg_config)"
-  for f in "$ROOT"/sql/releases/idempotency--*.sql "$ROOT"/sql/idempotency--*--*.sql; do
+  for f in "$ROOT"/sql/releases/idempotency--*.sql; do
     [ -f "$f" ] || continue
     cmp -s "$f" "$extdir/$(basename "$f")" \
       || die "$extdir/$(basename "$f") is missing or differs from $f (run: make install PG_CONFIG=$PG_BINDIR/pg_config)"
+  done
+  # The upgrade scripts as installed: expanded (scripts/sql-include.py).
+  for f in "$ROOT"/sql/idempotency--*--*.sql; do
+    [ -f "$f" ] || continue
+    python3 "$ROOT/scripts/sql-include.py" expand "$f" | cmp -s - "$extdir/$(basename "$f")" \
+      || die "$extdir/$(basename "$f") is missing or differs from $f expanded (run: make install PG_CONFIG=$PG_BINDIR/pg_config)"
   done
 }
 
@@ -595,9 +601,11 @@ forget_install() {
 
 # install_extension PG_CONFIG PROFILE: builds the extension (debug or release) for the
 # PostgreSQL that PG_CONFIG names and installs it there. cargo pgrx install writes the
-# current version's SQL and copies the upgrade scripts (sql/idempotency--A--B.sql); the SQL of
-# every earlier release, kept in sql/releases, is copied here, since cargo-pgrx copies only
-# files named like upgrade scripts. Not root: cargo-pgrx builds as you and copies with sudo.
+# current version's SQL and copies the upgrade scripts (sql/idempotency--A--B.sql) as they
+# are; they are written again here expanded (their \include_block lines replaced by the
+# blocks they name, scripts/sql-include.py), and the SQL of every earlier release, kept in
+# sql/releases, is copied here, since cargo-pgrx copies only files named like upgrade scripts.
+# Not root: cargo-pgrx builds as you and copies with sudo.
 install_extension() {
   local pg_config=$1 profile=$2 sudo= stamp
   case "$profile" in debug | release) ;; *) die "PROFILE must be debug or release, got '$profile'" ;; esac
@@ -607,6 +615,7 @@ install_extension() {
   (cd "$ROOT" && cargo pgrx install --pg-config "$pg_config" \
     ${sudo:+--sudo} $([ "$profile" = debug ] || echo --release)) >&2
   $sudo install -m 644 "$ROOT"/sql/releases/idempotency--*.sql "$("$pg_config" --sharedir)/extension/"
+  $sudo python3 "$ROOT/scripts/sql-include.py" install "$("$pg_config" --sharedir)/extension"
   stamp=$ROOT/$(install_stamp "$pg_config")
   mkdir -p "$(dirname "$stamp")"
   rm -f "$stamp".*

@@ -6,13 +6,16 @@
 #   2. writes records of every state (tests/fixtures/records.sql): completed, failed retryable,
 #      failed final, in progress with a checkpoint (one with a long lease, one whose lease runs
 #      out), one that expires;
-#   3. ALTER EXTENSION idempotency UPDATE, then checks: the version is the crate's; every
+#   3. with the old SQL still in place, a new key executes, completes and replays, and
+#      idem_check answers the old SQL's ten columns (the library serves each version's SQL);
+#   4. ALTER EXTENSION idempotency UPDATE, then checks: the version is the crate's; every
 #      record reads the same (idem_check) and replays the same (idem_begin); a different
 #      command is IK001 on each; the retryable failure re-executes as attempt 2; the held key
 #      is in_progress; the lapsing one is taken over after its lease with its recovery point
 #      and its old holder is fenced (IK003); the expired key is new again; new keys,
-#      idem_purge and idem_forget work;
-#   4. compares a catalog dump of the extension's objects (tests/upgrade/catalog.sql) between
+#      idem_purge and idem_forget work; idem_check has 0.4.0's eleven columns, the last the
+#      stored fingerprint;
+#   5. compares a catalog dump of the extension's objects (tests/upgrade/catalog.sql) between
 #      the upgraded database and a fresh CREATE EXTENSION of the current version: a migration
 #      that forgets something shows as a diff.
 #
@@ -74,12 +77,18 @@ failed-retryable:{\"amount\": \"20.00\"}
 failed-final:{\"amount\": \"30.00\"}
 held:{\"amount\": \"40.00\"}
 lapsing:{\"amount\": \"50.00\"}"
+  # The columns every version's idem_check has (0.4.0 adds fingerprint at the end).
   check_all() {
     local k c out=
     while IFS=: read -r k c; do
-      out+="$(q "$DB" "SET ROLE upgrade_app; SELECT * FROM idem_check('up', '$k', '$c')")"$'\n'
+      out+="$(q "$DB" "SET ROLE upgrade_app; SELECT state, matches, attempt, recovery_point, http_status, response,
+                         resource, created_at, expires_at, lease_expires_at FROM idem_check('up', '$k', '$c')")"$'\n'
     done <<<"$keys"
     printf '%s' "$out"
+  }
+  # How many columns idem_check returns.
+  check_columns() {
+    q "$DB" "SELECT count(*) FROM idem_check('up', 'completed') c, json_each(row_to_json(c))"
   }
   replays() {
     q "$DB" "SET ROLE upgrade_app;
@@ -99,6 +108,20 @@ failed-retryable|failed||1||503|{\"code\": \"psp_timeout\"}|
 held|in_progress||1|reserved|||
 lapsing|in_progress||1|charged|||"
 
+  # The old SQL on the current library, before the update: a new key executes, completes and
+  # replays; idem_check answers the old SQL's ten columns.
+  expect_eq "$OLD's idem_check has its ten columns on the current library" "$(check_columns)" 10
+  expect_eq "$OLD's idem_begin of a new key on the current library" \
+    "$(q "$DB" "SET ROLE upgrade_app; SELECT outcome, state, attempt, http_status, encode(fingerprint, 'hex') FROM idem_begin('up', 'before-update', '{}')")" \
+    'execute|in_progress|1||44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a'
+  q "$DB" "SET ROLE upgrade_app; SELECT idem_complete('up', 'before-update', '{\"id\": 7}', 'r/7', 201)" >/dev/null
+  expect_eq "$OLD's idem_begin replays it on the current library" \
+    "$(q "$DB" "SET ROLE upgrade_app; SELECT outcome, state, attempt, http_status, response, resource FROM idem_begin('up', 'before-update', '{}')")" \
+    'replay|completed|1|201|{"id": 7}|r/7'
+  expect_eq "$OLD's idem_check reads it on the current library" \
+    "$(q "$DB" "SET ROLE upgrade_app; SELECT state, matches, attempt, recovery_point, http_status, response, resource FROM idem_check('up', 'before-update', '{}')")" \
+    'completed|t|1||201|{"id": 7}|r/7'
+
   q "$DB" "ALTER EXTENSION idempotency UPDATE"
   expect_eq "pg_extension says $CURRENT after the update" \
     "$(q "$DB" "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'")" "$CURRENT"
@@ -107,6 +130,16 @@ lapsing|in_progress||1|charged|||"
 
   expect_eq "idem_check reads every record as before the update" "$(check_all)" "$before_check"
   expect_eq "idem_begin replays as before the update" "$(replays)" "$before_replay"
+  # 0.4.0's idem_check: eleven columns, the last the stored fingerprint (NULL when absent).
+  expect_eq "idem_check has eleven columns after the update" "$(check_columns)" 11
+  expect_eq "idem_check's fingerprint is the stored one after the update" \
+    "$(q "$DB" "SET ROLE upgrade_app; SELECT key, state, encode(fingerprint, 'hex')
+                FROM (VALUES ('before-update'), ('completed'), ('failed-final'), ('no-such-key')) k(key),
+                     idem_check('up', k.key) ORDER BY key")" \
+"before-update|completed|44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a
+completed|completed|863a218a6e44c499bfe7aa2415486dd8288ce68c6d521d34856d6938aaaac5c0
+failed-final|failed|dc4e2a124b1b11abf4c0997f8ea6029ce9b285ef67c843736e79415a7c5ec0a5
+no-such-key|absent|"
   expect_error "$H" "$PORT" "$DB" 42501 \
     "SET ROLE pg_monitor; SELECT * FROM idem_check('up', 'completed')"
 

@@ -76,17 +76,47 @@ SELECT pg_catalog.pg_extension_config_dump('idempotency.records',
 -- SECURITY_RESTRICTED_OPERATION (tests/regress/sql/security.sql calls every function with a
 -- trap schema first in search_path, on both paths).
 
+-- ============================================================================================
+-- BEGIN result types (0.4.0; docs/design.md, "Versions of the SQL")
+--
+-- idem_begin and idem_check return a row of a named composite type: for OUT parameters the
+-- executor builds the row's descriptor from pg_proc on every execution of a statement that
+-- calls the function (about 19,000 instructions); a composite type's comes from the type
+-- cache. The columns are those of the OUT parameters they replace (0.3.0), in the same order;
+-- idem_check's last column, the stored fingerprint, is new in 0.4.0. The C symbol of each is
+-- the one the library serves for this version (idem_check_0_4; 0.3.0's SQL names idem_check,
+-- which keeps answering its ten columns).
+-- ============================================================================================
+
+CREATE TYPE idempotency.begin_result AS (
+    outcome text, state text, attempt integer,
+    recovery_point text, recovery_data jsonb,
+    http_status integer, response jsonb, resource text,
+    fingerprint bytea, expires_at timestamptz);
+COMMENT ON TYPE idempotency.begin_result IS 'the row idem_begin returns';
+
 CREATE FUNCTION idem_begin(
     scope text, key text, command jsonb,
-    ttl interval DEFAULT NULL, lease interval DEFAULT NULL, wait interval DEFAULT NULL,
-    OUT outcome text, OUT state text, OUT attempt integer,
-    OUT recovery_point text, OUT recovery_data jsonb,
-    OUT http_status integer, OUT response jsonb, OUT resource text,
-    OUT fingerprint bytea, OUT expires_at timestamptz)
-RETURNS record
+    ttl interval DEFAULT NULL, lease interval DEFAULT NULL, wait interval DEFAULT NULL)
+RETURNS idempotency.begin_result
 AS 'MODULE_PATHNAME', 'idem_begin' LANGUAGE c VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idem_begin(text, text, jsonb, interval, interval, interval) IS
 'claims an idempotency key for a command: outcome execute, replay or in_progress; IK001 for a different command';
+
+CREATE TYPE idempotency.check_result AS (
+    state text, matches boolean, attempt integer, recovery_point text,
+    http_status integer, response jsonb, resource text,
+    created_at timestamptz, expires_at timestamptz, lease_expires_at timestamptz,
+    fingerprint bytea);
+COMMENT ON TYPE idempotency.check_result IS 'the row idem_check returns';
+
+CREATE FUNCTION idem_check(scope text, key text, command jsonb DEFAULT NULL)
+RETURNS idempotency.check_result
+AS 'MODULE_PATHNAME', 'idem_check_0_4' LANGUAGE c VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION idem_check(text, text, jsonb) IS
+'reads a key without writing or locking (works on a hot standby); state absent for none or expired';
+
+-- END result types
 
 CREATE FUNCTION idem_complete(
     scope text, key text, response jsonb DEFAULT NULL, resource text DEFAULT NULL,
@@ -111,16 +141,6 @@ RETURNS timestamptz
 AS 'MODULE_PATHNAME', 'idem_checkpoint' LANGUAGE c VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION idem_checkpoint(text, text, text, jsonb, integer) IS
 'records a recovery point of an in-progress key and renews its lease; returns the new lease end';
-
-CREATE FUNCTION idem_check(
-    scope text, key text, command jsonb DEFAULT NULL,
-    OUT state text, OUT matches boolean, OUT attempt integer, OUT recovery_point text,
-    OUT http_status integer, OUT response jsonb, OUT resource text,
-    OUT created_at timestamptz, OUT expires_at timestamptz, OUT lease_expires_at timestamptz)
-RETURNS record
-AS 'MODULE_PATHNAME', 'idem_check' LANGUAGE c VOLATILE PARALLEL SAFE;
-COMMENT ON FUNCTION idem_check(text, text, jsonb) IS
-'reads a key without writing or locking (works on a hot standby); state absent for none or expired';
 
 CREATE FUNCTION idem_fingerprint(command jsonb) RETURNS bytea
 AS 'MODULE_PATHNAME', 'idem_fingerprint' LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE;

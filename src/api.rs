@@ -565,7 +565,26 @@ fn written(found: bool) -> Result<(), IdemError> {
     }
 }
 
+/// `idem_check` of 0.3.0's SQL (C symbol `idem_check`): ten columns, without the stored
+/// fingerprint.
 pub fn check(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+    check_as(a, CheckVersion::V0_3)
+}
+
+/// `idem_check` of 0.4.0's SQL (`idem_check_0_4`): the type `idempotency.check_result`.
+pub fn check_0_4(a: &Args) -> Result<pg_sys::Datum, IdemError> {
+    check_as(a, CheckVersion::V0_4)
+}
+
+/// The version of the SQL whose `idem_check` a call answers (`signature::VERSIONS`).
+#[derive(Clone, Copy)]
+enum CheckVersion {
+    V0_3,
+    V0_4,
+}
+
+/// The one body of `idem_check`, its row in the columns of `version`.
+fn check_as(a: &Args, version: CheckVersion) -> Result<pg_sys::Datum, IdemError> {
     let p = sig::idem_check::PARAMS;
     let (scope_d, scope) = a.key_text(p.scope)?;
     let (key_d, key) = a.key_text(p.key)?;
@@ -578,42 +597,58 @@ pub fn check(a: &Args) -> Result<pg_sys::Datum, IdemError> {
     let row = records.lookup(scope_d, key_d, Read::InActiveSnapshot)?;
     drop(records);
     let now = now();
-    let Some(r) = row.filter(|r| now < r.expires_at) else {
-        return a.row(
+    let out = match row.filter(|r| now < r.expires_at) {
+        None => sig::idem_check_0_4::Out {
+            state: Some(text("absent")),
+            matches: None,
+            attempt: None,
+            recovery_point: None,
+            http_status: None,
+            response: None,
+            resource: None,
+            created_at: None,
+            expires_at: None,
+            lease_expires_at: None,
+            fingerprint: None,
+        },
+        Some(r) => {
+            require_owner(caller, r.owner, scope, key)?;
+            sig::idem_check_0_4::Out {
+                state: Some(text(r.state.as_str())),
+                matches: given.map(|fp| pg_sys::Datum::from(fp == r.fingerprint)),
+                attempt: Some(r.attempt.into()),
+                recovery_point: r.recovery_point,
+                http_status: r.http_status.map(pg_sys::Datum::from),
+                response: r.response,
+                resource: r.resource,
+                created_at: Some(r.created_at.into()),
+                expires_at: Some(r.expires_at.into()),
+                lease_expires_at: r
+                    .lease_expires_at
+                    .filter(|_| r.state == State::InProgress)
+                    .map(pg_sys::Datum::from),
+                fingerprint: Some(bytea(&r.fingerprint)),
+            }
+        }
+    };
+    match version {
+        CheckVersion::V0_4 => a.row(out.values()),
+        CheckVersion::V0_3 => a.row(
             sig::idem_check::Out {
-                state: Some(text("absent")),
-                matches: None,
-                attempt: None,
-                recovery_point: None,
-                http_status: None,
-                response: None,
-                resource: None,
-                created_at: None,
-                expires_at: None,
-                lease_expires_at: None,
+                state: out.state,
+                matches: out.matches,
+                attempt: out.attempt,
+                recovery_point: out.recovery_point,
+                http_status: out.http_status,
+                response: out.response,
+                resource: out.resource,
+                created_at: out.created_at,
+                expires_at: out.expires_at,
+                lease_expires_at: out.lease_expires_at,
             }
             .values(),
-        );
-    };
-    require_owner(caller, r.owner, scope, key)?;
-    a.row(
-        sig::idem_check::Out {
-            state: Some(text(r.state.as_str())),
-            matches: given.map(|fp| pg_sys::Datum::from(fp == r.fingerprint)),
-            attempt: Some(r.attempt.into()),
-            recovery_point: r.recovery_point,
-            http_status: r.http_status.map(pg_sys::Datum::from),
-            response: r.response,
-            resource: r.resource,
-            created_at: Some(r.created_at.into()),
-            expires_at: Some(r.expires_at.into()),
-            lease_expires_at: r
-                .lease_expires_at
-                .filter(|_| r.state == State::InProgress)
-                .map(pg_sys::Datum::from),
-        }
-        .values(),
-    )
+        ),
+    }
 }
 
 pub fn fingerprint(a: &Args) -> Result<pg_sys::Datum, IdemError> {

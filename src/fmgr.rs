@@ -220,8 +220,9 @@ impl Args {
         Ok(micros)
     }
 
-    /// The result row of a function declared with OUT parameters, its values in the order of
-    /// the declared columns (the `values()` of the function's `Out`).
+    /// The result row of a function declared with OUT parameters or a composite result type,
+    /// its values in the order of the declared columns (the `values()` of the function's
+    /// `Out`; each version's SQL calls the C symbol whose `Out` has its columns).
     pub fn row<const N: usize>(
         &self,
         values: [Option<pg_sys::Datum>; N],
@@ -292,6 +293,8 @@ impl Args {
     /// 12,000 instructions, 5% of a begin + complete), and the executor gives each execution
     /// of a statement a new `FmgrInfo`, so `fn_extra` would not keep it across calls. Keyed
     /// by the function's oid: a changed result type needs a new function, hence a new oid.
+    /// For a composite result type this is the type's descriptor (its `tdtypeid`, so rows are
+    /// of that type); for OUT parameters a blessed record descriptor.
     fn result_desc(&self, columns: usize) -> Result<pg_sys::TupleDesc, IdemError> {
         thread_local! {
             static DESCS: std::cell::RefCell<Vec<(pg_sys::Oid, pg_sys::TupleDesc)>> =

@@ -56,6 +56,7 @@ sql_functions! {
     idem_fail => api::fail;
     idem_checkpoint => api::checkpoint;
     idem_check => api::check;
+    idem_check_0_4 => api::check_0_4;
     idem_fingerprint => api::fingerprint;
     idem_canonical => api::canonical;
     idem_purge => api::purge;

@@ -3,7 +3,10 @@
 -- exist or has expired; `matches` compares a given command's fingerprint with the stored
 -- one (any spelling of the same command matches; NULL when no command is given); created_at
 -- is the first use and expires_at = created_at + ttl; lease_expires_at is set only while
--- the record is in progress; idem_check takes no key lock, and of idem_begin's outcomes only
+-- the record is in progress; fingerprint (0.4.0, the last column) is the stored one, the same
+-- whichever command is given, NULL when absent; the result is a row of the composite type
+-- idempotency.check_result (idem_begin's of idempotency.begin_result) with the columns of the
+-- contract, in order; idem_check takes no key lock, and of idem_begin's outcomes only
 -- execute keeps one (until the transaction ends). idem_check on a hot standby is the
 -- standby test's (scripts/standby-test.sh); other roles' keys are security's.
 \set VERBOSITY sqlstate
@@ -33,6 +36,25 @@ SELECT matches FROM idem_check('check/matches', 'k', NULL);
 SELECT created_at BETWEEN clock_timestamp() - interval '5 seconds' AND clock_timestamp() AS created_now,
        expires_at = created_at + interval '24 hours' AS expires_after_ttl
   FROM idem_check('check/matches', 'k');
+
+-- check_returns_the_stored_fingerprint: the stored record's (SHA-256 of {"a":2,"b":1}, the
+-- canonical form of the command claimed above), with a matching command, another command or
+-- none; NULL for an absent key
+SELECT encode(fingerprint, 'hex') AS stored FROM idem_check('check/matches', 'k');
+SELECT matches, encode(fingerprint, 'hex') AS stored FROM idem_check('check/matches', 'k', '{"a": 3}');
+SELECT fingerprint = idem_fingerprint('{"a": 2, "b": 1}') AS is_commands,
+       fingerprint = (SELECT b.fingerprint FROM idem_begin('check/matches', 'k', '{"b": 1, "a": 2.0}') b) AS is_begins
+  FROM idem_check('check/matches', 'k', '{"a": 2, "b": 1}');
+SELECT state, fingerprint FROM idem_check('check/matches', 'no-such-key');
+
+-- check_and_begin_return_their_composite_types: the result types and their columns, in order
+SELECT p.proname, p.prorettype::regtype AS returns, p.prosrc AS symbol,
+       (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+          FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS columns
+  FROM pg_proc p JOIN pg_type t ON t.oid = p.prorettype
+ WHERE p.proname IN ('idem_begin', 'idem_check') ORDER BY p.proname;
+SELECT pg_typeof(idem_check('check/matches', 'k')) AS check_type,
+       pg_typeof(idem_begin('check/matches', 'k', '{"a": 2, "b": 1}')) AS begin_type;
 
 -- check_shows_lease_only_while_in_progress: a lease while in progress (30 seconds here),
 -- none once completed, failed for good or failed retryable, again once retried
