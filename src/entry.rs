@@ -1,6 +1,6 @@
 //! The ways in from PostgreSQL, and the one guard they all go through.
 //!
-//! PostgreSQL calls into this library through C: the SQL functions (`fmgr.rs`), `_PG_init`,
+//! PostgreSQL calls into this library through C: the SQL functions (`functions.rs`), `_PG_init`,
 //! the planner hook (`citus.rs`), relcache callbacks, GUC check and assign hooks, the
 //! shared-memory hooks and the background workers' entry points. Inside, two kinds of failure
 //! can start: a Rust panic, and a PostgreSQL ERROR raised in a `pg_sys` call, which pgrx's

@@ -5,7 +5,7 @@
 //! The contract's own codes (IK001..IK003) are not in pgrx's `PgSqlErrorCode`, and pgrx turns
 //! any code it does not know into XX000. So errors are reported here through PostgreSQL's
 //! `errstart`/`errcode`/`errmsg_internal`/`errfinish` directly, from the outermost frame of
-//! each SQL function (see `fmgr.rs`), where no Rust value that needs dropping is alive.
+//! each SQL function (see `functions.rs`), where no Rust value that needs dropping is alive.
 //!
 //! Errors that PostgreSQL raises inside a call (a lock timeout, a cancel, a serialization
 //! failure, another extension's error) reach the client as PostgreSQL raised them: pgrx
