@@ -49,7 +49,7 @@ setup:
 # source changed, another profile or PG_CONFIG is asked for, or `cargo pgrx test` put its test
 # build there meanwhile (scripts/pgrx-test.sh drops the note). `make install` always installs.
 STAMP := $(shell bash scripts/lib.sh install-stamp "$(PG_CONFIG)")
-SOURCES := Cargo.toml Cargo.lock core/Cargo.toml idempotency.control \
+SOURCES := Cargo.toml Cargo.lock core/Cargo.toml idempotency.control scripts/sql-include.py \
 	$(wildcard src/*.rs src/*/*.rs core/src/*.rs sql/*.sql sql/releases/*.sql)
 
 $(STAMP).%: $(SOURCES) $(if $(filter install,$(MAKECMDGOALS)),FORCE) | setup

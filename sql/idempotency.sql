@@ -81,8 +81,9 @@ SELECT pg_catalog.pg_extension_config_dump('idempotency.records',
 --
 -- idem_begin and idem_check return a row of a named composite type: for OUT parameters the
 -- executor builds the row's descriptor from pg_proc on every execution of a statement that
--- calls the function (about 19,000 instructions); a composite type's comes from the type
--- cache. The columns are those of the OUT parameters they replace (0.3.0), in the same order;
+-- calls the function (about 10,000 instructions of a replay's 107,000 on PostgreSQL 15,
+-- bench/results/instructions*.md); a composite type's comes from the type cache. The
+-- columns are those of the OUT parameters they replace (0.3.0), in the same order;
 -- idem_check's last column, the stored fingerprint, is new in 0.4.0. The C symbol of each is
 -- the one the library serves for this version (idem_check_0_4; 0.3.0's SQL names idem_check,
 -- which keeps answering its ten columns).

@@ -179,7 +179,8 @@ macro_rules! signatures {
             }
         )*
 
-        /// Every SQL function of the extension.
+        /// Every C symbol declared here.
+        #[allow(dead_code)]
         pub const ALL: &[&Signature] = &[$(&$name::SIGNATURE),*];
     };
     (@name $name:ident) => { stringify!($name) };
@@ -495,6 +496,15 @@ mod tests {
             Some(env!("CARGO_PKG_VERSION")),
             "the last version served is the crate's"
         );
+        for s in super::ALL {
+            assert!(
+                super::VERSIONS
+                    .iter()
+                    .any(|v| v.functions.iter().any(|f| f.symbol == s.symbol)),
+                "the C symbol {} serves no version's SQL",
+                s.symbol
+            );
+        }
         check_declarations(
             version,
             "p.oid IN (SELECT d.objid FROM pg_catalog.pg_depend d
