@@ -99,8 +99,19 @@ def broken_dsn(_rewording: str) -> str:
     return with_search_path(_rewording, "broken_follow_up")
 
 
-@pytest.fixture
-def with_fingerprint_dsn(_rewording: str) -> str:
-    """The test database with an idem_check that also returns the stored `fingerprint` (as the
-    extension's 0.4.0 does)."""
-    return with_search_path(_rewording, "with_fingerprint")
+@pytest.fixture(scope="session")
+def dsn_0_3_0(dsn: str) -> Iterator[str]:
+    """A database of its own in the suite's cluster with the extension created at 0.3.0's SQL
+    (`CREATE EXTENSION idempotency VERSION '0.3.0'`, served by the same library): OUT
+    parameters, and an idem_check of ten columns, without the stored `fingerprint`."""
+    name = f"{DBNAME}_sql_0_3_0"
+    admin = f"host={HOST} port={PORT} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        c.execute(f'CREATE DATABASE "{name}"')
+    url = f"host={HOST} port={PORT} user=postgres dbname={name}"
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("CREATE EXTENSION idempotency VERSION '0.3.0'")
+    yield url
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -15,12 +15,12 @@ REWORDED_SQL = r"""
 CREATE SCHEMA IF NOT EXISTS reworded;
 CREATE OR REPLACE FUNCTION reworded.idem_begin(scope text, key text, command jsonb,
     ttl interval DEFAULT NULL, lease interval DEFAULT NULL, wait interval DEFAULT NULL)
-RETURNS TABLE (outcome text, state text, attempt integer, recovery_point text, recovery_data jsonb,
-    http_status integer, response jsonb, resource text, fingerprint bytea, expires_at timestamptz)
+RETURNS idempotency.begin_result
 LANGUAGE plpgsql AS $f$
-DECLARE st text;
+DECLARE st text; r idempotency.begin_result;
 BEGIN
-    RETURN QUERY SELECT * FROM {ext}.idem_begin($1, $2, $3, $4, $5, $6);
+    r := {ext}.idem_begin($1, $2, $3, $4, $5, $6);
+    RETURN r;
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE;
     RAISE USING ERRCODE = st, MESSAGE = 'Reworded: the begin was refused (' || st || ')',
@@ -41,21 +41,9 @@ EXCEPTION WHEN OTHERS THEN
         HINT = 'a reworded hint';
 END
 $f$;
-CREATE SCHEMA IF NOT EXISTS with_fingerprint;
-CREATE OR REPLACE FUNCTION with_fingerprint.idem_check(scope text, key text, command jsonb DEFAULT NULL)
-RETURNS TABLE (state text, matches boolean, attempt integer, recovery_point text, http_status integer,
-    response jsonb, resource text, created_at timestamptz, expires_at timestamptz,
-    lease_expires_at timestamptz, fingerprint bytea)
-LANGUAGE sql AS $f$
-    SELECT c.*, CASE WHEN c.state <> 'absent' THEN decode(k.fingerprint, 'hex') END
-    FROM {ext}.idem_check($1, $2, $3) AS c
-    LEFT JOIN {ext}.idem_keys AS k ON k.scope = $1 AND k.key = $2
-$f$;
 CREATE SCHEMA IF NOT EXISTS broken_follow_up;
 CREATE OR REPLACE FUNCTION broken_follow_up.idem_check(scope text, key text, command jsonb DEFAULT NULL)
-RETURNS TABLE (state text, matches boolean, attempt integer, recovery_point text, http_status integer,
-    response jsonb, resource text, created_at timestamptz, expires_at timestamptz,
-    lease_expires_at timestamptz)
+RETURNS idempotency.check_result
 LANGUAGE plpgsql AS $f$
 BEGIN
     PERFORM pg_terminate_backend(pg_backend_pid());
@@ -65,10 +53,11 @@ $f$;
 """
 """`reworded`: idem_begin and idem_complete that call the extension's own (schema-qualified)
 and re-raise its errors with the same SQLSTATE and another MESSAGE, DETAIL and HINT (the
-DETAILs mimic the old formats with wrong values). `with_fingerprint`: the idem_check of
-extension 0.4.0, with its 11th column `fingerprint` (the stored fingerprint), built on 0.3.0's.
-`broken_follow_up`: an idem_check that
-ends its own session, so that the follow-up read fails as on a lost connection."""
+DETAILs mimic the old formats with wrong values); idem_begin returns the extension's own
+result type, `idempotency.begin_result` (0.4.0), as the real one does. `broken_follow_up`: an
+idem_check (of 0.4.0's type, `idempotency.check_result`) that ends its own session, so that the
+follow-up read fails as on a lost connection. idem_check itself is never shadowed but there:
+the follow-up reads the extension's own, with its `fingerprint` column."""
 
 
 def install_reworded(dsn: str) -> None:
@@ -97,11 +86,11 @@ def first_used(dsn: str, scope: str, key: str) -> tuple[datetime, bytes]:
     return EPOCH + timedelta(microseconds=row[0]), bytes(row[1])
 
 
-def stored_fingerprint_expected(dsn: str, fingerprint: bytes) -> bytes | None:
-    """What KeyReused.stored_fingerprint must be: the first command's fingerprint when the
-    server's idem_check returns the column `fingerprint` (extension 0.4.0 and later), else
-    None (0.3.0)."""
+def sql_version(dsn: str) -> tuple[str, list[str]]:
+    """The extension's SQL version in this database and the columns its idem_check returns."""
     with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute("SELECT extversion FROM pg_extension WHERE extname = 'idempotency'").fetchone()
         cur = c.execute("SELECT * FROM idem_check('s', 'k') LIMIT 0")
         names = [d.name for d in cur.description or ()]
-    return fingerprint if "fingerprint" in names else None
+    assert row is not None
+    return row[0], names

@@ -24,7 +24,7 @@ from idempotency import (
 )
 from idempotency import sync as idem
 from idempotency.http import answer_for_begin, problem_for_error
-from records import first_used, stored_fingerprint_expected
+from records import first_used, sql_version
 
 CMD = {"method": "POST", "path": "/v1/payments", "body": {"amount": "10.00", "currency": "EUR"}}
 OTHER = {"method": "POST", "path": "/v1/payments", "body": {"amount": "100.00", "currency": "EUR"}}
@@ -130,7 +130,7 @@ def test_ik001_data_is_read_not_parsed_from_a_sql_dmy_session(conn: psycopg.Conn
     assert err.first_used_at == created and err.first_used_at.tzinfo == timezone.utc
     assert err.given_fingerprint == idem.fingerprint(conn, OTHER) and len(err.given_fingerprint) == 32
     assert stored == idem.fingerprint(conn, CMD)
-    assert err.stored_fingerprint == stored_fingerprint_expected(dsn, stored)
+    assert err.stored_fingerprint == stored  # idem_check's `fingerprint` (0.4.0)
     conn.rollback()
     p = problem_for_error(err)
     assert (p.status, p.code, p.extra) == (422, "idempotency_key_reused", {"first_used_at": created.isoformat()})
@@ -147,9 +147,10 @@ def test_ik001_data_when_the_messages_are_reworded(reworded_dsn: str, dsn: str, 
                 pytest.fail("the block must not run")
         err = e.value
         assert err.message.startswith("Reworded:") and err.hint == "a reworded hint"
+        assert (err.sqlstate, (err.detail or "")[:13]) == ("IK001", "Nothing here:")
         assert (err.scope, err.key, err.loaded, err.first_used_at) == (s, k, True, created)
         assert err.given_fingerprint == idem.fingerprint(conn, OTHER)
-        assert err.stored_fingerprint == stored_fingerprint_expected(dsn, stored)
+        assert err.stored_fingerprint == stored == idem.fingerprint(conn, CMD)  # the real idem_check's
         conn.rollback()
         # The plain call in autocommit mode: the follow-up runs at once.
         conn.autocommit = True
@@ -174,21 +175,47 @@ def test_ik001_inside_the_callers_transaction_is_loaded_after_the_rollback(conn:
     assert err.load(conn) is True
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.autocommit
     assert (err.first_used_at, err.given_fingerprint) == (created, idem.fingerprint(conn, OTHER))
-    assert err.stored_fingerprint == stored_fingerprint_expected(dsn, stored)
+    assert err.stored_fingerprint == stored == idem.fingerprint(conn, CMD)
     conn.rollback()
 
 
-def test_ik001_stored_fingerprint_is_read_by_name_from_a_0_4_0_idem_check(
-        conn: psycopg.Connection, dsn: str, with_fingerprint_dsn: str, scope: str) -> None:
-    idem.begin(conn, scope, "k", CMD)
-    conn.commit()
-    created, stored = first_used(dsn, scope, "k")
-    with psycopg.connect(with_fingerprint_dsn, autocommit=True) as other:
-        with pytest.raises(KeyReused) as e:
-            idem.begin(other, scope, "k", OTHER)
-    assert (e.value.first_used_at, e.value.stored_fingerprint, e.value.given_fingerprint) == (
-        created, idem.fingerprint(conn, CMD), idem.fingerprint(conn, OTHER))
-    conn.rollback()
+CHECK_COLUMNS_0_3_0 = ["state", "matches", "attempt", "recovery_point", "http_status", "response",
+                      "resource", "created_at", "expires_at", "lease_expires_at"]
+
+
+def test_the_suites_database_has_0_4_0_sql_with_the_stored_fingerprint(dsn: str) -> None:
+    """What the IK001 tests above read `stored_fingerprint` from: idem_check's 11th column."""
+    assert sql_version(dsn) == ("0.4.0", [*CHECK_COLUMNS_0_3_0, "fingerprint"])
+
+
+def test_ik001_on_0_3_0_sql_has_no_stored_fingerprint_and_the_rest(dsn_0_3_0: str, scope: str) -> None:
+    """A database still on 0.3.0's SQL (OUT parameters, idem_check without `fingerprint`): the
+    same calls and refusals; the follow-up reads the rest by name and leaves the stored
+    fingerprint None."""
+    assert sql_version(dsn_0_3_0) == ("0.3.0", CHECK_COLUMNS_0_3_0)
+    with psycopg.connect(dsn_0_3_0) as conn:
+        b = idem.begin(conn, scope, "k", CMD)
+        assert (b.outcome, b.state, b.attempt, b.fingerprint) == (
+            Outcome.EXECUTE, State.IN_PROGRESS, 1, idem.fingerprint(conn, CMD))
+        idem.complete(conn, scope, "k", resource="payments/1", http_status=201, attempt=1)
+        conn.commit()
+        created, stored = first_used(dsn_0_3_0, scope, "k")
+        assert stored == idem.fingerprint(conn, CMD)
+        c = idem.check(conn, scope, "k", OTHER)
+        assert (c.state, c.matches, c.attempt, c.http_status, c.resource, c.created_at) == (
+            State.COMPLETED, False, 1, 201, "payments/1", created)
+        conn.rollback()
+        with pytest.raises(KeyReused) as e:  # in the helper's transaction: loaded after its rollback
+            with idem.transaction(conn, scope, "k", OTHER):
+                pytest.fail("the block must not run")
+        assert (e.value.sqlstate, e.value.loaded, e.value.first_used_at, e.value.stored_fingerprint,
+                e.value.given_fingerprint) == ("IK001", True, created, None, idem.fingerprint(conn, OTHER))
+        conn.rollback()
+        conn.autocommit = True
+        with pytest.raises(KeyReused) as e:  # the plain call in autocommit mode
+            idem.begin(conn, scope, "k", OTHER)
+        assert (e.value.loaded, e.value.first_used_at, e.value.stored_fingerprint, e.value.given_fingerprint) == (
+            True, created, None, idem.fingerprint(conn, OTHER))
 
 
 def test_a_failed_follow_up_keeps_the_refusal_with_empty_data(conn: psycopg.Connection, broken_dsn: str, scope: str) -> None:
