@@ -344,10 +344,6 @@ pub const VERSIONS: &[Version] = &[
 ];
 
 impl Signature {
-    pub fn c_name(&self) -> &'static CStr {
-        self.c_name
-    }
-
     /// What `pg_get_function_arguments` prints for this declaration: the arguments with
     /// their defaults, then the OUT columns (a composite type's columns are the type's).
     pub fn arguments_text(&self) -> String {
