@@ -33,7 +33,7 @@ import {
   type JsonInput,
   type Outcome,
 } from '../src/index'
-import { backendPid, clientConfig, connect, connectCounted, dropDatabase, effects, newScope, setupDatabase, waitForWaiter, writeEffect } from './helpers'
+import { DATABASE, backendPid, clientConfig, connect, connectCounted, dropDatabase, effects, newScope, setupDatabase, waitForWaiter, writeEffect } from './helpers'
 
 const CMD = { method: 'POST', path: '/v1/payments', body: { amount: '10.00', currency: 'EUR' } }
 const OTHER = { method: 'POST', path: '/v1/payments', body: { amount: '100.00', currency: 'EUR' } }
@@ -125,22 +125,33 @@ async function createdMicros(c: pg.ClientBase, s: string, k: string): Promise<bi
   return us
 }
 
-/** Whether idem_check returns the stored fingerprint (a 0.4.0 server). */
-async function hasStoredFingerprint(c: pg.ClientBase): Promise<boolean> {
-  // The idem_check that the connection's search_path finds.
-  const r = await c.query("SELECT 1 FROM pg_proc, unnest(proargnames) AS a WHERE oid = 'idem_check(text, text, jsonb)'::regprocedure AND a = 'fingerprint'")
-  return (r.rowCount ?? 0) > 0
+/** The stored fingerprint of a record, read from idem_check's own `fingerprint` column (0.4.0). */
+async function storedFingerprint(c: pg.ClientBase, s: string, k: string): Promise<Buffer> {
+  const r = await c.query('SELECT fingerprint FROM idem_check($1, $2)', [s, k])
+  assert.equal(r.rows[0].fingerprint.length, 32)
+  return r.rows[0].fingerprint
 }
 
-/** Every field of a KeyReused, against the record read independently. */
-async function assertKeyReused(c: pg.ClientBase, e: unknown, s: string, k: string, stored: JsonInput, given: JsonInput): Promise<void> {
+/**
+ * Every field of a KeyReused, against the record read independently. The stored fingerprint is
+ * the stored command's, as idem_check's `fingerprint` column of the suite's 0.4.0 server
+ * returns it; `stored` null: a 0.3.0 server, whose idem_check has no such column (null).
+ */
+async function assertKeyReused(c: pg.ClientBase, e: unknown, s: string, k: string, stored: JsonInput | null, given: JsonInput): Promise<void> {
   assert.ok(e instanceof KeyReused, String(e))
   const us = await createdMicros(c, s, k)
   assert.deepEqual([e.sqlstate, e.scope, e.key, e.loaded, e.firstUsedMicros], ['IK001', s, k, true, us])
   assert.equal(e.firstUsedAt?.getTime(), Number(us / 1000n))
   assert.deepEqual(e.givenFingerprint, await fingerprint(c, given))
-  if (await hasStoredFingerprint(c)) assert.deepEqual(e.storedFingerprint, await fingerprint(c, stored))
-  else assert.equal(e.storedFingerprint, null) // a 0.3.0 server does not return it
+  if (stored === null) {
+    assert.equal(e.storedFingerprint, null)
+  } else {
+    const expected = await fingerprint(c, stored)
+    assert.equal(expected.length, 32)
+    assert.deepEqual(e.storedFingerprint, expected)
+    assert.deepEqual(await storedFingerprint(c, s, k), expected) // the server stored that one
+    assert.notDeepEqual(e.storedFingerprint, e.givenFingerprint)
+  }
   const p = http.problemForError(e)
   assert.deepEqual([p.status, p.code, p.extra], [422, 'idempotency_key_reused', { first_used_at: http.rfc3339Micros(us) }])
 }
@@ -236,6 +247,9 @@ test('a plain call inside the caller\'s transaction: the data stay empty, no sta
   assert.ok(e instanceof KeyReused)
   assert.deepEqual([e.scope, e.key, e.loaded, e.firstUsedAt, e.firstUsedMicros, e.storedFingerprint, e.givenFingerprint], [s, 'k', false, null, null, null, null])
   assert.deepEqual(http.problemForError(e).extra, {})
+  // The caller's transaction is aborted. The refusal may settle before the client has read the
+  // ReadyForQuery that follows the error, so a next statement's 25P02 shows it first.
+  assert.equal((await rejection(c.query('SELECT 1'))).code, '25P02')
   assert.equal(c.getTransactionStatus(), 'E')
   await c.query('ROLLBACK')
   assert.equal(await e.load(c), true)
@@ -273,32 +287,58 @@ test('a failed read keeps the refusal and leaves its data empty', async () => {
   assert.equal(await r.load(c), true)
 })
 
-test('the stored fingerprint is read by name when idem_check returns it (as 0.4.0 does)', async () => {
+test('the suite\'s server is 0.4.0: idem_begin and idem_check return their composite types, idem_check the stored fingerprint', async () => {
   const c = await client()
   const s = newScope()
+  assert.equal((await c.query("SELECT extversion FROM pg_extension WHERE extname = 'idempotency'")).rows[0].extversion, '0.4.0')
+  const types = await c.query(
+    "SELECT p.proname, p.prorettype::regtype::text AS t, p.proretset FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass" +
+      " JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'idempotency' WHERE p.proname IN ('idem_begin', 'idem_check') ORDER BY p.proname",
+  )
+  assert.deepEqual(types.rows, [
+    { proname: 'idem_begin', t: 'idempotency.begin_result', proretset: false },
+    { proname: 'idem_check', t: 'idempotency.check_result', proretset: false },
+  ])
+  assert.equal((await c.query('SELECT fingerprint FROM idem_check($1, $2)', [s, 'k'])).rows[0].fingerprint, null) // absent: NULL
   await begin(c, s, 'k', CMD)
+  assert.deepEqual(await storedFingerprint(c, s, 'k'), await fingerprint(c, CMD)) // in progress
   await complete(c, s, 'k')
-  const ext = (await c.query("SELECT quote_ident(extnamespace::regnamespace::text) AS s FROM pg_extension WHERE extname = 'idempotency'")).rows[0].s
-  assert.equal(await hasStoredFingerprint(c), false) // the suite's server is 0.3.0 ...
-  await c.query('CREATE SCHEMA IF NOT EXISTS v040')
-  // ... so 0.4.0's idem_check is mimicked: the same ten columns and an eleventh, the record's fingerprint.
-  await c.query(`CREATE OR REPLACE FUNCTION v040.idem_check(scope text, key text, command jsonb DEFAULT NULL,
-      OUT state text, OUT matches boolean, OUT attempt integer, OUT recovery_point text,
-      OUT http_status integer, OUT response jsonb, OUT resource text,
-      OUT created_at timestamptz, OUT expires_at timestamptz, OUT lease_expires_at timestamptz, OUT fingerprint bytea)
-    RETURNS record LANGUAGE sql AS $$
-      SELECT c.*, (SELECT r.fingerprint FROM idempotency.records r WHERE r.scope = $1 AND r.key = $2 AND c.state <> 'absent')
-        FROM ${ext}.idem_check($1, $2, $3) AS c $$`)
-  await c.query('SET search_path = v040, "$user", public')
-  assert.equal(await hasStoredFingerprint(c), true)
   const e = await rejection(begin(c, s, 'k', OTHER))
   await assertKeyReused(c, e, s, 'k', CMD, OTHER)
-  assert.equal(e.storedFingerprint.length, 32)
-  await c.query('RESET search_path')
+  assert.deepEqual(e.storedFingerprint, createHash('sha256').update(await canonical(c, CMD)).digest())
+})
+
+test('a 0.3.0 server (a database created at VERSION \'0.3.0\'): idem_check has no fingerprint, the stored one is null, the rest exact', async () => {
+  const admin = await client()
+  const db = `${DATABASE}_v030`
+  await admin.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`)
+  await admin.query(`CREATE DATABASE ${db}`)
+  const c = new pg.Client({ ...clientConfig(), database: db })
+  await c.connect()
+  try {
+    await c.query("CREATE EXTENSION idempotency VERSION '0.3.0'")
+    assert.equal((await c.query("SELECT extversion FROM pg_extension WHERE extname = 'idempotency'")).rows[0].extversion, '0.3.0')
+    const s = newScope()
+    // 0.3.0's idem_check: ten OUT columns, no fingerprint.
+    const cols = (await c.query('SELECT * FROM idem_check($1, $2)', [s, 'k'])).fields.map((f) => f.name)
+    assert.deepEqual(cols, ['state', 'matches', 'attempt', 'recovery_point', 'http_status', 'response', 'resource', 'created_at', 'expires_at', 'lease_expires_at'])
+    const b = await begin(c, s, 'k', CMD)
+    assert.deepEqual([b.outcome, b.state, b.attempt, b.fingerprint], ['execute', 'in_progress', 1, await fingerprint(c, CMD)])
+    await complete(c, s, 'k', { resource: 'payments/1', httpStatus: 201 })
+    await assertKeyReused(c, await rejection(begin(c, s, 'k', OTHER)), s, 'k', null, OTHER)
+    await assertKeyReused(c, await rejection(transaction(c, { scope: s, key: 'k', command: OTHER }, async () => assert.fail('no work'))), s, 'k', null, OTHER)
+    const n = await rejection(complete(c, s, 'k'))
+    assert.deepEqual([n instanceof NotInProgress, n.loaded, n.found], [true, true, 'completed'])
+    const ch = await check(c, s, 'k', CMD)
+    assert.deepEqual([ch.state, ch.matches, ch.attempt, ch.httpStatus, ch.resource], ['completed', true, 1, 201, 'payments/1'])
+  } finally {
+    await c.end()
+    await admin.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`)
+  }
 })
 
 /**
- * A connection whose idem_begin, idem_complete, idem_fail and idem_checkpoint are wrappers
+ * A connection whose idem_begin, idem_check, idem_complete, idem_fail and idem_checkpoint are wrappers
  * (schema `reworded`, first on its search_path) that call the extension's and re-raise its
  * errors with the same SQLSTATE and another MESSAGE, DETAIL and HINT.
  */
@@ -312,16 +352,19 @@ async function reworded(options: { pipeline?: boolean } = {}): Promise<pg.Client
   await c.query('BEGIN')
   await c.query('SELECT pg_advisory_xact_lock(4242)') // one test at a time creates the wrappers
   await c.query('CREATE SCHEMA IF NOT EXISTS reworded')
+  // 0.4.0's result type, as the extension's idem_begin declares it (RETURNS idempotency.begin_result).
   await c.query(`CREATE OR REPLACE FUNCTION reworded.idem_begin(
       scope text, key text, command jsonb,
-      ttl interval DEFAULT NULL, lease interval DEFAULT NULL, wait interval DEFAULT NULL,
-      OUT outcome text, OUT state text, OUT attempt integer,
-      OUT recovery_point text, OUT recovery_data jsonb,
-      OUT http_status integer, OUT response jsonb, OUT resource text,
-      OUT fingerprint bytea, OUT expires_at timestamptz)
-    RETURNS record LANGUAGE plpgsql AS $$ DECLARE st text; BEGIN
-      SELECT * INTO outcome, state, attempt, recovery_point, recovery_data, http_status, response, resource, fingerprint, expires_at
-        FROM ${ext}.idem_begin($1, $2, $3, $4, $5, $6);
+      ttl interval DEFAULT NULL, lease interval DEFAULT NULL, wait interval DEFAULT NULL)
+    RETURNS idempotency.begin_result LANGUAGE plpgsql AS $$ DECLARE st text; r idempotency.begin_result; BEGIN
+      r := ${ext}.idem_begin($1, $2, $3, $4, $5, $6);
+      RETURN r;
+    ${raise}`)
+  // And idem_check, which the library reads after a refusal (RETURNS idempotency.check_result).
+  await c.query(`CREATE OR REPLACE FUNCTION reworded.idem_check(scope text, key text, command jsonb DEFAULT NULL)
+    RETURNS idempotency.check_result LANGUAGE plpgsql AS $$ DECLARE st text; r idempotency.check_result; BEGIN
+      r := ${ext}.idem_check($1, $2, $3);
+      RETURN r;
     ${raise}`)
   await c.query(`CREATE OR REPLACE FUNCTION reworded.idem_complete(
       scope text, key text, response jsonb DEFAULT NULL, resource text DEFAULT NULL,
@@ -342,6 +385,13 @@ async function reworded(options: { pipeline?: boolean } = {}): Promise<pg.Client
     ${raise}`)
   await c.query('COMMIT')
   await c.query('SET search_path = reworded, "$user", public')
+  // The library's calls resolve to the wrappers.
+  const resolved = await c.query(
+    "SELECT array_agg(p.proname || ' in ' || p.pronamespace::regnamespace::text ORDER BY p.proname) AS f FROM unnest(ARRAY[" +
+      "to_regprocedure('idem_begin(text, text, jsonb, interval, interval, interval)'), to_regprocedure('idem_check(text, text, jsonb)')," +
+      " to_regprocedure('idem_complete(text, text, jsonb, text, integer, integer)')]) AS r(oid) JOIN pg_proc p ON p.oid = r.oid",
+  )
+  assert.deepEqual(resolved.rows[0].f, ['idem_begin in reworded', 'idem_check in reworded', 'idem_complete in reworded'])
   return c
 }
 
@@ -357,7 +407,8 @@ test('reworded messages: KeyReused, NotInProgress and LeaseLost keep their data'
     await c.query("SET TimeZone = 'Asia/Kolkata'")
     const s = newScope()
     const first = await begin(c, s, 'k', CMD)
-    assert.equal(first.outcome, 'execute') // the wrapper passes the answer through
+    assert.deepEqual([first.outcome, first.state, first.attempt, first.fingerprint], ['execute', 'in_progress', 1, await fingerprint(c, CMD)]) // the wrapper passes the answer through
+    assert.deepEqual([(await check(c, s, 'k', CMD)).state, (await check(c, s, 'k', OTHER)).matches], ['in_progress', false]) // idem_check's too
     await complete(c, s, 'k', { httpStatus: 201, attempt: 1 })
     // IK001: plain, and through the one-transaction helper.
     let e = await rejection(begin(c, s, 'k', OTHER))
