@@ -35,11 +35,16 @@ async fn new_pool(size: usize) -> (Pool, RoundTrips) {
 /// [`new_pool`] with more session `options` (after the test's own, which they override).
 async fn new_pool_with(size: usize, options: &str) -> (Pool, RoundTrips) {
     setup().await;
-    let counting = CountingConnect::default();
-    let rt = counting.round_trips.clone();
     let mut cfg = config();
     let base = cfg.get_options().unwrap_or("").to_owned();
     cfg.options(format!("{base} {options}"));
+    pool_of(cfg, size)
+}
+
+/// A pool of `size` counting connections made with `cfg`, their statements prepared.
+fn pool_of(cfg: tokio_postgres::Config, size: usize) -> (Pool, RoundTrips) {
+    let counting = CountingConnect::default();
+    let rt = counting.round_trips.clone();
     let mgr = Manager::from_connect(
         cfg,
         counting,
@@ -375,26 +380,51 @@ async fn created_at(c: &tokio_postgres::Client, s: &str, k: &str) -> chrono::Dat
         .get(0)
 }
 
-/// Whether the `idem_check` this session calls (by its search_path) returns the stored
-/// fingerprint (0.4.0 and later).
-async fn has_fingerprint_column(c: &tokio_postgres::Client) -> bool {
-    c.query_one(
-        "SELECT coalesce('fingerprint' = ANY (proargnames), false) FROM pg_proc
-          WHERE oid = to_regproc('idem_check')",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
+/// `idem_fingerprint(command)`, computed by the server.
+async fn fingerprint_of(c: &tokio_postgres::Client, command: &Value) -> Vec<u8> {
+    c.query_one("SELECT idem_fingerprint($1)", &[command])
+        .await
+        .unwrap()
+        .get(0)
 }
 
-/// IK001's data, exactly: the first use (the record's `created_at`), the stored fingerprint
-/// (on a 0.4.0 server; `None` on 0.3.0) and the given one, both whole.
+/// The record's stored fingerprint as `idem_check`'s own `fingerprint` column gives it (0.4.0).
+async fn stored_fingerprint(c: &tokio_postgres::Client, s: &str, k: &str) -> Option<Vec<u8>> {
+    c.query_one("SELECT fingerprint FROM idem_check($1, $2)", &[&s, &k])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// IK001's data, exactly, on the suite's server (0.4.0): the first use (the record's
+/// `created_at`), the stored fingerprint (the first command's, as `idem_check` returns it) and
+/// the given one, both whole.
 async fn assert_key_reused(
     c: &tokio_postgres::Client,
     e: &Error,
     (s, k): (&str, &str),
     first: &Value,
+    given: &Value,
+) {
+    assert_key_reused_but_stored(c, e, (s, k), given).await;
+    let Error::KeyReused(r) = e else {
+        unreachable!()
+    };
+    let first_fp = fingerprint_of(c, first).await;
+    assert_eq!(first_fp.len(), 32);
+    assert_ne!(first_fp, fingerprint_of(c, given).await);
+    assert_eq!(stored_fingerprint(c, s, k).await.as_ref(), Some(&first_fp));
+    assert_eq!(r.stored_fingerprint.as_ref(), Some(&first_fp));
+    let hex: String = first_fp.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(r.stored_fingerprint_hex(), Some(hex));
+}
+
+/// IK001's data but the stored fingerprint (which a 0.3.0 server does not return): the key,
+/// loaded, the first use (the record's `created_at`) and the given fingerprint, whole.
+async fn assert_key_reused_but_stored(
+    c: &tokio_postgres::Client,
+    e: &Error,
+    (s, k): (&str, &str),
     given: &Value,
 ) {
     let Error::KeyReused(r) = e else {
@@ -403,28 +433,11 @@ async fn assert_key_reused(
     assert_eq!((r.scope.as_str(), r.key.as_str()), (s, k));
     assert!(r.loaded, "{r:?}");
     assert_eq!(r.first_used_at, Some(created_at(c, s, k).await));
-    let fp = |v: &Value| {
-        let v = v.clone();
-        async move {
-            c.query_one("SELECT idem_fingerprint($1)", &[&v])
-                .await
-                .unwrap()
-                .get::<_, Vec<u8>>(0)
-        }
-    };
-    let given_fp = fp(given).await;
+    let given_fp = fingerprint_of(c, given).await;
     assert_eq!(given_fp.len(), 32);
     assert_eq!(r.given_fingerprint.as_ref(), Some(&given_fp));
     let hex: String = given_fp.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(r.given_fingerprint_hex(), Some(hex));
-    if has_fingerprint_column(c).await {
-        assert_eq!(r.stored_fingerprint, Some(fp(first).await));
-    } else {
-        assert_eq!(
-            r.stored_fingerprint, None,
-            "a 0.3.0 server does not return it"
-        );
-    }
 }
 
 #[tokio::test]
@@ -593,11 +606,13 @@ async fn ik001_from_the_helpers_whatever_the_datestyle() {
     assert_key_reused(&conn, &e, (&s, &k), &first, &given).await;
 }
 
-/// `reworded.<function>` for `idem_begin`, `idem_complete`, `idem_fail` and `idem_checkpoint`:
-/// the same name and signature, calling the extension's own (schema-qualified) and raising
-/// its errors again with the same SQLSTATE but another MESSAGE, DETAIL and HINT (a DETAIL in
-/// the old layout with other values, so that a parser of it would read wrong data). Returns
-/// the search_path that puts them first.
+/// `reworded.<function>` for `idem_begin`, `idem_check`, `idem_complete`, `idem_fail` and
+/// `idem_checkpoint`: the same name, arguments (with their defaults) and result type as 0.4.0
+/// declares them (`idempotency.begin_result`, `idempotency.check_result`, `void`,
+/// `timestamptz`: one row, no OUT parameters), calling the extension's own (schema-qualified)
+/// and raising its errors again with the same SQLSTATE but another MESSAGE, DETAIL and HINT (a
+/// DETAIL in the old layout with other values, so that a parser of it would read wrong data).
+/// Returns the search_path that puts them first.
 async fn reworded_functions() -> String {
     setup().await;
     let c = pool_conn().await;
@@ -611,26 +626,21 @@ async fn reworded_functions() -> String {
           body text;
         BEGIN
           FOR f IN
-            SELECT p.proname, n.nspname, p.pronargs,
-                   pg_get_function_arguments(p.oid) AS args, pg_get_function_result(p.oid) AS res,
-                   (SELECT string_agg(quote_ident(a.n), ', ' ORDER BY a.i)
-                      FROM unnest(p.proallargtypes, p.proargnames, p.proargmodes::text[])
-                           WITH ORDINALITY AS a(t, n, m, i)
-                     WHERE a.m = 'o') AS outs
+            SELECT p.proname, n.nspname, p.pronargs, p.proretset, p.prorettype,
+                   pg_get_function_arguments(p.oid) AS args, pg_get_function_result(p.oid) AS res
               FROM pg_proc p
               JOIN pg_namespace n ON n.oid = p.pronamespace
               JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
               JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'idempotency'
-             WHERE p.proname IN ('idem_begin', 'idem_complete', 'idem_fail', 'idem_checkpoint')
+             WHERE p.proname IN ('idem_begin', 'idem_check', 'idem_complete', 'idem_fail', 'idem_checkpoint')
           LOOP
+            IF f.proretset OR f.prorettype = 'record'::regtype THEN
+              RAISE 'reworded: % returns %: not a 0.4.0 result type', f.proname, f.res;
+            END IF;
             target := format('%I.%I(%s)', f.nspname, f.proname,
                              (SELECT string_agg('$' || i, ', ') FROM generate_series(1, f.pronargs) i));
-            body := CASE
-              WHEN f.res LIKE 'TABLE(%' OR f.res LIKE 'SETOF %' THEN 'RETURN QUERY SELECT * FROM ' || target || ';'
-              WHEN f.outs IS NOT NULL THEN 'SELECT * INTO ' || f.outs || ' FROM ' || target || ';'
-              WHEN f.res = 'void' THEN 'PERFORM ' || target || ';'
-              ELSE 'RETURN ' || target || ';'
-            END;
+            body := CASE WHEN f.prorettype = 'void'::regtype THEN 'PERFORM ' || target || ';'
+                         ELSE 'RETURN ' || target || ';' END;
             EXECUTE format($f$
               CREATE OR REPLACE FUNCTION reworded.%I(%s) RETURNS %s LANGUAGE plpgsql AS $b$
               DECLARE
@@ -661,63 +671,239 @@ async fn reworded_functions() -> String {
         .await
         .unwrap()
         .get(0);
-    let n: i64 = c
+    // Each wrapper is declared as its function is: same arguments, same result type.
+    let declared: Vec<(String, String, String, bool)> = c
+        .query(
+            "SELECT w.proname::text, pg_get_function_result(w.oid), l.lanname::text,
+                    pg_get_function_arguments(w.oid) = pg_get_function_arguments(f.oid)
+                      AND w.prorettype = f.prorettype AND NOT w.proretset AND NOT f.proretset
+               FROM pg_proc w
+               JOIN pg_language l ON l.oid = w.prolang
+               JOIN pg_proc f ON f.proname = w.proname
+                AND f.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+              WHERE w.pronamespace = 'reworded'::regnamespace
+              ORDER BY 1",
+            &[&ext],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        declared,
+        [
+            ("idem_begin", "idempotency.begin_result"),
+            ("idem_check", "idempotency.check_result"),
+            ("idem_checkpoint", "timestamp with time zone"),
+            ("idem_complete", "void"),
+            ("idem_fail", "void"),
+        ]
+        .map(|(n, r)| (n.to_owned(), r.to_owned(), "plpgsql".to_owned(), true))
+    );
+    format!("reworded,{ext}")
+}
+
+/// The suite's server (0.4.0): `idem_check` returns `idempotency.check_result`, whose
+/// `fingerprint` column is the stored command's; the refusal's read gives it, whole, from
+/// every path (a plain call and its load, one transaction, phased).
+#[tokio::test]
+async fn ik001_stored_fingerprint_from_a_server_that_returns_it() {
+    let (pool, _) = new_pool(1).await;
+    let conn = pool.get().await.unwrap();
+    let result: String = conn
         .query_one(
-            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'reworded'::regnamespace",
+            "SELECT pg_get_function_result('idem_check(text, text, jsonb)'::regprocedure)",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 4);
-    format!("reworded,{ext}")
-}
-
-/// A server whose `idem_check` has the `fingerprint` column, read by name: the real one from
-/// 0.4.0 on; on 0.3.0, `v040.idem_check`, the same row with the stored fingerprint (from the
-/// extension's table) as an 11th column, first on the search_path.
-#[tokio::test]
-async fn ik001_stored_fingerprint_from_a_server_that_returns_it() {
-    setup().await;
-    let c = pool_conn().await;
-    let options = if has_fingerprint_column(&c).await {
-        String::new()
-    } else {
-        c.batch_execute(
-            r#"BEGIN; SELECT pg_advisory_xact_lock(7655005);
-            CREATE SCHEMA IF NOT EXISTS v040;
-            CREATE OR REPLACE FUNCTION v040.idem_check(scope text, key text, command jsonb DEFAULT NULL,
-                OUT state text, OUT matches boolean, OUT attempt integer, OUT recovery_point text,
-                OUT http_status integer, OUT response jsonb, OUT resource text,
-                OUT created_at timestamptz, OUT expires_at timestamptz,
-                OUT lease_expires_at timestamptz, OUT fingerprint bytea)
-            LANGUAGE sql AS $f$
-              SELECT c.*, (SELECT r.fingerprint FROM idempotency.records r
-                            WHERE c.state <> 'absent' AND r.scope = $1 AND r.key = $2)
-                FROM public.idem_check($1, $2, $3) c
-            $f$;
-            COMMIT;"#,
-        )
-        .await
-        .unwrap();
-        "-c search_path=v040,public".to_owned()
-    };
-    let (pool, _) = new_pool_with(1, &options).await;
-    let conn = pool.get().await.unwrap();
-    assert!(has_fingerprint_column(&conn).await);
-    let (s, k) = (scope(), "k".to_owned());
+    assert_eq!(result, "idempotency.check_result");
+    let s = scope();
     let (first, given) = (cmd("1.00"), cmd("2.00"));
-    calls::begin(&conn, &BeginRequest::new(&s, &k, &first))
+    // A plain call, loaded at once (autocommit).
+    calls::begin(&conn, &BeginRequest::new(&s, "plain", &first))
         .await
         .unwrap();
+    let mut e = calls::begin(&conn, &BeginRequest::new(&s, "plain", &given))
+        .await
+        .unwrap_err();
+    e.load(&conn).await.unwrap();
+    assert_key_reused(&conn, &e, (&s, "plain"), &first, &given).await;
     drop(conn);
-    let e = phased::claim(&pool, &BeginRequest::new(&s, &k, &given))
+    // One transaction: the read goes with its ROLLBACK.
+    let k = "one-tx".to_owned();
+    one_tx::run(
+        &pool,
+        &BeginRequest::new(&s, &k, &first),
+        insert_effect(s.clone(), k.clone()),
+    )
+    .await
+    .unwrap();
+    let e = match one_tx::run(
+        &pool,
+        &BeginRequest::new(&s, &k, &given),
+        insert_effect(s.clone(), k.clone()),
+    )
+    .await
+    {
+        Err(RunError::Idem(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    let conn = pool.get().await.unwrap();
+    assert_key_reused(&conn, &e, (&s, &k), &first, &given).await;
+    drop(conn);
+    // Phased: the read after the claim's refusal.
+    phased::claim(&pool, &BeginRequest::new(&s, "phased", &first))
+        .await
+        .unwrap();
+    let e = phased::claim(&pool, &BeginRequest::new(&s, "phased", &given))
         .await
         .unwrap_err();
     let conn = pool.get().await.unwrap();
-    assert_key_reused(&conn, &e, (&s, &k), &first, &given).await;
-    let Error::KeyReused(r) = &e else { panic!() };
-    assert_eq!(r.stored_fingerprint.as_ref().map(Vec::len), Some(32));
+    assert_key_reused(&conn, &e, (&s, "phased"), &first, &given).await;
+}
+
+/// A database of the suite's cluster with the extension at `VERSION '0.3.0'` (the library
+/// still serves 0.3.0's SQL): `idem_check` returns ten OUT columns and no `fingerprint`.
+/// Created once; returns its connection config.
+async fn database_at_0_3_0() -> tokio_postgres::Config {
+    const DB: &str = "client_tests_v030";
+    let c = pool_conn().await;
+    // CREATE DATABASE cannot run in a transaction: a session lock serialises the check.
+    c.batch_execute("SELECT pg_advisory_lock(7655006)")
+        .await
+        .unwrap();
+    let exists: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)",
+            &[&DB],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if !exists {
+        c.batch_execute(&format!("CREATE DATABASE {DB}"))
+            .await
+            .unwrap();
+    }
+    c.batch_execute("SELECT pg_advisory_unlock(7655006)")
+        .await
+        .unwrap();
+    let mut cfg = config();
+    cfg.dbname(DB);
+    let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(
+        "BEGIN; SELECT pg_advisory_xact_lock(7655006);
+         CREATE EXTENSION IF NOT EXISTS idempotency VERSION '0.3.0';
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    cfg
+}
+
+/// A 0.3.0 server: the same refusals, their data exact, the stored fingerprint `None` (its
+/// `idem_check` does not return it), from every path.
+#[tokio::test]
+async fn ik001_on_a_0_3_0_server_has_no_stored_fingerprint() {
+    let (pool, _) = pool_of(database_at_0_3_0().await, 1);
+    let conn = pool.get().await.unwrap();
+    let version: String = conn
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "0.3.0");
+    let columns: Vec<String> = conn
+        .prepare("SELECT * FROM idem_check('s', 'k')")
+        .await
+        .unwrap()
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "state",
+            "matches",
+            "attempt",
+            "recovery_point",
+            "http_status",
+            "response",
+            "resource",
+            "created_at",
+            "expires_at",
+            "lease_expires_at"
+        ]
+    );
+    let s = scope();
+    let (first, given) = (cmd("1.00"), cmd("2.00"));
+    let stored_none = |e: &Error| match e {
+        Error::KeyReused(r) => assert_eq!(
+            (&r.stored_fingerprint, r.stored_fingerprint_hex()),
+            (&None, None),
+            "a 0.3.0 server does not return it"
+        ),
+        other => panic!("{other:?}"),
+    };
+    // A plain call, loaded at once (autocommit).
+    calls::begin(&conn, &BeginRequest::new(&s, "plain", &first))
+        .await
+        .unwrap();
+    let mut e = calls::begin(&conn, &BeginRequest::new(&s, "plain", &given))
+        .await
+        .unwrap_err();
+    e.load(&conn).await.unwrap();
+    assert_key_reused_but_stored(&conn, &e, (&s, "plain"), &given).await;
+    stored_none(&e);
+    drop(conn);
+    // One transaction (work that writes nothing: this database has no effects table).
+    fn done<'c>(
+        _: &'c deadpool_postgres::ClientWrapper,
+        _: &'c calls::Begun,
+    ) -> futures_util::future::BoxFuture<'c, Result<Finish<()>, tokio_postgres::Error>> {
+        Box::pin(async { Ok(Finish::Complete(Completion::resource("r/1", 201), ())) })
+    }
+    let k = "one-tx".to_owned();
+    let ran = one_tx::run(&pool, &BeginRequest::new(&s, &k, &first), done)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            ran,
+            Ran::Executed {
+                attempt: 1,
+                stored: Stored::Completed,
+                ..
+            }
+        ),
+        "{ran:?}"
+    );
+    let e = match one_tx::run(&pool, &BeginRequest::new(&s, &k, &given), done).await {
+        Err(RunError::Idem(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    let conn = pool.get().await.unwrap();
+    assert_key_reused_but_stored(&conn, &e, (&s, &k), &given).await;
+    stored_none(&e);
+    drop(conn);
+    // Phased.
+    phased::claim(&pool, &BeginRequest::new(&s, "phased", &first))
+        .await
+        .unwrap();
+    let e = phased::claim(&pool, &BeginRequest::new(&s, "phased", &given))
+        .await
+        .unwrap_err();
+    let conn = pool.get().await.unwrap();
+    assert_key_reused_but_stored(&conn, &e, (&s, "phased"), &given).await;
+    stored_none(&e);
 }
 
 /// With every message, DETAIL and HINT reworded (and the DateStyle not ISO), each refusal is
@@ -732,19 +918,23 @@ async fn reworded_messages_change_nothing() {
     .await;
     let conn = pool.get().await.unwrap();
     // The wrappers are what the client calls, and they do reword.
-    let raw = conn
-        .query("SELECT * FROM idem_begin('s', '', '{}')", &[])
-        .await
-        .unwrap_err();
-    let db = raw.as_db_error().unwrap();
-    assert_eq!(
-        (db.code().code(), db.message(), db.hint()),
-        (
-            "22023",
-            "Reworded: nothing here is an API.",
-            Some("Reworded hint.")
-        )
-    );
+    for sql in [
+        "SELECT * FROM idem_begin('s', '', '{}')",
+        "SELECT * FROM idem_check('s', '')",
+    ] {
+        let raw = conn.query(sql, &[]).await.unwrap_err();
+        let db = raw.as_db_error().unwrap();
+        assert_eq!(
+            (db.code().code(), db.message(), db.detail(), db.hint()),
+            (
+                "22023",
+                "Reworded: nothing here is an API.",
+                Some("Reworded detail."),
+                Some("Reworded hint.")
+            ),
+            "{sql}"
+        );
+    }
     drop(conn);
     let s = scope();
     let (first, given) = (cmd("10.00"), cmd("100.00"));
