@@ -120,9 +120,15 @@ fn write_sql(c: &Change) -> (String, Vec<pg_sys::Oid>) {
 
 /// The arguments of a change's statement, in the order of `write_sql`.
 fn write_args(c: &Change) -> Vec<Option<pg_sys::Datum>> {
-    let mut args = vec![Some(c.scope), Some(c.key)];
-    args.extend(c.sets().iter().map(|(_, v)| *v));
-    args.extend(c.guard.conditions().map(|cond| cond.value));
+    let mut args = Vec::with_capacity(2 + c.sets().len() + 4);
+    args.push(Some(c.scope));
+    args.push(Some(c.key));
+    for (_, v) in c.sets() {
+        args.push(*v);
+    }
+    for cond in c.guard.conditions() {
+        args.push(cond.value);
+    }
     args
 }
 
