@@ -23,8 +23,8 @@
 use idempotency_core::decision::{self, Begin, Execute, Existing, Micros, State};
 use pgrx::pg_sys;
 
-use crate::errors::{IdemError, KeyRef};
 use crate::datum::{bytea, text};
+use crate::errors::{IdemError, KeyRef};
 use crate::fmgr::Args;
 use crate::lock::KeyLock;
 use crate::settings;

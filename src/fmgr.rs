@@ -7,9 +7,9 @@
 use idempotency_core::decision::Micros;
 use pgrx::pg_sys;
 
+use crate::datum::{jsonb_bytes, text_str};
 use crate::errors::IdemError;
 use crate::signature::{Param, Signature, Type};
-use crate::datum::{jsonb_bytes, text_str};
 
 /// The arguments of one call.
 pub struct Args {

@@ -42,8 +42,8 @@ use pgrx::pg_sys;
 use super::columns::{Col, NCOLS};
 use super::record::{xact_snapshot, Change, Guard, Path, Read, Row, Write};
 use super::shape::{self, Shape};
-use crate::datum::varlena_bytes;
 use crate::compat::{self, IndexUpdate};
+use crate::datum::varlena_bytes;
 use crate::errors::IdemError;
 
 /// Where this backend last wrote a record: in which (sub)transaction, in which relation and

@@ -63,9 +63,7 @@ pub const SQL_INSERT_REFUND: &str = "INSERT INTO refunds (id, tenant, payment_id
 pub fn pool(url: &str, size: usize, counting: Option<CountingConnect>) -> Result<Pool, String> {
     let mut cfg =
         tokio_postgres::Config::from_str(url).map_err(|e| format!("--database-url: {e}"))?;
-    cfg.options(
-        "-c TimeZone=UTC -c default_transaction_isolation=read\\ committed",
-    );
+    cfg.options("-c TimeZone=UTC -c default_transaction_isolation=read\\ committed");
     if cfg.get_application_name().is_none() {
         cfg.application_name("payments-api");
     }
