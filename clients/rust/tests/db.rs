@@ -396,6 +396,28 @@ async fn stored_fingerprint(c: &tokio_postgres::Client, s: &str, k: &str) -> Opt
         .get(0)
 }
 
+/// One transaction with `first` under the key (it executes and commits), then one with `given`:
+/// the refusal `one_tx::run` returns for it.
+async fn one_tx_key_reused(pool: &Pool, s: &str, k: &str, first: &Value, given: &Value) -> Error {
+    one_tx::run(
+        pool,
+        &BeginRequest::new(s, k, first),
+        insert_effect(s.to_owned(), k.to_owned()),
+    )
+    .await
+    .unwrap();
+    match one_tx::run(
+        pool,
+        &BeginRequest::new(s, k, given),
+        insert_effect(s.to_owned(), k.to_owned()),
+    )
+    .await
+    {
+        Err(RunError::Idem(e)) => e,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// IK001's data, exactly, on the suite's server (0.4.0): the first use (the record's
 /// `created_at`), the stored fingerprint (the first command's, as `idem_check` returns it) and
 /// the given one, both whole.
@@ -566,23 +588,7 @@ async fn ik001_from_the_helpers_whatever_the_datestyle() {
     let (first, given) = (cmd("10.00"), cmd("100.00"));
     // One transaction: the read goes with its ROLLBACK.
     let k = "one-tx".to_owned();
-    one_tx::run(
-        &pool,
-        &BeginRequest::new(&s, &k, &first),
-        insert_effect(s.clone(), k.clone()),
-    )
-    .await
-    .unwrap();
-    let e = match one_tx::run(
-        &pool,
-        &BeginRequest::new(&s, &k, &given),
-        insert_effect(s.clone(), k.clone()),
-    )
-    .await
-    {
-        Err(RunError::Idem(e)) => e,
-        other => panic!("{other:?}"),
-    };
+    let e = one_tx_key_reused(&pool, &s, &k, &first, &given).await;
     let conn = pool.get().await.unwrap();
     assert_key_reused(&conn, &e, (&s, &k), &first, &given).await;
     // The HTTP answer's first_used_at is the same instant.
@@ -734,23 +740,7 @@ async fn ik001_stored_fingerprint_from_a_server_that_returns_it() {
     drop(conn);
     // One transaction: the read goes with its ROLLBACK.
     let k = "one-tx".to_owned();
-    one_tx::run(
-        &pool,
-        &BeginRequest::new(&s, &k, &first),
-        insert_effect(s.clone(), k.clone()),
-    )
-    .await
-    .unwrap();
-    let e = match one_tx::run(
-        &pool,
-        &BeginRequest::new(&s, &k, &given),
-        insert_effect(s.clone(), k.clone()),
-    )
-    .await
-    {
-        Err(RunError::Idem(e)) => e,
-        other => panic!("{other:?}"),
-    };
+    let e = one_tx_key_reused(&pool, &s, &k, &first, &given).await;
     let conn = pool.get().await.unwrap();
     assert_key_reused(&conn, &e, (&s, &k), &first, &given).await;
     drop(conn);
@@ -941,23 +931,7 @@ async fn reworded_messages_change_nothing() {
 
     // IK001, one transaction.
     let k = "k1".to_owned();
-    one_tx::run(
-        &pool,
-        &BeginRequest::new(&s, &k, &first),
-        insert_effect(s.clone(), k.clone()),
-    )
-    .await
-    .unwrap();
-    let e = match one_tx::run(
-        &pool,
-        &BeginRequest::new(&s, &k, &given),
-        insert_effect(s.clone(), k.clone()),
-    )
-    .await
-    {
-        Err(RunError::Idem(e)) => e,
-        other => panic!("{other:?}"),
-    };
+    let e = one_tx_key_reused(&pool, &s, &k, &first, &given).await;
     match &e {
         Error::KeyReused(r) => assert_eq!(
             r.text.message, "Reworded: nothing here is an API.",
