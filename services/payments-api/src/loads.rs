@@ -27,28 +27,29 @@ pub fn refund_doc(id: &str, payment_id: &str, amount: &str, created_at: DateTime
 
 /// The payment `id` of `tenant`, if any.
 pub async fn payment(pool: &Pool, id: &str, tenant: &str) -> Result<Option<Value>, Error> {
-    let c = pool.get().await?;
-    let st = c
-        .prepare_cached(db::SQL_PAYMENT)
-        .await
-        .map_err(|e| Error::from_db(e, None))?;
-    let row = c
-        .query_opt(&st, &[&id, &tenant])
-        .await
-        .map_err(|e| Error::from_db(e, None))?;
+    let row = by_id(pool, db::SQL_PAYMENT, id, tenant).await?;
     Ok(row.map(|r| payment_doc(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))))
 }
 
 /// The refund `id` of `tenant`, if any.
 pub async fn refund(pool: &Pool, id: &str, tenant: &str) -> Result<Option<Value>, Error> {
+    let row = by_id(pool, db::SQL_REFUND, id, tenant).await?;
+    Ok(row.map(|r| refund_doc(r.get(0), r.get(1), r.get(2), r.get(3))))
+}
+
+/// The row that `sql` (a cached statement of parameters id, tenant) finds, if any.
+async fn by_id(
+    pool: &Pool,
+    sql: &str,
+    id: &str,
+    tenant: &str,
+) -> Result<Option<tokio_postgres::Row>, Error> {
     let c = pool.get().await?;
     let st = c
-        .prepare_cached(db::SQL_REFUND)
+        .prepare_cached(sql)
         .await
         .map_err(|e| Error::from_db(e, None))?;
-    let row = c
-        .query_opt(&st, &[&id, &tenant])
+    c.query_opt(&st, &[&id, &tenant])
         .await
-        .map_err(|e| Error::from_db(e, None))?;
-    Ok(row.map(|r| refund_doc(r.get(0), r.get(1), r.get(2), r.get(3))))
+        .map_err(|e| Error::from_db(e, None))
 }
