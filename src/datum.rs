@@ -12,10 +12,29 @@ use pgrx::{pg_sys, IntoDatum};
 /// `d` must be a valid varlena datum that outlives the returned slice.
 pub unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
     unsafe {
-        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        let v = packed(d);
         let len = pgrx::varlena::varsize_any_exhdr(v);
         let data = pgrx::varlena::vardata_any(v) as *const u8;
         std::slice::from_raw_parts(data, len)
+    }
+}
+
+/// What `pg_detoast_datum_packed` gives, without a call into PostgreSQL for a value that
+/// is neither compressed nor stored out of line (the arguments of almost every call: a
+/// short- or 4-byte-header value in place), which is given back as it is, as that function
+/// does.
+///
+/// # Safety
+/// As for [`varlena_bytes`].
+unsafe fn packed(d: pg_sys::Datum) -> *mut pg_sys::varlena {
+    let v = d.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: a valid varlena: its first byte tells which header it has.
+    unsafe {
+        if pgrx::varlena::varatt_is_4b_c(v) || pgrx::varlena::varatt_is_1b_e(v) {
+            pg_sys::pg_detoast_datum_packed(v)
+        } else {
+            v
+        }
     }
 }
 
@@ -35,7 +54,7 @@ pub unsafe fn text_str<'a>(d: pg_sys::Datum) -> Result<&'a str, std::str::Utf8Er
 /// `d` must be a jsonb datum.
 pub unsafe fn jsonb_bytes<'a>(d: pg_sys::Datum) -> (pg_sys::Datum, &'a [u8]) {
     unsafe {
-        let v = pg_sys::Datum::from(pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr()));
+        let v = pg_sys::Datum::from(packed(d));
         (v, varlena_bytes(v))
     }
 }
