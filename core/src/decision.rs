@@ -184,6 +184,34 @@ pub fn begin(existing: Option<&Existing>, req: &BeginRequest) -> Result<Begin, R
     })
 }
 
+/// The decision of [`begin`] when holding the key's lock could not change it: a live record's
+/// final outcome (replay) or a refusal (another role's key, another command). None for
+/// everything else (no live record, a record in progress, a retryable failure), which only
+/// the lock's holder may decide.
+///
+/// What lets `idem_begin` answer a replay from a read made before it tries the lock: the
+/// answer is the one it would give after the lock, whether it then got the lock or not.
+pub fn settled(existing: Option<&Existing>, req: &BeginRequest) -> Option<Result<Begin, Refusal>> {
+    let free = begin(
+        existing,
+        &BeginRequest {
+            holds_lock: false,
+            ..*req
+        },
+    );
+    let held = begin(
+        existing,
+        &BeginRequest {
+            holds_lock: true,
+            ..*req
+        },
+    );
+    match free {
+        Ok(Begin::Replay) | Err(_) if free == held => Some(free),
+        _ => None,
+    }
+}
+
 /// The guard of `idem_complete`, `idem_fail` and `idem_checkpoint`: they act only on a live,
 /// in-progress record of the caller's, and, given an attempt, only while it is the record's.
 ///
@@ -541,6 +569,34 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn settled_is_what_begin_decides_with_or_without_the_lock(
+            s in proptest::option::of(any_existing()),
+        ) {
+            let free = begin(s.as_ref(), &req(false));
+            let held = begin(s.as_ref(), &req(true));
+            match settled(s.as_ref(), &req(true)) {
+                Some(d) => {
+                    prop_assert_eq!(d, free);
+                    prop_assert_eq!(d, held);
+                    prop_assert!(matches!(d, Ok(Begin::Replay) | Err(_)));
+                }
+                // Exactly the cases the lock decides: no live record, in progress, a
+                // retryable failure (each answered in_progress without the lock).
+                None => {
+                    let live = s.filter(|s| s.is_live(NOW));
+                    let lock_decides = live.is_none_or(|s| {
+                        s.caller_is_owner
+                            && s.fingerprint == FP
+                            && matches!(s.state, State::InProgress | State::Failed { retryable: true })
+                    });
+                    prop_assert!(lock_decides);
+                    prop_assert_eq!(free, Ok(Begin::InProgress));
+                }
+            }
+            prop_assert_eq!(settled(s.as_ref(), &req(false)), settled(s.as_ref(), &req(true)));
+        }
+
         #[test]
         fn without_the_lock_begin_never_executes(s in proptest::option::of(any_existing())) {
             let d = begin(s.as_ref(), &req(false));
