@@ -4,7 +4,9 @@
 //! Every function that writes goes through one guard, [`Writer`]: refused on a hot standby or
 //! in a read-only transaction (25006), refused where Citus placed the key's shard on another
 //! node (0A000, `store::require_shard_here`), then the key's lock and the store opened for the
-//! call; the function's name in messages is its declared one (`Args::function`). `idem_purge`
+//! call (`idem_begin` may open the store and read once before it tries the lock: below); the
+//! calling role is read at admission, before the SQL path switches to the table's owner; the
+//! function's name in messages is its declared one (`Args::function`). `idem_purge`
 //! has no key: it takes the first step only, and the store's purge chooses between one
 //! server and Citus's shards.
 //!
@@ -88,6 +90,9 @@ struct Writer<'a> {
     key_d: pg_sys::Datum,
     scope: &'a str,
     key: &'a str,
+    /// The calling role, read before any store is opened: the SQL path runs as the table's
+    /// owner while it is open.
+    caller: pg_sys::Oid,
 }
 
 impl<'a> Writer<'a> {
@@ -106,6 +111,7 @@ impl<'a> Writer<'a> {
             key_d,
             scope,
             key,
+            caller: caller(),
         })
     }
 
@@ -116,7 +122,7 @@ impl<'a> Writer<'a> {
         lock: Lock,
         open: impl FnOnce() -> Result<S, IdemError>,
     ) -> Result<Held<'a, S>, IdemError> {
-        let caller = caller();
+        let caller = self.caller;
         let key_lock = KeyLock::new(self.scope, self.key);
         let (records, holds_lock, now) = match lock {
             Lock::Try => {
@@ -256,7 +262,10 @@ pub fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         let records = Records::open()?;
         let row = records.lookup(scope_d, key_d, Read::Fresh)?;
         let settled = row.as_ref().and_then(|r| {
-            decision::settled(Some(&existing(r, caller())), &request(false, self::now()))
+            decision::settled(
+                Some(&existing(r, writer.caller)),
+                &request(false, self::now()),
+            )
         });
         read_first::after(settled.is_some());
         if let Some(settled) = settled {
@@ -329,7 +338,9 @@ pub fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         holds_lock = lock.acquire_within(wait);
         row = records.lookup(scope_d, key_d, Read::fresh(holds_lock))?;
         now = self::now();
-        outcome = decide(row.as_ref(), holds_lock, now)?;
+        let decided = decide(row.as_ref(), holds_lock, now);
+        read_first::after(matches!(decided, Ok(Begin::Replay) | Err(_)));
+        outcome = decided?;
     }
 
     // What to answer is decided here; its datums are made only once the store is closed

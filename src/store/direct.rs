@@ -9,8 +9,10 @@
 //! keeps the executor's guarantees:
 //!
 //! - **Snapshots.** A read for a writing function uses a snapshot taken at that read, after
-//!   the key's lock is held (under READ COMMITTED a new one each time, so that a read after a
-//!   wait sees the holder's commit; under REPEATABLE READ and SERIALIZABLE the transaction's).
+//!   the key's lock is held or tried (under READ COMMITTED a new one each time, so that a read
+//!   after a wait sees the holder's commit; under REPEATABLE READ and SERIALIZABLE the
+//!   transaction's); `idem_begin`'s read before the lock (api.rs, `read_first`, READ COMMITTED
+//!   only) takes a new one too.
 //!   `idem_check` reads in the active snapshot and takes only a reader's lock (hot standby).
 //!   The snapshot stays active while the call writes (TOAST needs one).
 //! - **Command ids.** A writing call first advances the command counter, as SPI does before
