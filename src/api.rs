@@ -425,8 +425,8 @@ fn answer(
 /// The protocol takes the lock first, then reads. A replay does not need it: a live record's
 /// final outcome, or a refusal, is what the holder of the lock would answer too
 /// (`decision::settled`), so answered from a read made before the lock it costs neither the
-/// lock's identity, nor taking and giving back the lock (about 6,000 instructions of a replay's
-/// 40,000). Any other answer needs the lock, and the record is read again once it is tried:
+/// lock's identity, nor taking and giving back the lock (about 6,000 instructions per replay,
+/// callgrind). Any other answer needs the lock, and the record is read again once it is tried:
 /// one more index probe. So a backend reads first only after its last `idem_begin` answered a
 /// settled key (retries come in runs: a client retrying, a proxy replaying), and only under
 /// READ COMMITTED, where a read takes a new snapshot anyway; under REPEATABLE READ and
