@@ -262,24 +262,19 @@ pub fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         let records = Records::open()?;
         let row = records.lookup(scope_d, key_d, Read::Fresh)?;
         let settled = row.as_ref().and_then(|r| {
-            decision::settled(
-                Some(&existing(r, writer.caller)),
-                &request(false, self::now()),
-            )
+            let existing = existing(r, writer.caller);
+            decision::settled(Some(&existing), &request(false, self::now())).map(|s| (r, s))
         });
         read_first::after(settled.is_some());
-        if let Some(settled) = settled {
+        if let Some((r, settled)) = settled {
             let outcome = settled
                 .map_err(|refusal| IdemError::from_refusal(refusal, KeyRef::new(scope, key)))?;
-            let Some(r) = row.as_ref() else {
-                return Err(IdemError::Internal("a settled key without a record".into()));
-            };
             drop(records);
-            return answer(
+            return result_row(
                 a,
                 Answer::Replay(r),
                 &outcome,
-                row.as_ref(),
+                Some(r),
                 fingerprint,
                 (scope, key),
             );
@@ -324,23 +319,21 @@ pub fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         }
     }
     let mut row = records.lookup(scope_d, key_d, Read::fresh(holds_lock))?;
+    // Each decision also notes for the next call whether the key was settled (`read_first`).
     let decide = |row: Option<&Row>, holds_lock: bool, now: Micros| {
-        decision::begin(
+        let decided = decision::begin(
             row.map(|r| existing(r, caller)).as_ref(),
             &request(holds_lock, now),
-        )
-        .map_err(|refusal| IdemError::from_refusal(refusal, KeyRef::new(scope, key)))
+        );
+        read_first::after(matches!(decided, Ok(Begin::Replay) | Err(_)));
+        decided.map_err(|refusal| IdemError::from_refusal(refusal, KeyRef::new(scope, key)))
     };
-    let decided = decide(row.as_ref(), holds_lock, now);
-    read_first::after(matches!(decided, Ok(Begin::Replay) | Err(_)));
-    let mut outcome = decided?;
+    let mut outcome = decide(row.as_ref(), holds_lock, now)?;
     if outcome == Begin::InProgress && !holds_lock && wait > 0 {
         holds_lock = lock.acquire_within(wait);
         row = records.lookup(scope_d, key_d, Read::fresh(holds_lock))?;
         now = self::now();
-        let decided = decide(row.as_ref(), holds_lock, now);
-        read_first::after(matches!(decided, Ok(Begin::Replay) | Err(_)));
-        outcome = decided?;
+        outcome = decide(row.as_ref(), holds_lock, now)?;
     }
 
     // What to answer is decided here; its datums are made only once the store is closed
@@ -403,11 +396,11 @@ pub fn begin(a: &Args) -> Result<pg_sys::Datum, IdemError> {
         lock.release();
     }
     drop(records);
-    self::answer(a, answer, &outcome, row.as_ref(), fingerprint, (scope, key))
+    result_row(a, answer, &outcome, row.as_ref(), fingerprint, (scope, key))
 }
 
 /// `idem_begin`'s result row, made once the store is closed, and the outcome counted.
-fn answer(
+fn result_row(
     a: &Args,
     answer: Answer,
     outcome: &Begin,
