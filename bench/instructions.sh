@@ -16,6 +16,10 @@
 #   alt         bench/alt.sql's PL/pgSQL alternative, new key + complete, one transaction
 #   insert      a plain INSERT of a payment row (bench/pgbench/baseline.sql's)
 #   pkselect    a primary-key SELECT of a row of a replay record's size (bench/pgbench/pkselect.sql's)
+#   pkcheck     the least a replay can do: pkselect with the command's fingerprint compared
+#               (bench/pgbench/pkcheck.sql's statement)
+#   keyrow      the least a new key can write: its record INSERTed once, completed, with the
+#               command's fingerprint (bench/pgbench/keyrow.sql's two statements as one)
 # The method is scripts/lib.sh's (instruction counts): a single-user backend on a fresh copy of
 # a template data directory runs a DO block of N requests; per request = (instructions at N2 -
 # at N1) / (N2 - N1). The template is made by a scratch server (port_of instructions) that loads
@@ -113,6 +117,8 @@ case_body() {
     alt) echo "SELECT outcome INTO o FROM bench.alt_begin($S, 'a-' || i, $CMD); IF o IS DISTINCT FROM 'execute' THEN $(raise "outcome not execute"); END IF; PERFORM bench.alt_complete($S, 'a-' || i, p_resource => 'payments/' || i, p_http_status => 201);" ;;
     insert) echo "INSERT INTO bench.payments (tenant, amount, currency) VALUES (42, i, 'EUR') RETURNING id INTO v; IF v IS DISTINCT FROM i THEN $(raise "id not i"); END IF;" ;;
     pkselect) echo "SELECT * INTO r FROM bench.replay_ref WHERE scope = 'bench replay' AND key = 'r-' || i; IF r.resource IS DISTINCT FROM 'payments/' || i THEN $(raise "not its row"); END IF;" ;;
+    pkcheck) echo "SELECT *, fingerprint = idem_fingerprint($CMD) AS same_command INTO r FROM bench.replay_ref WHERE scope = 'bench replay' AND key = 'r-' || i; IF r.resource IS DISTINCT FROM 'payments/' || i OR NOT r.same_command THEN $(raise "not its row or not its command"); END IF;" ;;
+    keyrow) echo "INSERT INTO bench.key_rows (created_at, expires_at, lease, owner, attempt, http_status, state, scope, key, fingerprint, resource) VALUES (now(), now() + interval '24 hours', 60000000, to_regrole(current_user), 1, 201, 'c', $S, 'k-' || i, idem_fingerprint($CMD), 'payments/' || i);" ;;
   esac
 }
 
@@ -124,6 +130,7 @@ case_check() {
     phased) echo "SELECT count(*) FROM idempotency.records WHERE scope = $S AND key LIKE 'p-%' AND state = 'c' AND attempt = 1;" ;;
     alt) echo "SELECT count(*) FROM bench.alt_keys WHERE scope = $S AND state = 'completed';" ;;
     insert) echo "SELECT count(*) FROM bench.payments;" ;;
+    keyrow) echo "SELECT count(*) FROM bench.key_rows WHERE fingerprint = idem_fingerprint(jsonb_build_object('amount', substr(key, 3)::int, 'currency', 'EUR', 'customer', 'cus_' || substr(key, 3)));" ;;
   esac
 }
 
@@ -160,7 +167,7 @@ SQL
 }
 
 EXT_CASES=(new replay in_progress phased)
-OTHER_CASES=(alt insert pkselect)
+OTHER_CASES=(alt insert pkselect pkcheck keyrow)
 LABELS=()
 for config in $CONFIGS; do
   for case in "${EXT_CASES[@]}"; do LABELS+=("$case.$config"); done
@@ -199,6 +206,8 @@ describe() {
     alt) echo 'plpgsql alternative (`bench/alt.sql`): new key + complete, one transaction' ;;
     insert) echo 'plain INSERT of a payment row' ;;
     pkselect) echo 'primary-key SELECT of a row of the same size' ;;
+    pkcheck) echo 'the least a replay can do: that SELECT with `idem_fingerprint` of the command compared' ;;
+    keyrow) echo 'the least a new key can write: its record INSERTed once, completed, with `idem_fingerprint`' ;;
   esac
 }
 # config_table ARRAY: the table's header and a row per extension case, a column per config,
@@ -236,7 +245,7 @@ thousands() { echo "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\
     for _ in $CONFIGS; do printf ' %s |' "$(thousands "${PER[$case.none]}")"; done; echo
   done
   echo
-  echo "The last three rows do not call the extension: each was measured once, under no setting, and stands in every column."
+  echo "The last five rows call neither \`idem_begin\` nor \`idem_complete\` (the last two call \`idem_fingerprint\`): each was measured once, under no setting, and stands in every column. The last two are the least a replay and a new key can do in plain SQL with the same fingerprint (no lock, no function scan, one write): the floor under the replay and the new key rows."
   echo
   echo "Of which inside the extension's functions (\`idem_begin\` + \`idem_complete\`, inclusive, from the first round's profiles); the rest is the loop's statement around each call:"
   echo

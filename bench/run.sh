@@ -9,8 +9,11 @@
 # settings that it prints, loads bench/setup.sql and bench/alt.sql, and runs pgbench with the
 # scripts in bench/pgbench/ (prepared protocol, unix socket):
 #   matrix       (1) baseline, (2) one-transaction idempotency, (3) replay and (3') a primary-key
-#                SELECT, (4) the PL/pgSQL alternative, (5) phases; at 1, 4 and 16 clients, with
-#                synchronous_commit on and off; HOT share of completions from pg_stat_user_tables
+#                SELECT, (4) the PL/pgSQL alternative, (5) phases, (6) the round-trip floor of
+#                (2), and the least (2) and (3) can do in plain SQL: (6') the key's record
+#                written once, (3'') the primary-key SELECT with the fingerprint compared; at 1,
+#                4 and 16 clients, with synchronous_commit on and off; HOT share of completions
+#                from pg_stat_user_tables
 #   fingerprint  idem_fingerprint against sha256(jsonb::text::bytea) on ~100 B, 1 KB, 64 KB
 #   canonical    where sha256(jsonb::text) is wrong (shown on the server)
 #   purge        idem_purge of BENCH_PURGE expired records under a rate-limited load: p99 with
@@ -135,7 +138,7 @@ hot_counters() {  # n_tup_upd n_tup_hot_upd of idempotency.records (after the st
 # interleaved and their order rotated each round, and keeps each case's median: the machine's
 # load drifts, and interleaving spreads the drift over all cases alike (median: scripts/lib.sh).
 declare -A HOT_UPD HOT_HOT
-CASES=(baseline idem replay pkselect alt phases floor)
+CASES=(baseline idem replay pkselect alt phases floor keyrow pkcheck)
 for sync in $BENCH_SYNC; do
   sql "$DIR" "$PORT" postgres "ALTER SYSTEM SET synchronous_commit = $sync" >/dev/null
   q "SELECT pg_reload_conf()" >/dev/null
@@ -185,6 +188,55 @@ for case in baseline idem; do
 done
 sql "$DIR" "$PORT" postgres "ALTER SYSTEM RESET synchronous_commit" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
+
+# Who runs during a 1-client request (synchronous_commit on, the default): at 1 client the
+# client and the server wake each other for every statement, so a transaction's time is their
+# CPU plus the time when neither runs (a wake-up, a WAL flush). perf samples every CPU every
+# 250 us of its time (a software clock: the virtual machine has no hardware counters) and each
+# sample says who ran; samples x 250 us / transactions is CPU time per transaction. With the
+# WAL each transaction wrote (pg_current_wal_insert_lsn before and after). Without perf (the
+# Debian package linux-perf) or its permission, the WAL column only.
+PERF_OK=no
+if command -v perf >/dev/null && perf record -q -a -e cpu-clock -c 250000 -o "$BENCH_OUT/logs/perf-probe.data" -- true >/dev/null 2>&1; then
+  PERF_OK=yes
+else
+  log "perf is missing or may not sample every CPU: the 1-client profile has the WAL column only"
+fi
+for case in pkselect pkcheck replay floor keyrow idem; do
+  lsn0=$(q "SELECT pg_current_wal_insert_lsn()")
+  out=$BENCH_OUT/logs/who-$case.txt
+  cmd=("${PGBENCH[@]}" -c 1 -j 1 -T "$BENCH_SECONDS" -D run="w$RUN_TAG" -D nreplay="$BENCH_REPLAY_KEYS" -f "$ROOT/bench/pgbench/$case.sql")
+  if [ "$PERF_OK" = yes ]; then
+    perf record -q -a -e cpu-clock -c 250000 -o "$BENCH_OUT/logs/who-$case.perf" -- "${cmd[@]}" > "$out" 2>&1 \
+      || { cat "$out" >&2; die "pgbench under perf failed ($case)"; }
+  else
+    "${cmd[@]}" > "$out" 2>&1 || { cat "$out" >&2; die "pgbench failed ($case)"; }
+  fi
+  lsn1=$(q "SELECT pg_current_wal_insert_lsn()")
+  n=$(awk '/^number of transactions actually processed: / {split($6, a, "/"); print a[1]}' "$out")
+  tps=$(awk '/^tps = / {print $3; exit}' "$out")
+  [ "${n:-0}" -gt 0 ] || { cat "$out" >&2; die "no transaction in the 1-client profile of $case"; }
+  wal=$(q "SELECT round(pg_wal_lsn_diff('$lsn1', '$lsn0') / $n)")
+  if [ "$PERF_OK" = yes ]; then
+    # CPU microseconds per transaction of: the server's PostgreSQL code (and libc), the
+    # extension's library, the server's time in the kernel, the client, anything else; idle.
+    read -r pg ext kern client other idle < <(perf report -i "$BENCH_OUT/logs/who-$case.perf" --stdio -q \
+        --sort comm,dso -F sample,comm,dso 2>/dev/null | awk -v n="$n" '
+      { c = $2; d = $NF; s = $1
+        if (c == "postgres" && d == "idempotency.so") ext += s
+        else if (c == "postgres" && d == "[kernel.kallsyms]") kern += s
+        else if (c == "postgres") pg += s
+        else if (c == "pgbench") client += s
+        else if (c == "swapper") idle += s
+        else other += s }
+      END { f = 250 / n; printf "%.1f %.1f %.1f %.1f %.1f %.1f\n", pg * f, ext * f, kern * f, client * f, other * f, idle * f }')
+    row who "$case" on 1 "$(awk -v t="$tps" 'BEGIN {printf "%.1f", 1e6 / t}')" us/transaction \
+      "tps $tps; wal $wal; postgres $pg; extension $ext; kernel $kern; client $client; other $other; idle $idle"
+  else
+    row who "$case" on 1 "$(awk -v t="$tps" 'BEGIN {printf "%.1f", 1e6 / t}')" us/transaction "tps $tps; wal $wal"
+  fi
+  log "1-client profile of $case: $tps tps, $wal WAL bytes/transaction"
+done
 
 # Bytes per record as the protocol leaves them (no response stored), after a VACUUM.
 q "VACUUM idempotency.records" >/dev/null

@@ -32,6 +32,10 @@ FROM generate_series(1, :nreplay) AS i;
 CREATE TABLE bench.replay_ref AS SELECT * FROM idempotency.records WHERE scope = 'bench replay';
 ALTER TABLE bench.replay_ref ADD PRIMARY KEY (scope, key);
 
+-- The least a one-transaction request can write (bench/pgbench/keyrow.sql): the key's record
+-- once, into a plain table with idempotency.records' columns, primary key and BRIN index.
+CREATE TABLE bench.key_rows (LIKE idempotency.records INCLUDING ALL) WITH (fillfactor = 100);
+
 -- Fingerprint inputs: orders of about 100 bytes, 1 KB and 64 KB of jsonb text.
 CREATE FUNCTION bench.order_doc(i integer, items integer) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
