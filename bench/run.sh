@@ -190,12 +190,13 @@ sql "$DIR" "$PORT" postgres "ALTER SYSTEM RESET synchronous_commit" >/dev/null
 q "SELECT pg_reload_conf()" >/dev/null
 
 # Who runs during a 1-client request (synchronous_commit on, the default): at 1 client the
-# client and the server wake each other for every statement, so a transaction's time is their
-# CPU plus the time when neither runs (a wake-up, a WAL flush). perf samples every CPU every
-# 250 us of its time (a software clock: the virtual machine has no hardware counters) and each
-# sample says who ran; samples x 250 us / transactions is CPU time per transaction. With the
-# WAL each transaction wrote (pg_current_wal_insert_lsn before and after). Without perf (the
-# Debian package linux-perf) or its permission, the WAL column only.
+# client, the kernel and the server take turns for every statement, and a transaction's time is
+# their CPU plus the time when no CPU runs (a wake-up, the commit's WAL flush). perf samples
+# every CPU every 250 us of its time (a software clock: the virtual machine has no hardware
+# counters) and each sample says who ran; samples x 250 us / transactions is CPU time per
+# transaction. Each case alone, after a CHECKPOINT, with the WAL each transaction wrote
+# (pg_current_wal_insert_lsn before and after). Without perf (the Debian package linux-perf) or
+# its permission, the WAL column only.
 PERF_OK=no
 if command -v perf >/dev/null && perf record -q -a -e cpu-clock -c 250000 -o "$BENCH_OUT/logs/perf-probe.data" -- true >/dev/null 2>&1; then
   PERF_OK=yes
@@ -203,6 +204,7 @@ else
   log "perf is missing or may not sample every CPU: the 1-client profile has the WAL column only"
 fi
 for case in pkselect pkcheck replay floor keyrow idem; do
+  q "CHECKPOINT" >/dev/null
   lsn0=$(q "SELECT pg_current_wal_insert_lsn()")
   out=$BENCH_OUT/logs/who-$case.txt
   cmd=("${PGBENCH[@]}" -c 1 -j 1 -T "$BENCH_SECONDS" -D run="w$RUN_TAG" -D nreplay="$BENCH_REPLAY_KEYS" -f "$ROOT/bench/pgbench/$case.sql")
@@ -213,27 +215,38 @@ for case in pkselect pkcheck replay floor keyrow idem; do
     "${cmd[@]}" > "$out" 2>&1 || { cat "$out" >&2; die "pgbench failed ($case)"; }
   fi
   lsn1=$(q "SELECT pg_current_wal_insert_lsn()")
+  if grep -q '^number of failed transactions: [1-9]' "$out"; then cat "$out" >&2; die "failed transactions in the 1-client profile of $case"; fi
   n=$(awk '/^number of transactions actually processed: / {split($6, a, "/"); print a[1]}' "$out")
   tps=$(awk '/^tps = / {print $3; exit}' "$out")
   [ "${n:-0}" -gt 0 ] || { cat "$out" >&2; die "no transaction in the 1-client profile of $case"; }
   wal=$(q "SELECT round(pg_wal_lsn_diff('$lsn1', '$lsn0') / $n)")
+  us=$(awk -v t="$tps" 'BEGIN {printf "%.1f", 1e6 / t}')
   if [ "$PERF_OK" = yes ]; then
     # CPU microseconds per transaction of: the server's PostgreSQL code (and libc), the
-    # extension's library, the server's time in the kernel, the client, anything else; idle.
-    read -r pg ext kern client other idle < <(perf report -i "$BENCH_OUT/logs/who-$case.perf" --stdio -q \
-        --sort comm,dso -F sample,comm,dso 2>/dev/null | awk -v n="$n" '
-      { c = $2; d = $NF; s = $1
-        if (c == "postgres" && d == "idempotency.so") ext += s
-        else if (c == "postgres" && d == "[kernel.kallsyms]") kern += s
+    # extension's library, the server in the kernel (its image and modules), the client,
+    # anything else; and the idle CPUs. A line is "samples comm dso", the dso possibly with
+    # spaces ("idempotency.so (deleted)" after a reinstall during the run).
+    perf report -i "$BENCH_OUT/logs/who-$case.perf" --stdio -q --sort comm,dso -F sample,comm,dso \
+        > "$BENCH_OUT/logs/who-$case.report" 2>"$BENCH_OUT/logs/who-$case.report.err" \
+      || { cat "$BENCH_OUT/logs/who-$case.report.err" >&2; die "perf report failed ($case)"; }
+    read -r total pg ext kern client other idle < <(awk -v n="$n" '
+      NF >= 3 { s = $1; c = $2; d = $3; for (i = 4; i <= NF; i++) d = d " " $i; total += s
+        if (c == "postgres" && d ~ /^idempotency\.so/) ext += s
+        else if (c == "postgres" && d ~ /^\[/ && d != "[vdso]" && d != "[unknown]") kern += s
         else if (c == "postgres") pg += s
         else if (c == "pgbench") client += s
         else if (c == "swapper") idle += s
         else other += s }
-      END { f = 250 / n; printf "%.1f %.1f %.1f %.1f %.1f %.1f\n", pg * f, ext * f, kern * f, client * f, other * f, idle * f }')
-    row who "$case" on 1 "$(awk -v t="$tps" 'BEGIN {printf "%.1f", 1e6 / t}')" us/transaction \
+      END { f = 250 / n; printf "%d %.1f %.1f %.1f %.1f %.1f %.1f\n", total, pg * f, ext * f, kern * f, client * f, other * f, idle * f }' \
+      "$BENCH_OUT/logs/who-$case.report")
+    # Every CPU is sampled all the time, idle or not: fewer samples than half the CPUs' time
+    # means perf lost them, and the figures would be short.
+    [ "$total" -ge $(( $(nproc) * BENCH_SECONDS * 4000 / 2 )) ] \
+      || die "perf recorded $total samples for $case, expected about $(( $(nproc) * BENCH_SECONDS * 4000 ))"
+    row who "$case" on 1 "$us" us/transaction \
       "tps $tps; wal $wal; postgres $pg; extension $ext; kernel $kern; client $client; other $other; idle $idle"
   else
-    row who "$case" on 1 "$(awk -v t="$tps" 'BEGIN {printf "%.1f", 1e6 / t}')" us/transaction "tps $tps; wal $wal"
+    row who "$case" on 1 "$us" us/transaction "tps $tps; wal $wal"
   fi
   log "1-client profile of $case: $tps tps, $wal WAL bytes/transaction"
 done
