@@ -160,7 +160,8 @@ if who:
     profiled = "postgres" in fields[0]
     md += ["## Who runs during a 1-client request (synchronous_commit on)", "",
            "pgbench at 1 client, each case alone for one run, after a CHECKPOINT; the WAL it wrote "
-           "per transaction; "
+           "per transaction, and of it the full-page images (the first change of each page after "
+           "the checkpoint writes the whole page; from pg_stat_wal, PostgreSQL 14 and later); "
            + ("with perf's samples of every CPU (every 250 µs of CPU time), the CPU time per "
               "transaction of each party, in µs: the server's PostgreSQL code and libc, the "
               "extension's library (its own code: what it calls in PostgreSQL counts as "
@@ -171,16 +172,16 @@ if who:
               else "perf was not available: no profile."), ""]
     if profiled:
         parties = ["postgres", "extension", "kernel", "client", "other"]
-        md += ["| case | µs per transaction | PostgreSQL | extension | server kernel | client | other | no CPU runs | WAL bytes |",
-               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        md += ["| case | µs per transaction | PostgreSQL | extension | server kernel | client | other | no CPU runs | WAL bytes | full-page images |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r, f in zip(who, fields):
             nobody = float(r["value"]) - sum(float(f[k]) for k in parties)
             md.append(f"| {labels[r['case']]} | {float(r['value']):.1f} | " + " | ".join(
-                f[k] for k in parties) + f" | {nobody:.1f} | {f['wal']} |")
+                f[k] for k in parties) + f" | {nobody:.1f} | {f['wal']} | {f.get('fpi', 'n/a')} |")
     else:
-        md += ["| case | µs per transaction | WAL bytes |", "|---|---:|---:|"]
+        md += ["| case | µs per transaction | WAL bytes | full-page images |", "|---|---:|---:|---:|"]
         for r, f in zip(who, fields):
-            md.append(f"| {labels[r['case']]} | {float(r['value']):.1f} | {f['wal']} |")
+            md.append(f"| {labels[r['case']]} | {float(r['value']):.1f} | {f['wal']} | {f.get('fpi', 'n/a')} |")
 open(os.path.join(out, "results.md"), "w").write("\n".join(md))
 
 import matplotlib  # noqa: E402

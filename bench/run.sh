@@ -206,6 +206,7 @@ fi
 for case in pkselect pkcheck replay floor keyrow idem; do
   q "CHECKPOINT" >/dev/null
   lsn0=$(q "SELECT pg_current_wal_insert_lsn()")
+  fpi0=$(q "SELECT coalesce((SELECT wal_fpi FROM pg_stat_wal), -1)" 2>/dev/null || echo -1)
   out=$BENCH_OUT/logs/who-$case.txt
   cmd=("${PGBENCH[@]}" -c 1 -j 1 -T "$BENCH_SECONDS" -D run="w$RUN_TAG" -D nreplay="$BENCH_REPLAY_KEYS" -f "$ROOT/bench/pgbench/$case.sql")
   if [ "$PERF_OK" = yes ]; then
@@ -220,6 +221,16 @@ for case in pkselect pkcheck replay floor keyrow idem; do
   tps=$(awk '/^tps = / {print $3; exit}' "$out")
   [ "${n:-0}" -gt 0 ] || { cat "$out" >&2; die "no transaction in the 1-client profile of $case"; }
   wal=$(q "SELECT round(pg_wal_lsn_diff('$lsn1', '$lsn0') / $n)")
+  # Full-page images per transaction (pg_stat_wal, PostgreSQL 14 and later; its counters are
+  # flushed when pgbench's backend ends, which it has): the first change of a page after the
+  # CHECKPOINT writes the whole page, so a case that touches many index pages at random writes
+  # more of them.
+  fpi=n/a
+  if [ "$fpi0" != -1 ]; then
+    wait_true "$DIR" "$PORT" bench 10 "pg_stat_wal counts the full-page images of $case" \
+      "SELECT wal_fpi > $fpi0 OR $wal < 100 FROM pg_stat_wal"
+    fpi=$(q "SELECT round((wal_fpi - $fpi0)::numeric / $n, 2) FROM pg_stat_wal")
+  fi
   us=$(awk -v t="$tps" 'BEGIN {printf "%.1f", 1e6 / t}')
   if [ "$PERF_OK" = yes ]; then
     # CPU microseconds per transaction of: the server's PostgreSQL code (and libc), the
@@ -244,11 +255,11 @@ for case in pkselect pkcheck replay floor keyrow idem; do
     [ "$total" -ge $(( $(nproc) * BENCH_SECONDS * 4000 / 2 )) ] \
       || die "perf recorded $total samples for $case, expected about $(( $(nproc) * BENCH_SECONDS * 4000 ))"
     row who "$case" on 1 "$us" us/transaction \
-      "tps $tps; wal $wal; postgres $pg; extension $ext; kernel $kern; client $client; other $other; idle $idle"
+      "tps $tps; wal $wal; fpi $fpi; postgres $pg; extension $ext; kernel $kern; client $client; other $other; idle $idle"
   else
-    row who "$case" on 1 "$us" us/transaction "tps $tps; wal $wal"
+    row who "$case" on 1 "$us" us/transaction "tps $tps; wal $wal; fpi $fpi"
   fi
-  log "1-client profile of $case: $tps tps, $wal WAL bytes/transaction"
+  log "1-client profile of $case: $tps tps, $wal WAL bytes and $fpi full-page images per transaction"
 done
 
 # Bytes per record as the protocol leaves them (no response stored), after a VACUUM.
