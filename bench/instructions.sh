@@ -16,9 +16,9 @@
 #   alt         bench/alt.sql's PL/pgSQL alternative, new key + complete, one transaction
 #   insert      a plain INSERT of a payment row (bench/pgbench/baseline.sql's)
 #   pkselect    a primary-key SELECT of a row of a replay record's size (bench/pgbench/pkselect.sql's)
-#   pkcheck     the least a replay can do: pkselect with the command's fingerprint compared
+#   pkcheck     the least a replay can do in SQL: pkselect with the command's fingerprint compared
 #               (bench/pgbench/pkcheck.sql's statement)
-#   keyrow      the least a new key can write: its record INSERTed once, completed, with the
+#   keyrow      the least a new key can write in SQL: its record INSERTed once, completed, with the
 #               command's fingerprint (bench/pgbench/keyrow.sql's two statements as one)
 # The method is scripts/lib.sh's (instruction counts): a single-user backend on a fresh copy of
 # a template data directory runs a DO block of N requests; per request = (instructions at N2 -
@@ -245,7 +245,7 @@ thousands() { echo "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\
     for _ in $CONFIGS; do printf ' %s |' "$(thousands "${PER[$case.none]}")"; done; echo
   done
   echo
-  echo "The last five rows call neither \`idem_begin\` nor \`idem_complete\` (the last two call \`idem_fingerprint\`): each was measured once, under no setting, and stands in every column. The last two are the least a replay and a new key can do in plain SQL with the same fingerprint (no lock, no function scan, one write): the floor under the replay and the new key rows."
+  echo "The last five rows call neither \`idem_begin\` nor \`idem_complete\` (the last two call \`idem_fingerprint\`): each was measured once, under no setting, and stands in every column. The last two are the least a replay and a new key can do in plain SQL with the same fingerprint (no lock, no function scan; the new key's record written once): what an implementation in SQL costs at least."
   echo
   echo "Of which inside the extension's functions (\`idem_begin\` + \`idem_complete\`, inclusive, from the first round's profiles); the rest is the loop's statement around each call:"
   echo

@@ -235,7 +235,7 @@ for case in pkselect pkcheck replay floor keyrow idem; do
   if [ "$PERF_OK" = yes ]; then
     # CPU microseconds per transaction of: the server's PostgreSQL code (and libc), the
     # extension's library, the server in the kernel (its image and modules), the client,
-    # anything else; and the idle CPUs. A line is "samples comm dso", the dso possibly with
+    # anything else; and the idle CPUs (report.py shows the time when no CPU runs). A line is "samples comm dso", the dso possibly with
     # spaces ("idempotency.so (deleted)" after a reinstall during the run).
     perf report -i "$BENCH_OUT/logs/who-$case.perf" --stdio -q --sort comm,dso -F sample,comm,dso \
         > "$BENCH_OUT/logs/who-$case.report" 2>"$BENCH_OUT/logs/who-$case.report.err" \

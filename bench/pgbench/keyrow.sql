@@ -2,9 +2,9 @@
 -- the first one computing the command's fingerprint (idem_fingerprint, as idem_begin does) and
 -- the fourth one writing the key's record once, completed, into bench.key_rows (the columns
 -- and indexes of idempotency.records). No lock, no look for an existing key, no claim written
--- before the payment and updated after it: less than any implementation that keeps the key's
--- contract. (6') / (6) is the most that (2) / (6) can be; (2) / (6') is what idem_begin and
--- idem_complete cost above that least.
+-- before the payment and updated after it. (6') / (6) is the ceiling of (2) / (6) for an
+-- implementation in SQL that writes the key's record; (2) / (6') is idem_begin and
+-- idem_complete against it.
 \set amount random(100, 100000)
 \set r random(1, 1125899906842624)
 BEGIN;
