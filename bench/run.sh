@@ -109,12 +109,14 @@ psql_at "$DIR" "$PORT" bench -f "$ROOT/bench/alt.sql" >/dev/null
 echo "section,case,sync,clients,value,unit,extra" > "$CSV"
 row() { echo "$1,$2,$3,$4,$5,$6,$7" >> "$CSV"; }
 
-# One pgbench run: prints "tps latency_ms"; the full output goes to the log dir.
+# One pgbench run: prints "tps latency_ms"; the full output goes to the log dir. RUN_UNDER
+# (an array, empty by default) is a command that pgbench runs under (the profiler).
+RUN_UNDER=()
 bench_run() {  # name clients seconds script [pgbench args...]
   local name=$1 clients=$2 secs=$3 script=$4; shift 4
   local jobs=$(( clients < $(nproc) ? clients : $(nproc) ))
   local out=$BENCH_OUT/logs/$name.txt
-  "${PGBENCH[@]}" -c "$clients" -j "$jobs" -T "$secs" -D run="r$RUN_TAG" \
+  "${RUN_UNDER[@]}" "${PGBENCH[@]}" -c "$clients" -j "$jobs" -T "$secs" -D run="r$RUN_TAG" \
       -D nreplay="$BENCH_REPLAY_KEYS" "$@" -f "$script" > "$out" 2>&1 \
     || { cat "$out" >&2; return 1; }
   # Any failed transaction makes the figure meaningless: stop.
@@ -207,19 +209,15 @@ for case in pkselect pkcheck replay floor keyrow idem; do
   q "CHECKPOINT" >/dev/null
   lsn0=$(q "SELECT pg_current_wal_insert_lsn()")
   fpi0=$(q "SELECT coalesce((SELECT wal_fpi FROM pg_stat_wal), -1)" 2>/dev/null || echo -1)
-  out=$BENCH_OUT/logs/who-$case.txt
-  cmd=("${PGBENCH[@]}" -c 1 -j 1 -T "$BENCH_SECONDS" -D run="w$RUN_TAG" -D nreplay="$BENCH_REPLAY_KEYS" -f "$ROOT/bench/pgbench/$case.sql")
-  if [ "$PERF_OK" = yes ]; then
-    perf record -q -a -e cpu-clock -c 250000 -o "$BENCH_OUT/logs/who-$case.perf" -- "${cmd[@]}" > "$out" 2>&1 \
-      || { cat "$out" >&2; die "pgbench under perf failed ($case)"; }
-  else
-    "${cmd[@]}" > "$out" 2>&1 || { cat "$out" >&2; die "pgbench failed ($case)"; }
-  fi
+  RUN_UNDER=()
+  [ "$PERF_OK" = no ] || RUN_UNDER=(perf record -q -a -e cpu-clock -c 250000 -o "$BENCH_OUT/logs/who-$case.perf" --)
+  # (keys of their own, w<tag>-..., apart from the matrix's r<tag>-...: a later -D wins)
+  res=$(bench_run "who-$case" 1 "$BENCH_SECONDS" "$ROOT/bench/pgbench/$case.sql" -D run="w$RUN_TAG")
+  RUN_UNDER=()
+  read -r tps _ <<< "$res"
   lsn1=$(q "SELECT pg_current_wal_insert_lsn()")
-  if grep -q '^number of failed transactions: [1-9]' "$out"; then cat "$out" >&2; die "failed transactions in the 1-client profile of $case"; fi
-  n=$(awk '/^number of transactions actually processed: / {split($6, a, "/"); print a[1]}' "$out")
-  tps=$(awk '/^tps = / {print $3; exit}' "$out")
-  [ "${n:-0}" -gt 0 ] || { cat "$out" >&2; die "no transaction in the 1-client profile of $case"; }
+  n=$(awk '/^number of transactions actually processed: / {split($6, a, "/"); print a[1]}' "$BENCH_OUT/logs/who-$case.txt")
+  [ "${n:-0}" -gt 0 ] || { cat "$BENCH_OUT/logs/who-$case.txt" >&2; die "no transaction in the 1-client profile of $case"; }
   wal=$(q "SELECT round(pg_wal_lsn_diff('$lsn1', '$lsn0') / $n)")
   # Full-page images per transaction (pg_stat_wal, PostgreSQL 14 and later; its counters are
   # flushed when pgbench's backend ends, which it has): the first change of a page after the
